@@ -1,0 +1,55 @@
+# tally: the developer entry points. CMake does the building; this file only names the jobs.
+#   make run     install what is missing, build, run the main job
+#   make test    install what is missing, build (normal and ASan+UBSan), run every test
+#   make bench   ledger throughput benchmark
+#   make fuzz    run the batch decoder fuzzer (FUZZ_SECONDS, default 60)
+#   make model-long   the randomized model test with MODEL_STEPS (default 2,000,000)
+
+JOBS ?= $(shell nproc)
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: all setup build build-asan run test test-fast bench fuzz model-long clean
+
+all: build
+
+setup:
+	@$(SUDO) bash scripts/setup.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+$(ASAN_BUILD)/CMakeCache.txt:
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DTALLY_SANITIZE=ON
+
+build: setup $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j$(JOBS)
+
+build-asan: setup $(ASAN_BUILD)/CMakeCache.txt
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+
+run: build
+	./$(BUILD)/ledger/tally-ledger-demo
+
+# Every test in the normal build, then again under AddressSanitizer + UBSan.
+test: build build-asan
+	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS)
+	ctest --test-dir $(ASAN_BUILD) --output-on-failure -j$(JOBS)
+
+test-fast: build
+	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS)
+
+bench: build
+	./$(BUILD)/bench/ledger-bench
+
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+MODEL_STEPS ?= 2000000
+model-long: build
+	TALLY_MODEL_STEPS=$(MODEL_STEPS) ./$(BUILD)/tests/ledger_model_test
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
