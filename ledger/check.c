@@ -235,10 +235,9 @@ static bool timer_exists(struct checker *c, int64_t due, const uint8_t *id)
 static int on_resv(struct checker *c, const MDB_val *k, const MDB_val *v)
 {
     struct resv_rec r;
-    if (k->mv_size != LEDGER_REQUEST_ID_SIZE || v->mv_size != sizeof(r)) {
+    if (k->mv_size != LEDGER_REQUEST_ID_SIZE || store_resv_decode(v, &r) != 0) {
         return bad(c, "resv: bad record");
     }
-    memcpy(&r, v->mv_data, sizeof(r));
     if (r.state == RESV_REJECTED) {
         return 0;
     }

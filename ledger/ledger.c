@@ -89,6 +89,23 @@ int64_t ledger_now_ms(const struct ledger *l)
     return l->meta.clock_ms;
 }
 
+size_t store_resv_size(const struct resv_rec *r)
+{
+    assert(r->metadata_len <= LEDGER_METADATA_MAX);
+    return offsetof(struct resv_rec, metadata) + ((r->metadata_len + 7) & ~(uint64_t)7);
+}
+
+int store_resv_decode(const MDB_val *v, struct resv_rec *out)
+{
+    size_t head = offsetof(struct resv_rec, metadata);
+    if (v->mv_size < head || v->mv_size > sizeof(*out) || v->mv_size % 8 != 0) {
+        return -1;
+    }
+    memcpy(out, v->mv_data, v->mv_size);
+    memset((char *)out + v->mv_size, 0, sizeof(*out) - v->mv_size);
+    return store_resv_size(out) == v->mv_size ? 0 : -1;
+}
+
 int64_t store_acct_period_start(const struct acct_rec *a, int64_t now_ms)
 {
     if (!(a->lim_set & LEDGER_LIM_PERIOD) || a->period_kind == LEDGER_PERIOD_NONE) {
@@ -1010,7 +1027,7 @@ static int reserve_validate(const struct ledger_cmd *c)
 
 static void resv_put(struct ledger *l, const uint8_t *id, const struct resv_rec *rec)
 {
-    db_put(l, DB_RESV, id, LEDGER_REQUEST_ID_SIZE, rec, sizeof(*rec), 0);
+    db_put(l, DB_RESV, id, LEDGER_REQUEST_ID_SIZE, rec, store_resv_size(rec), 0);
 }
 
 /* 1 found (copied), 0 absent, -1 fatal. */
@@ -1018,12 +1035,9 @@ static int resv_get(struct ledger *l, const uint8_t *id, struct resv_rec *out)
 {
     MDB_val v;
     int rc = db_get(l, DB_RESV, id, LEDGER_REQUEST_ID_SIZE, &v);
-    if (rc == 1) {
-        if (v.mv_size != sizeof(*out)) {
-            failed(l, MDB_CORRUPTED);
-            return -1;
-        }
-        memcpy(out, v.mv_data, sizeof(*out));
+    if (rc == 1 && store_resv_decode(&v, out) != 0) {
+        failed(l, MDB_CORRUPTED);
+        return -1;
     }
     return rc;
 }

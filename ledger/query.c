@@ -313,11 +313,8 @@ static int resv_read(MDB_txn *txn, struct ledger *l, const uint8_t *id, struct r
 {
     MDB_val k = {LEDGER_REQUEST_ID_SIZE, (void *)id}, v;
     int rc = mdb_get(txn, l->dbi[DB_RESV], &k, &v);
-    if (rc == 0) {
-        if (v.mv_size != sizeof(*out)) {
-            return MDB_CORRUPTED;
-        }
-        memcpy(out, v.mv_data, sizeof(*out));
+    if (rc == 0 && store_resv_decode(&v, out) != 0) {
+        return MDB_CORRUPTED;
     }
     return rc;
 }

@@ -137,7 +137,7 @@ struct resv_rec {
     uint64_t model_len;
     char model[LEDGER_MODEL_MAX];
     uint64_t metadata_len;
-    uint8_t metadata[LEDGER_METADATA_MAX];
+    uint8_t metadata[LEDGER_METADATA_MAX]; /* last: stored only up to metadata_len */
 };
 
 struct answer_rec {
@@ -208,6 +208,10 @@ void store_be64(uint8_t out[8], uint64_t v);
 uint64_t store_get_be64(const uint8_t in[8]);
 int ledger_set_error(struct ledger *l, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Reservation records are stored without the unused tail of their metadata. */
+size_t store_resv_size(const struct resv_rec *r);
+int store_resv_decode(const MDB_val *v, struct resv_rec *out); /* 0 or -1 (malformed) */
 
 /* Account period start at now: the anchor without a period. */
 int64_t store_acct_period_start(const struct acct_rec *a, int64_t now_ms);
