@@ -1363,6 +1363,8 @@ static void expire_one(struct ledger *l, struct resv_rec *rec, const uint8_t *re
     rec->state = LEDGER_RESV_EXPIRED;
     rec->resolved_ms = l->now_ms;
     resolve_store(l, &x);
+    /* The timer that expired it is gone: schedule the end of its retention. */
+    timer_put(l, l->now_ms + l->work.retention_ms, request_id, 0);
 }
 
 /* A settle or void after expiry: charge actual - what expiry charged, per account. */

@@ -369,7 +369,10 @@ struct ledger_account_info {
     int64_t lifetime_spent_micros;
     int64_t overrun_micros;  /* sum of actual - estimate over settles that overran */
     uint64_t inflight;       /* open reservations */
-    int64_t period_start_ms; /* 0 and INT64_MAX without a period */
+    /* The period `spent` counts: journal entries with this period_start_ms sum to
+     * spent_micros. Without a period it starts when the budget was created or its
+     * period last changed, and period_end_ms is INT64_MAX. */
+    int64_t period_start_ms;
     int64_t period_end_ms;
     uint64_t rpm_available; /* requests admissible now; UINT64_MAX without a limit */
     uint64_t tpm_available; /* tokens admissible now */
@@ -416,8 +419,13 @@ enum ledger_journal_kind {
     LEDGER_J_ADMIN = 7,      /* an admin command (hash-chained) */
 };
 
+/*
+ * One journal entry as seen by one account. An event (a settle, an expiry, ...) is one
+ * journal record covering the whole chain; listing it yields one entry per account of
+ * the chain, all with the event's `seq`.
+ */
 struct ledger_journal_entry {
-    uint64_t seq; /* 1, 2, ... in log order */
+    uint64_t seq; /* the event's number: 1, 2, ... in log order */
     int64_t ts_ms;
     uint8_t kind; /* enum ledger_journal_kind */
     uint8_t cmd_type; /* for LEDGER_J_ADMIN: the command */

@@ -112,10 +112,9 @@ void store_account_info(struct ledger *l, MDB_txn *txn, const struct acct_rec *a
     out->lifetime_spent_micros = a->lifetime_spent_micros;
     out->overrun_micros = a->overrun_micros;
     out->inflight = a->inflight;
-    out->period_start_ms = 0;
+    out->period_start_ms = start;
     out->period_end_ms = INT64_MAX;
     if ((a->lim_set & LEDGER_LIM_PERIOD) && a->period_kind != LEDGER_PERIOD_NONE) {
-        out->period_start_ms = start;
         out->period_end_ms = ledger_period_end((uint8_t)a->period_kind, a->period_ms, start);
     }
     out->rpm_available = (a->lim_set & LEDGER_LIM_RPM)

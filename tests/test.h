@@ -10,6 +10,11 @@
 #ifndef TALLY_TEST_H
 #define TALLY_TEST_H
 
+/* nftw() and mkdtemp(): include this header before any system header. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
 #include <inttypes.h>
 #include <setjmp.h>
 #include <stdio.h>
