@@ -182,7 +182,7 @@ static int scan_prefix(struct ledger *l, MDB_txn *txn, int db, const void *prefi
     MDB_val k = {plen, (void *)prefix}, v;
     int stop = 0;
     rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
-    while (rc == 0 && k.mv_size >= plen && memcmp(k.mv_data, prefix, plen) == 0) {
+    while (rc == 0 && k.mv_size >= plen && (plen == 0 || memcmp(k.mv_data, prefix, plen) == 0)) {
         stop = fn(l, txn, &k, &v, ctx);
         if (stop != 0) {
             break;

@@ -25,6 +25,30 @@ struct tl {
     uint64_t next_id; /* request ids from tl_next_id() */
 };
 
+/* Ledgers a test opened and has not closed: closed when the test ends. */
+static struct ledger *tl_open_ledgers[64];
+
+static void tl_close_all(void)
+{
+    for (int i = 0; i < 64; i++) {
+        ledger_close(tl_open_ledgers[i]);
+        tl_open_ledgers[i] = NULL;
+    }
+}
+
+static inline void tl_track(struct ledger *l, struct ledger *replace)
+{
+    test_end_hook = tl_close_all;
+    for (int i = 0; i < 64; i++) {
+        if (tl_open_ledgers[i] == replace) {
+            tl_open_ledgers[i] = l;
+            return;
+        }
+    }
+    fprintf(stderr, "tl_track: too many open ledgers in one test\n");
+    abort();
+}
+
 static inline void tl_open_opts(struct tl *t, int64_t now_ms, const struct ledger_options *o)
 {
     char err[LEDGER_ERRMSG_SIZE] = "";
@@ -37,6 +61,7 @@ static inline void tl_open_opts(struct tl *t, int64_t now_ms, const struct ledge
         fprintf(stderr, "ledger_open: %d %s\n", rv, err);
     }
     REQUIRE(rv == 0);
+    tl_track(t->l, NULL);
 }
 
 static inline void tl_open(struct tl *t, int64_t now_ms)
@@ -46,6 +71,7 @@ static inline void tl_open(struct tl *t, int64_t now_ms)
 
 static inline void tl_close(struct tl *t)
 {
+    tl_track(NULL, t->l);
     ledger_close(t->l);
     t->l = NULL;
 }

@@ -173,6 +173,7 @@ static inline void tlx_reopen(struct tl *t)
         fprintf(stderr, "ledger_open: %d %s\n", rv, err);
     }
     REQUIRE(rv == 0);
+    tl_track(t->l, NULL);
 }
 
 /* Move the clock to `now_ms` and apply an effect-free batch there (expiry runs). */

@@ -92,8 +92,15 @@ static inline const char *test_tmpdir(void)
     return d;
 }
 
+/* Called when a test ends (before its directories are removed), e.g. to close what it
+ * left open. */
+static void (*test_end_hook)(void);
+
 static inline void test_cleanup_dirs(void)
 {
+    if (test_end_hook != NULL) {
+        test_end_hook();
+    }
     for (int i = 0; i < test_ndirs; i++) {
         nftw(test_dirs[i], test_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     }
