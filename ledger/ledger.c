@@ -89,6 +89,14 @@ int64_t ledger_now_ms(const struct ledger *l)
     return l->meta.clock_ms;
 }
 
+void store_meta_new(struct meta_rec *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->format = STORE_FORMAT;
+    m->retention_ms = LEDGER_RETENTION_DEFAULT_MS;
+    m->next_account_id = 1;
+}
+
 size_t store_resv_size(const struct resv_rec *r)
 {
     assert(r->metadata_len <= LEDGER_METADATA_MAX);
@@ -1720,8 +1728,9 @@ int ledger_apply_batch(struct ledger *l, uint64_t index, const void *buf, size_t
                                 "applying batch %" PRIu64 ": %s", index, mdb_strerror(rc));
     }
     if (decoded != 0) {
-        return ledger_set_error(l, decoded, "batch %" PRIu64 " does not decode: %s", index,
-                                ledger_strerror(decoded));
+        /* Always EDECODE, whatever the decoder's reason: the caller skips the entry. */
+        return ledger_set_error(l, -LEDGER_EDECODE, "batch %" PRIu64 " does not decode: %s",
+                                index, ledger_strerror(decoded));
     }
     *n_results = n;
     return 0;
@@ -1748,10 +1757,7 @@ static int meta_load(struct ledger *l)
     }
     rc = mdb_get(txn, l->dbi[DB_META], &k, &v);
     if (rc == MDB_NOTFOUND) {
-        memset(&l->meta, 0, sizeof(l->meta));
-        l->meta.format = STORE_FORMAT;
-        l->meta.retention_ms = LEDGER_RETENTION_DEFAULT_MS;
-        l->meta.next_account_id = 1;
+        store_meta_new(&l->meta);
         rc = 0;
     } else if (rc == 0) {
         if (v.mv_size != sizeof(l->meta)) {

@@ -277,15 +277,17 @@ static int import_into(struct ledger *l, struct snap_in *in, uint8_t *kbuf, uint
     if (rc == 0 && (in->read(in->ctx, got, 32) != 0 || memcmp(want, got, 32) != 0)) {
         rc = -LEDGER_ECORRUPT;
     }
+    /* A ledger that never applied a batch has no meta record: it imports as new. */
     MDB_val mk = {1, "m"}, mv;
-    if (rc == 0 && (mdb_get(txn, l->dbi[DB_META], &mk, &mv) != 0 ||
-                    mv.mv_size != sizeof(struct meta_rec))) {
-        rc = -LEDGER_ECORRUPT;
-    }
     struct meta_rec meta;
+    store_meta_new(&meta);
     if (rc == 0) {
-        memcpy(&meta, mv.mv_data, sizeof(meta));
-        if (meta.format != STORE_FORMAT) {
+        int got_meta = mdb_get(txn, l->dbi[DB_META], &mk, &mv);
+        if (got_meta == 0 && mv.mv_size == sizeof(meta)) {
+            memcpy(&meta, mv.mv_data, sizeof(meta));
+        }
+        if ((got_meta != 0 && got_meta != MDB_NOTFOUND) ||
+            (got_meta == 0 && mv.mv_size != sizeof(meta)) || meta.format != STORE_FORMAT) {
             rc = -LEDGER_ECORRUPT;
         }
     }

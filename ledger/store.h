@@ -209,6 +209,9 @@ uint64_t store_get_be64(const uint8_t in[8]);
 int ledger_set_error(struct ledger *l, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The meta record of a ledger that has applied nothing (not stored until it does). */
+void store_meta_new(struct meta_rec *m);
+
 /* Reservation records are stored without the unused tail of their metadata. */
 size_t store_resv_size(const struct resv_rec *r);
 int store_resv_decode(const MDB_val *v, struct resv_rec *out); /* 0 or -1 (malformed) */
