@@ -502,6 +502,14 @@ int ledger_snapshot_export(struct ledger_snapshot *s, ledger_write_fn write, voi
 void ledger_snapshot_end(struct ledger_snapshot *s);
 
 /*
+ * The applied index a snapshot stream (borrowed, at least its first bytes) says it
+ * holds, without verifying the stream: for deciding whether an import is needed at
+ * all. 0 for a snapshot of a ledger that never applied a batch. Returns 0 or
+ * -LEDGER_ECORRUPT (not a snapshot).
+ */
+int ledger_snapshot_stream_index(const void *buf, size_t len, uint64_t *index);
+
+/*
  * Replace the whole ledger with a stream written by ledger_snapshot_export(). Every
  * record is bounded and the trailer verified before the new state is committed; on
  * any failure the old state is kept and -LEDGER_ECORRUPT (or -LEDGER_EIO) returned.

@@ -196,6 +196,26 @@ int ledger_snapshot_export(struct ledger_snapshot *s, ledger_write_fn write, voi
     return (rc != 0 || o.failed) ? -LEDGER_EIO : 0;
 }
 
+int ledger_snapshot_stream_index(const void *buf, size_t len, uint64_t *index)
+{
+    const uint8_t *p = buf;
+    const size_t head = 16, rec = 9 + 1 + sizeof(struct meta_rec);
+    *index = 0;
+    if (len < head + 1 || memcmp(p, SNAP_MAGIC, 8) != 0) {
+        return -LEDGER_ECORRUPT;
+    }
+    p += head;
+    /* The meta database sorts first; a ledger that applied nothing has no record. */
+    if (len < head + rec || p[0] != DB_META || get_be32(p + 1) != 1 ||
+        get_be32(p + 5) != sizeof(struct meta_rec) || p[9] != 'm') {
+        return 0;
+    }
+    struct meta_rec m;
+    memcpy(&m, p + 10, sizeof(m));
+    *index = m.applied_index;
+    return 0;
+}
+
 /* ---- Import. ---- */
 
 struct snap_in {

@@ -465,9 +465,35 @@ static void export_fails_with_eio_when_the_writer_fails(void)
     tl_close(&src);
 }
 
+/* The Raft adapter decides from the stream's header whether a restore is needed. */
+static void stream_index_reads_the_applied_index_of_a_snapshot(void)
+{
+    struct tl src, empty;
+    struct membuf snap, fresh;
+    uint64_t index = 99;
+    source_with_snapshot(&src, &snap, 3);
+    CHECK_EQ_INT(ledger_snapshot_stream_index(snap.data, snap.len, &index), 0);
+    CHECK_EQ_INT(index, ledger_applied_index(src.l));
+    CHECK(index > 0);
+
+    open_ledger(&empty);
+    export_now(&empty, &fresh);
+    CHECK_EQ_INT(ledger_snapshot_stream_index(fresh.data, fresh.len, &index), 0);
+    CHECK_EQ_INT(index, 0);
+
+    snap.data[0] ^= 0xff; /* not the magic any more */
+    CHECK_EQ_INT(ledger_snapshot_stream_index(snap.data, snap.len, &index), -LEDGER_ECORRUPT);
+    CHECK_EQ_INT(ledger_snapshot_stream_index(snap.data, 4, &index), -LEDGER_ECORRUPT);
+    free(snap.data);
+    free(fresh.data);
+    tl_close(&src);
+    tl_close(&empty);
+}
+
 int main(void)
 {
     TEST_MAIN_BEGIN;
+    TEST(stream_index_reads_the_applied_index_of_a_snapshot);
     TEST(import_reproduces_hash_index_and_clock);
     TEST(imported_ledger_goes_on_like_the_source);
     TEST(export_leaves_out_batches_applied_after_begin);

@@ -1,0 +1,72 @@
+/*
+ * fsm.h: the ledger as libraft's state machine.
+ *
+ * One Raft entry is one ledger batch and one LMDB write transaction. libraft's apply
+ * callback gets no index, so the adapter applies each entry at
+ * raft_last_applied(r) + 1; the ledger keeps the applied index in LMDB and skips an
+ * entry it already holds (after a restart libraft replays from its last snapshot).
+ *
+ * Results are owned by the adapter: `*result` points at a struct node_apply_result
+ * inside it, valid until the next apply. The leader's raft_apply callback, which
+ * libraft fires right after the entry is applied, reads it there; followers ignore it,
+ * so nothing leaks on them.
+ *
+ * Snapshots use FSM version 3: `snapshot` freezes the ledger (an LMDB read
+ * transaction) on the loop thread, `snapshot_async` writes the frozen view into
+ * buffers of at most NODE_SNAPSHOT_CHUNK bytes on a worker thread, and
+ * `snapshot_finalize` frees them. `restore` replaces the ledger, unless the ledger
+ * already holds that index or later (a restart of a node whose LMDB is ahead of its
+ * last Raft snapshot), in which case the snapshot is not needed.
+ *
+ * A storage failure (LMDB I/O error, corruption) cannot be answered: the node may not
+ * serve from a state it cannot trust, so the adapter calls `on_fatal`, which must not
+ * return to libraft normally (the default prints the reason and aborts).
+ */
+#ifndef TALLY_RAFT_FSM_H
+#define TALLY_RAFT_FSM_H
+
+#include "ledger/ledger.h"
+
+#include <raft.h>
+
+#define NODE_SNAPSHOT_CHUNK ((size_t)64 << 20)
+#define NODE_SNAPSHOT_MAX_CHUNKS 1024
+
+/* What `*result` of an applied entry points at (owned by the adapter). */
+struct node_apply_result {
+    uint64_t index;     /* Raft index of the entry */
+    int status;         /* 0, -LEDGER_ESTALE (already held) or -LEDGER_EDECODE */
+    size_t n;           /* number of results */
+    const struct ledger_result *results; /* one per command, in batch order */
+};
+
+struct node_fsm {
+    struct raft_fsm fsm; /* give &fsm to raft_init / raft_fixture_grow */
+    struct ledger *ledger;
+    struct raft *raft;   /* set with node_fsm_attach() before the first apply */
+    struct ledger_result *results; /* LEDGER_BATCH_MAX_CMDS */
+    struct node_apply_result last;
+    struct ledger_snapshot *snap; /* between snapshot and snapshot_finalize */
+    struct raft_buffer *chunks;   /* buffers of the snapshot being taken */
+    unsigned n_chunks;
+    uint64_t applied;   /* entries applied (not skipped) */
+    uint64_t skipped;   /* entries skipped as already held */
+    uint64_t restores;  /* snapshots imported */
+    uint64_t restores_skipped; /* snapshots not needed: the ledger was ahead */
+    void (*on_fatal)(struct node_fsm *f, const char *reason);
+    void *data;         /* the owner's, for on_fatal */
+};
+
+/*
+ * Set up the adapter over `ledger` (borrowed; it must outlive the adapter). Returns 0
+ * or -LEDGER_ENOMEM.
+ */
+int node_fsm_init(struct node_fsm *f, struct ledger *ledger);
+
+/* Tell the adapter which raft instance drives it (for raft_last_applied()). */
+void node_fsm_attach(struct node_fsm *f, struct raft *raft);
+
+/* Free what the adapter owns (not the ledger). */
+void node_fsm_close(struct node_fsm *f);
+
+#endif /* TALLY_RAFT_FSM_H */
