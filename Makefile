@@ -3,6 +3,7 @@
 #   make test    install what is missing, build (normal and ASan+UBSan), run every test
 #   make bench   ledger throughput benchmark
 #   make fuzz    run the batch decoder fuzzer (FUZZ_SECONDS, default 60)
+#   make sim SEEDS=N  the deterministic Raft simulation over more seeds
 #   make model-long   the randomized model test with MODEL_STEPS (default 2,000,000)
 
 JOBS ?= $(shell nproc)
@@ -10,7 +11,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all setup build build-asan run test test-fast bench fuzz model-long clean
+.PHONY: all setup build build-asan run test test-fast bench fuzz model-long sim clean
 
 all: build
 
@@ -50,6 +51,11 @@ fuzz: setup
 MODEL_STEPS ?= 2000000
 model-long: build
 	TALLY_MODEL_STEPS=$(MODEL_STEPS) ./$(BUILD)/tests/ledger_model_test
+
+SEEDS ?= 20000
+FIRST ?= 1
+sim: build
+	./$(BUILD)/tests/sim/tally-sim --seeds $(SEEDS) --first $(FIRST)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1396,6 +1396,11 @@ static void late_correct(struct ledger *l, struct resolve_ctx *x, int64_t actual
         /* A refund may not reopen a closed period: the budget of that period is gone. */
         int64_t applied = (delta < 0 && a->period_start_ms != rec->expiry_period_start[i]) ? 0
                                                                                            : delta;
+        /* A period changed back to a start it counted before can hold less than the
+         * expiry charged: never refund below zero (deterministic, no abort). */
+        if (applied < -a->spent_micros) {
+            applied = -a->spent_micros;
+        }
         a->spent_micros += applied;
         a->lifetime_spent_micros += applied;
         assert(a->spent_micros >= 0);
@@ -1407,6 +1412,9 @@ static void late_correct(struct ledger *l, struct resolve_ctx *x, int64_t actual
             model_roll(m, a, l->now_ms);
             int64_t mapplied =
                 (delta < 0 && m->period_start_ms != rec->expiry_period_start[i]) ? 0 : delta;
+            if (mapplied < -m->spent_micros) {
+                mapplied = -m->spent_micros;
+            }
             m->spent_micros += mapplied;
             m->lifetime_spent_micros += mapplied;
         }

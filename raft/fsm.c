@@ -29,7 +29,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     uint64_t index = raft_last_applied(f->raft) + 1;
     size_t n = 0;
     int rv = ledger_apply_batch(f->ledger, index, buf->base, buf->len, f->results, &n);
-    f->last = (struct node_apply_result){index, 0, n, f->results};
+    struct node_apply_result *slot = &f->ring[index % NODE_RESULT_RING];
+    free((void *)slot->results);
+    *slot = (struct node_apply_result){index, 0, 0, NULL};
     switch (rv) {
     case 0:
         f->applied++;
@@ -37,14 +39,24 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     case -LEDGER_ESTALE:
     case -LEDGER_EDECODE:
         /* Already held, or rejected alike by every replica: skip, still applied. */
-        f->last.status = rv;
+        slot->status = rv;
         f->skipped += rv == -LEDGER_ESTALE;
         break;
     default:
         fatal(f, "applying an entry");
         return RAFT_IOERR;
     }
-    *result = &f->last;
+    if (n > 0) {
+        struct ledger_result *copy = malloc(n * sizeof(*copy));
+        if (copy == NULL) {
+            fatal(f, "out of memory keeping an entry's results");
+            return RAFT_NOMEM;
+        }
+        memcpy(copy, f->results, n * sizeof(*copy));
+        slot->results = copy;
+        slot->n = n;
+    }
+    *result = slot;
     return 0;
 }
 
@@ -111,7 +123,10 @@ static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], 
     struct node_fsm *f = fsm->data;
     assert(f->snap != NULL && f->chunks == NULL);
     if (ledger_snapshot_export(f->snap, chunk_write, f) != 0) {
+        /* libraft does not call snapshot_finalize after a failed snapshot_async. */
         chunks_free(f);
+        ledger_snapshot_end(f->snap);
+        f->snap = NULL;
         return RAFT_IOERR;
     }
     *bufs = f->chunks;
@@ -211,4 +226,8 @@ void node_fsm_close(struct node_fsm *f)
     f->snap = NULL;
     free(f->results);
     f->results = NULL;
+    for (unsigned i = 0; i < NODE_RESULT_RING; i++) {
+        free((void *)f->ring[i].results);
+        f->ring[i] = (struct node_apply_result){0};
+    }
 }

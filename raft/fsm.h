@@ -7,9 +7,11 @@
  * entry it already holds (after a restart libraft replays from its last snapshot).
  *
  * Results are owned by the adapter: `*result` points at a struct node_apply_result
- * inside it, valid until the next apply. The leader's raft_apply callback, which
- * libraft fires right after the entry is applied, reads it there; followers ignore it,
- * so nothing leaks on them.
+ * in a ring of NODE_RESULT_RING slots indexed by Raft index, so it stays valid while
+ * the next NODE_RESULT_RING - 1 entries are applied. libraft 0.22 applies every entry
+ * of a commit step before it fires the raft_apply callbacks, so a single slot would
+ * hand one entry's callback another entry's answers. Followers ignore the results, so
+ * nothing leaks on them.
  *
  * Snapshots use FSM version 3: `snapshot` freezes the ledger (an LMDB read
  * transaction) on the loop thread, `snapshot_async` writes the frozen view into
@@ -31,6 +33,7 @@
 
 #define NODE_SNAPSHOT_CHUNK ((size_t)64 << 20)
 #define NODE_SNAPSHOT_MAX_CHUNKS 1024
+#define NODE_RESULT_RING 1024 /* entries whose results stay readable */
 
 /* What `*result` of an applied entry points at (owned by the adapter). */
 struct node_apply_result {
@@ -44,8 +47,8 @@ struct node_fsm {
     struct raft_fsm fsm; /* give &fsm to raft_init / raft_fixture_grow */
     struct ledger *ledger;
     struct raft *raft;   /* set with node_fsm_attach() before the first apply */
-    struct ledger_result *results; /* LEDGER_BATCH_MAX_CMDS */
-    struct node_apply_result last;
+    struct ledger_result *results; /* LEDGER_BATCH_MAX_CMDS, scratch of one apply */
+    struct node_apply_result ring[NODE_RESULT_RING]; /* results malloc'd per slot */
     struct ledger_snapshot *snap; /* between snapshot and snapshot_finalize */
     struct raft_buffer *chunks;   /* buffers of the snapshot being taken */
     unsigned n_chunks;

@@ -1,0 +1,187 @@
+/*
+ * node.h: one replicated tally node on real I/O (libraft's raft_uv over TCP, the ledger
+ * in LMDB), driven by a caller-supplied libuv loop.
+ *
+ * The one idea behind the shape: the leader turns every command that arrived during one
+ * loop iteration into ONE Raft entry (group commit), stamped with the leader's clock. All
+ * state lives on the loop thread; every function here must be called on it, and every
+ * callback runs on it.
+ *
+ * Files: DIR/raft holds raft_uv's metadata, segments and snapshots; DIR/ledger holds the
+ * ledger's LMDB, opened with LEDGER_OPEN_NOSYNC because the Raft log is the durable
+ * record (a replica replays it after a crash). Both are created if missing.
+ *
+ * Serving: a new leader first commits a barrier (so it has applied everything committed
+ * before its term) and only then reports itself ready and proposes commands. A follower
+ * refuses proposals with -NODE_ENOTLEADER; node_leader() says whom to ask instead.
+ *
+ * Failure: a storage error the node cannot answer (LMDB I/O error or corruption, a
+ * corrupt Raft segment, libraft giving up) is logged as one logfmt line on stderr and the
+ * process exits with NODE_EXIT_FATAL. A node never keeps serving from a state it cannot
+ * trust.
+ *
+ * libraft 0.22 sharp edges handled here: apply callbacks are fired after the whole
+ * commit step, not after each entry, so per-entry FSM results are captured at apply time
+ * (see node.c); one buffer per raft_apply; raft_uv auto-recovery is off.
+ */
+#ifndef TALLY_RAFT_NODE_H
+#define TALLY_RAFT_NODE_H
+
+#include "ledger/ledger.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define NODE_MEMBERS_MAX 9                   /* voters and others in the configuration */
+#define NODE_ADDRESS_MAX 64                  /* "127.0.0.1:9001" incl. NUL */
+#define NODE_DIR_MAX 3072                    /* data directory path incl. NUL */
+#define NODE_QUEUE_MAX LEDGER_BATCH_MAX_CMDS /* commands waiting for the next batch */
+#define NODE_INFLIGHT_MAX 64                 /* batches proposed and not yet answered */
+#define NODE_ERRMSG_SIZE 256
+#define NODE_EXIT_FATAL 74 /* exit status after a fatal storage error */
+
+/* ---- Error codes (returned negated, and passed negated to callbacks). ---- */
+enum {
+    NODE_EINVAL = 1,      /* an argument is out of range */
+    NODE_ENOMEM,          /* allocation failed */
+    NODE_ENOTLEADER,      /* not the leader: nothing was proposed, ask node_leader() */
+    NODE_ELEADERSHIPLOST, /* proposed, outcome unknown: retry with the same request id */
+    NODE_EBUSY,           /* queue full, or a membership change is in progress */
+    NODE_ETOOBIG,         /* the batch would exceed LEDGER_BATCH_MAX_BYTES */
+    NODE_ESHUTDOWN,       /* the node is closing; outcome unknown for proposed commands */
+    NODE_EIO,             /* file system or ledger error */
+    NODE_ERAFT,           /* libraft refused: see node_errmsg() */
+    NODE_EAPPLY,          /* the entry committed but its results are missing (a bug) */
+    NODE_ETIMEDOUT,       /* leadership transfer did not complete */
+    NODE_ECODE_MAX
+};
+
+/* Human name of an error code (positive or negative), never NULL. */
+const char *node_strerror(int code);
+
+struct node_member {
+    uint64_t id; /* > 0 */
+    char address[NODE_ADDRESS_MAX];
+};
+
+/*
+ * How to run a node. node_config_init() fills the defaults; the caller sets id, dir,
+ * address and members. Strings are copied by node_open().
+ */
+struct node_config {
+    uint64_t id;
+    const char *dir;     /* data directory (created if missing) */
+    const char *address; /* peer address to listen on, IPv4 "a.b.c.d:port" */
+    struct node_member members[NODE_MEMBERS_MAX];
+    unsigned n_members;           /* typically 3; read only when bootstrapping */
+    unsigned election_timeout_ms; /* default 1000 */
+    unsigned heartbeat_ms;        /* default 100 */
+    unsigned snapshot_threshold;  /* entries between snapshots, default 1024 */
+    unsigned snapshot_trailing;   /* entries kept after a snapshot, default 128 */
+    bool bootstrap;               /* bootstrap `members` if the Raft directory is pristine */
+};
+
+/* Fill `c` (caller's) with the defaults above; id, dir, address and members empty. */
+void node_config_init(struct node_config *c);
+
+struct node;
+
+/*
+ * Answer to one node_propose() call. On status 0, `results` (borrowed, valid only during
+ * the call) holds one answer per command in the order given and `index` is the Raft
+ * index of the entry that carried them. Otherwise status is -NODE_ENOTLEADER (never
+ * proposed), -NODE_ELEADERSHIPLOST or -NODE_ESHUTDOWN (maybe committed: retry with the
+ * same request ids), or another -NODE_E* error; results is NULL and index 0.
+ */
+typedef void (*node_propose_cb)(struct node *node, void *data, int status, uint64_t index,
+                                const struct ledger_result *results, size_t n_results);
+
+/* Completion of a membership change or leadership transfer: 0 or -NODE_E*. */
+typedef void (*node_change_cb)(struct node *node, void *data, int status);
+
+/* Called once the node is closed and freed. */
+typedef void (*node_close_cb)(void *data);
+
+/*
+ * Create the node described by `cfg` (borrowed) on `loop` (borrowed; it must outlive the
+ * node): make the directories, open the ledger, set up raft_uv and libraft. Nothing runs
+ * until node_start(). On success *out is owned by the caller until node_close() (which
+ * must be called even if node_start() fails). On failure returns -NODE_E* with a message
+ * in `errmsg` (NODE_ERRMSG_SIZE bytes, may be NULL) and nothing is left open.
+ */
+int node_open(struct node **out, uv_loop_t *loop, const struct node_config *cfg, char *errmsg);
+
+/*
+ * Bootstrap if configured (a restart answers RAFT_CANTBOOTSTRAP, which is normal), load
+ * the Raft log and snapshot, start the peer transport and the election timer. Returns 0
+ * or -NODE_E* (see node_errmsg()); a corrupt log fails here instead of being repaired.
+ */
+int node_start(struct node *node);
+
+/*
+ * Queue `n` commands (1..NODE_QUEUE_MAX, copied) for the next batch. `cb` (required) is
+ * called exactly once with `data`, after the batch is applied or fails; never from
+ * inside node_propose(). Returns 0, or without calling cb: -NODE_ENOTLEADER (not the
+ * leader), -NODE_EBUSY (the queue is full: back off), -NODE_ESHUTDOWN, -NODE_EINVAL.
+ * A leader that has not finished its barrier yet queues the commands.
+ */
+int node_propose(struct node *node, const struct ledger_cmd *cmds, size_t n, node_propose_cb cb,
+                 void *data);
+
+/*
+ * The leader as this node knows it: *id (0 if unknown) and *address (NULL if unknown;
+ * owned by libraft, valid until control returns to the loop: copy it).
+ */
+void node_leader(struct node *node, uint64_t *id, const char **address);
+
+/* Whether this node is the leader and has committed its barrier for the current term. */
+bool node_ready(struct node *node);
+
+/*
+ * Membership (leader only): node_add adds server `id` at `address` (copied) and promotes
+ * it to voter once it caught up; node_remove removes it; node_transfer hands leadership
+ * to `id` (0: any up-to-date voter). `cb` gets 0 or -NODE_E*; -NODE_EBUSY returned if
+ * another change or transfer is in progress. The calls return 0 or an error without
+ * calling cb.
+ */
+int node_add(struct node *node, uint64_t id, const char *address, node_change_cb cb, void *data);
+int node_remove(struct node *node, uint64_t id, node_change_cb cb, void *data);
+int node_transfer(struct node *node, uint64_t id, node_change_cb cb, void *data);
+
+/* The node's ledger (borrowed, loop thread only): for queries and stale reads. */
+struct ledger *node_ledger(struct node *node);
+
+/* This node's id. */
+uint64_t node_id(const struct node *node);
+
+struct node_stats {
+    uint64_t term;
+    uint64_t commit_index;
+    uint64_t last_applied;     /* Raft's, including barriers and configuration entries */
+    uint64_t applied;          /* entries the ledger applied */
+    uint64_t skipped;          /* entries skipped as already held by LMDB */
+    uint64_t restores;         /* snapshots imported */
+    uint64_t restores_skipped; /* snapshots not needed: LMDB was ahead */
+    uint64_t batches;          /* entries this node proposed */
+    uint64_t commands;         /* commands in them */
+    uint64_t late_results;     /* apply callbacks whose libraft `result` was a later entry's */
+    int state;                 /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
+};
+
+/* Counters, for tests and metrics. */
+void node_stats(struct node *node, struct node_stats *out);
+
+/* Message of the last error on this node ("" if none). */
+const char *node_errmsg(const struct node *node);
+
+/*
+ * Stop the node: queued commands fail with -NODE_ESHUTDOWN, libraft closes (proposed
+ * batches fail with -NODE_ESHUTDOWN), then the transport, the handles, the ledger; the
+ * node is freed and `cb` (may be NULL) called with `data`. Call once; not from inside a
+ * node callback.
+ */
+void node_close(struct node *node, node_close_cb cb, void *data);
+
+#endif /* TALLY_RAFT_NODE_H */
