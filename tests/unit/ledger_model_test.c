@@ -1236,7 +1236,9 @@ static int cmp_expiry(const void *pa, const void *pb)
 static int32_t *m_open_sorted(size_t *n)
 {
     int32_t *v = xrealloc(NULL, (M.n_open + 1) * sizeof(*v));
-    memcpy(v, M.open, M.n_open * sizeof(*v));
+    if (M.n_open > 0) { /* M.open is NULL until the first reservation */
+        memcpy(v, M.open, M.n_open * sizeof(*v));
+    }
     qsort(v, M.n_open, sizeof(*v), cmp_expiry);
     *n = M.n_open;
     return v;
