@@ -10,11 +10,9 @@
  * work queued from a timer.
  *
  * Results: libraft 0.22's legacy layer queues apply callbacks and fires them after the
- * whole commit step, so when one step applies several entries, the `result` every
- * callback gets points at the adapter's struct node_apply_result, which by then holds
- * the LAST entry's answers. node.c therefore gives libraft a thin wrapper FSM that
- * delegates to the adapter and, right after each apply, copies the answers of an entry
- * this node proposed into that batch. The callback only reads the batch.
+ * whole commit step. The adapter keeps each entry's answers in a ring slot indexed by
+ * Raft index (raft/fsm.h), so the callback copies its own entry's answers from
+ * `result`; a slot that no longer holds its index fails the batch (NODE_EAPPLY).
  *
  * Leadership: the check handle also watches raft_state() and the term. A new term as
  * leader submits a raft_barrier; the node is ready (and flushes its queue) only once the
@@ -54,10 +52,8 @@ struct node_batch {
     struct node_batch *prev, *next; /* in node->inflight, oldest first */
     size_t n_cmds;
     size_t n_props;
-    bool captured;                 /* the wrapper FSM saw this entry applied */
-    int apply_status;              /* node_apply_result.status of that apply */
     struct node_prop *props;       /* n_props, owned */
-    struct ledger_result *results; /* n_cmds, owned, filled at apply */
+    struct ledger_result *results; /* n_cmds, owned, filled in apply_cb */
 };
 
 struct node_barrier {
@@ -82,14 +78,12 @@ struct node_change {
 
 struct node {
     uv_loop_t *loop;
-    pthread_t loop_thread;
     uint64_t id;
     char address[NODE_ADDRESS_MAX];
     char raft_dir[NODE_DIR_MAX];
     struct node_config cfg; /* copy; address points at n->address, dir is NULL */
     struct ledger *ledger;
     struct node_fsm fsm;  /* the ledger adapter */
-    struct raft_fsm wrap; /* what libraft calls: delegates to fsm.fsm */
     struct raft_uv_transport transport;
     struct raft_io io;
     struct raft raft;
@@ -99,7 +93,6 @@ struct node {
     bool started;
     bool closing;
     unsigned open_handles;
-    bool snapshot_thread_logged;
 
     struct ledger_cmd *queue; /* NODE_QUEUE_MAX */
     size_t n_queued;
@@ -295,88 +288,6 @@ static int make_dirs(const char *path, char *why, size_t size)
     }
 }
 
-/* ---- The wrapper FSM: capture each proposed entry's answers as it is applied. ---- */
-
-static struct node_batch *inflight_find(struct node *n, uint64_t index)
-{
-    for (struct node_batch *b = n->inflight_head; b != NULL; b = b->next) {
-        if (b->req.index == index) {
-            return b;
-        }
-    }
-    return NULL;
-}
-
-static int wrap_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
-{
-    struct node *n = fsm->data;
-    int rv = n->fsm.fsm.apply(&n->fsm.fsm, buf, result);
-    if (rv != 0) {
-        return rv;
-    }
-    const struct node_apply_result *r = *result;
-    struct node_batch *b = inflight_find(n, r->index);
-    if (b != NULL) {
-        b->captured = true;
-        b->apply_status = r->status;
-        if (r->status == 0 && r->n == b->n_cmds) {
-            memcpy(b->results, r->results, r->n * sizeof(*r->results));
-        } else if (r->status == 0) {
-            b->apply_status = -LEDGER_EDECODE; /* not the entry we proposed */
-        }
-    }
-    return 0;
-}
-
-static int wrap_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
-{
-    struct node *n = fsm->data;
-    return n->fsm.fsm.snapshot(&n->fsm.fsm, bufs, n_bufs);
-}
-
-static int wrap_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
-{
-    struct node *n = fsm->data;
-    if (!n->snapshot_thread_logged) {
-        /* Written once, from whichever thread runs it: whether libraft really takes the
-         * export off the loop thread is worth knowing when a snapshot stalls the loop. */
-        n->snapshot_thread_logged = true;
-        node_logf(n, "info", "msg=\"snapshot export\" on_loop_thread=%d",
-                  pthread_equal(pthread_self(), n->loop_thread) != 0);
-    }
-    return n->fsm.fsm.snapshot_async(&n->fsm.fsm, bufs, n_bufs);
-}
-
-static int wrap_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[],
-                                  unsigned *n_bufs)
-{
-    struct node *n = fsm->data;
-    return n->fsm.fsm.snapshot_finalize(&n->fsm.fsm, bufs, n_bufs);
-}
-
-static int wrap_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
-{
-    struct node *n = fsm->data;
-    int rv = n->fsm.fsm.restore(&n->fsm.fsm, buf);
-    if (rv == 0) {
-        node_logf(n, "info", "msg=\"snapshot restored\" restores=%" PRIu64 " skipped=%" PRIu64,
-                  n->fsm.restores, n->fsm.restores_skipped);
-    }
-    return rv;
-}
-
-static void wrap_init(struct node *n)
-{
-    memset(&n->wrap, 0, sizeof(n->wrap));
-    n->wrap.version = 3;
-    n->wrap.data = n;
-    n->wrap.apply = wrap_apply;
-    n->wrap.snapshot = wrap_snapshot;
-    n->wrap.restore = wrap_restore;
-    n->wrap.snapshot_finalize = wrap_snapshot_finalize;
-    n->wrap.snapshot_async = wrap_snapshot_async;
-}
-
 /* ---- Open and start. ---- */
 
 static int node_alloc(struct node **out, uv_loop_t *loop, const struct node_config *cfg)
@@ -396,7 +307,6 @@ static int node_alloc(struct node **out, uv_loop_t *loop, const struct node_conf
         return -NODE_ENOMEM;
     }
     n->loop = loop;
-    n->loop_thread = pthread_self();
     n->id = cfg->id;
     n->cfg = *cfg;
     snprintf(n->address, sizeof(n->address), "%s", cfg->address);
@@ -471,8 +381,7 @@ static int node_open_raft(struct node *n, char *why, size_t size)
     }
     /* A corrupt or truncated segment must stop the node, not be silently dropped. */
     raft_uv_set_auto_recovery(&n->io, false);
-    wrap_init(n);
-    rv = raft_init(&n->raft, &n->io, &n->wrap, n->id, n->address);
+    rv = raft_init(&n->raft, &n->io, &n->fsm.fsm, n->id, n->address);
     if (rv != 0) {
         snprintf(why, size, "raft_init: %s", raft_errmsg(&n->raft));
         raft_uv_close(&n->io);
@@ -800,20 +709,21 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
 {
     struct node_batch *b = req->data;
     struct node *n = b->node;
-    const struct node_apply_result *late = result;
-    if (status == 0 && late != NULL && late->index != req->index) {
-        n->late_results++; /* `result` already holds a later entry's answers: wrap_apply() */
-    }
+    const struct node_apply_result *r = result;
     inflight_unlink(n, b);
     int err = 0;
     if (status != 0) {
         err = n->closing ? -NODE_ESHUTDOWN : -NODE_ELEADERSHIPLOST;
-    } else if (!b->captured || b->apply_status != 0) {
+    } else if (r == NULL || r->index != req->index || r->status != 0 || r->n != b->n_cmds) {
+        /* The ring slot was reused (more than NODE_RESULT_RING entries in one commit
+         * step) or the entry is not the batch we proposed. */
+        n->late_results++;
         node_logf(n, "error",
-                  "msg=\"entry applied without its results\" index=%" PRIu64
-                  " captured=%d status=%d",
-                  (uint64_t)req->index, b->captured, b->apply_status);
+                  "msg=\"entry applied without its results\" index=%" PRIu64 " status=%d",
+                  (uint64_t)req->index, r ? r->status : 0);
         err = -NODE_EAPPLY;
+    } else {
+        memcpy(b->results, r->results, r->n * sizeof(*r->results));
     }
     batch_finish(n, b, err);
     node_kick(n);

@@ -21,8 +21,8 @@
  * trust.
  *
  * libraft 0.22 sharp edges handled here: apply callbacks are fired after the whole
- * commit step, not after each entry, so per-entry FSM results are captured at apply time
- * (see node.c); one buffer per raft_apply; raft_uv auto-recovery is off.
+ * commit step, not after each entry, so results are read from the adapter's per-index
+ * ring (raft/fsm.h); one buffer per raft_apply; raft_uv auto-recovery is off.
  */
 #ifndef TALLY_RAFT_NODE_H
 #define TALLY_RAFT_NODE_H
@@ -166,7 +166,7 @@ struct node_stats {
     uint64_t restores_skipped; /* snapshots not needed: LMDB was ahead */
     uint64_t batches;          /* entries this node proposed */
     uint64_t commands;         /* commands in them */
-    uint64_t late_results;     /* apply callbacks whose libraft `result` was a later entry's */
+    uint64_t late_results;     /* applied batches whose results were no longer held */
     int state;                 /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
 };
 
