@@ -14,9 +14,11 @@
  * nothing leaks on them.
  *
  * Snapshots use FSM version 3: `snapshot` freezes the ledger (an LMDB read
- * transaction) on the loop thread, `snapshot_async` writes the frozen view into
- * buffers of at most NODE_SNAPSHOT_CHUNK bytes on a worker thread, and
- * `snapshot_finalize` frees them. `restore` replaces the ledger, unless the ledger
+ * transaction), `snapshot_async` writes the frozen view into buffers of at most
+ * NODE_SNAPSHOT_CHUNK bytes, and `snapshot_finalize` frees them. libraft 0.22.1 calls
+ * snapshot_async on the loop thread right after snapshot (measured: same thread id), so
+ * the export still stalls the loop for as long as it takes to copy the ledger; the read
+ * transaction only keeps writers from waiting on it. `restore` replaces the ledger, unless the ledger
  * already holds that index or later (a restart of a node whose LMDB is ahead of its
  * last Raft snapshot), in which case the snapshot is not needed.
  *

@@ -45,7 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define N_NODES 3
+#define N_NODES 4 /* process slots; the cluster starts with the first 3 */
+#define N_BOOTSTRAP 3
 #define TEST_DEADLINE_S 150
 #define MAX_REQS 4096
 #define WINDOW_MAX 64
@@ -343,12 +344,14 @@ static void spawn_process(int i)
     argv[argc++] = peer;
     argv[argc++] = "--control";
     argv[argc++] = ctl;
-    for (int m = 0; m < N_NODES; m++) {
+    for (int m = 0; m < N_BOOTSTRAP; m++) {
         snprintf(members[m], sizeof(members[m]), "%d=127.0.0.1:%d", m + 1, procs[m].peer_port);
         argv[argc++] = "--member";
         argv[argc++] = members[m];
     }
-    argv[argc++] = "--bootstrap"; /* a restart must treat RAFT_CANTBOOTSTRAP as normal */
+    if (i < N_BOOTSTRAP) {
+        argv[argc++] = "--bootstrap"; /* a restart must treat RAFT_CANTBOOTSTRAP as normal */
+    }
     argv[argc++] = "--election-timeout";
     argv[argc++] = "1000";
     argv[argc++] = "--heartbeat";
@@ -639,20 +642,27 @@ static void wait_converged(int timeout_ms, uint64_t min_index)
     char replies[N_NODES][256];
     for (;;) {
         bool same = true;
+        int first = -1; /* the first running node: every other must answer the same */
         for (int i = 0; i < N_NODES; i++) {
             unsigned long long applied = 0;
+            snprintf(replies[i], sizeof(replies[i]), "-");
+            if (procs[i].pid == 0) {
+                continue;
+            }
             if (ctl_call(procs[i].ctl_port, "hash", replies[i], sizeof(replies[i]), 5000) != 0 ||
                 sscanf(replies[i], "hash %llu", &applied) != 1 || applied < min_index ||
-                strcmp(replies[i], replies[0]) != 0) {
+                (first >= 0 && strcmp(replies[i], replies[first]) != 0)) {
                 same = false;
             }
+            first = first < 0 ? i : first;
         }
         if (same) {
-            say("converged: %s", replies[0]);
+            say("converged: %s", first >= 0 ? replies[first] : "no node running");
             return;
         }
         if (now_ms() > deadline) {
-            FAIL("no convergence: [%s] [%s] [%s]", replies[0], replies[1], replies[2]);
+            FAIL("no convergence: [%s] [%s] [%s] [%s]", replies[0], replies[1], replies[2],
+                 replies[3]);
         }
         sleep_ms(200);
     }
@@ -734,13 +744,18 @@ static void verify_all(void)
 {
     wait_converged(40000, max_acked_index());
     for (int i = 0; i < N_NODES; i++) {
-        verify_node(i);
+        if (procs[i].pid > 0) {
+            verify_node(i);
+        }
     }
 }
 
 static void stop_all(void)
 {
     for (int i = 0; i < N_NODES; i++) {
+        if (procs[i].pid == 0) {
+            continue;
+        }
         int status = stop(i, SIGTERM);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             FAIL("node %d did not exit cleanly on SIGTERM (status 0x%x)", i + 1, status);
@@ -757,7 +772,7 @@ static void start_cluster(void)
         snprintf(procs[i].dir, sizeof(procs[i].dir), "%s/node%d", base_dir, i + 1);
         snprintf(procs[i].log, sizeof(procs[i].log), "%s/node%d.log", base_dir, i + 1);
     }
-    for (int i = 0; i < N_NODES; i++) {
+    for (int i = 0; i < N_BOOTSTRAP; i++) {
         spawn(i);
     }
     int leader = find_leader(30000);
@@ -847,7 +862,7 @@ static void transfer_leadership(void)
 {
     for (int attempt = 0; attempt < 3; attempt++) {
         int leader = find_leader(20000);
-        int target = (leader + 2) % N_NODES;
+        int target = (leader + 2) % N_BOOTSTRAP;
         char cmd[64], reply[256];
         snprintf(cmd, sizeof(cmd), "transfer %d", target + 1);
         if (leader < 0 || ctl_call(procs[leader].ctl_port, cmd, reply, sizeof(reply), 10000) != 0) {
@@ -872,7 +887,7 @@ static void scenario_catchup(void)
     transfer_leadership();
     stream_run(64, 4, NULL);
     int leader = find_leader(20000);
-    int lagging = (leader + 1) % N_NODES;
+    int lagging = (leader + 1) % N_BOOTSTRAP;
     int status = stop(lagging, SIGTERM);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         FAIL("node %d did not exit cleanly on SIGTERM (status 0x%x)", lagging + 1, status);
@@ -892,6 +907,76 @@ static void scenario_catchup(void)
         FAIL("node %d caught up without installing a snapshot: %s", lagging + 1, reply);
     }
     say("node %d caught up by snapshot: %s", lagging + 1, reply);
+    stop_all();
+}
+
+/* Send a membership command to the leader until it answers ok (retrying elections). */
+static void change_membership(const char *cmd)
+{
+    char reply[256] = "";
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int leader = find_leader(20000);
+        if (leader >= 0 &&
+            ctl_call(procs[leader].ctl_port, cmd, reply, sizeof(reply), 30000) == 0 &&
+            strcmp(reply, "ok") == 0) {
+            say("\"%s\" through node %d: ok", cmd, leader + 1);
+            return;
+        }
+        say("\"%s\": %s; retrying", cmd, reply);
+        sleep_ms(500);
+    }
+    FAIL("\"%s\" never succeeded: %s", cmd, reply);
+}
+
+/*
+ * Grow to four voters, then shrink to three by removing the leader itself. The proof
+ * that the removal took effect: with the removed node gone and one more voter stopped,
+ * two of the remaining three still form a quorum and commit, which two of the old four
+ * could not.
+ */
+static void scenario_membership(void)
+{
+    snapshot_threshold = 64;
+    snapshot_trailing = 8;
+    start_cluster();
+    create_account();
+    stream_run(256, 4, NULL);
+
+    const int joiner = N_BOOTSTRAP; /* node 4: empty data dir, no bootstrap */
+    spawn(joiner);
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "add %d 127.0.0.1:%d", joiner + 1, procs[joiner].peer_port);
+    change_membership(cmd);
+    stream_run(128, 4, NULL);
+    verify_all(); /* the new voter holds everything, caught up by log or snapshot */
+
+    int old_leader = find_leader(20000);
+    if (old_leader < 0) {
+        FAIL("no leader after the add");
+    }
+    snprintf(cmd, sizeof(cmd), "remove %d", old_leader + 1);
+    change_membership(cmd);
+    int status = stop(old_leader, SIGTERM);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        FAIL("removed node %d did not exit cleanly (status 0x%x)", old_leader + 1, status);
+    }
+    say("removed node %d stopped", old_leader + 1);
+    int leader = find_leader(20000);
+    if (leader < 0) {
+        FAIL("no leader among the three remaining voters");
+    }
+    int victim = -1;
+    for (int i = 0; i < N_NODES; i++) {
+        if (procs[i].pid > 0 && i != leader) {
+            victim = i;
+            break;
+        }
+    }
+    stop(victim, SIGKILL);
+    say("node %d leads; node %d killed: two of three voters remain", leader + 1, victim + 1);
+    stream_run(128, 4, NULL);
+    spawn(victim);
+    verify_all();
     stop_all();
 }
 
@@ -919,8 +1004,9 @@ static void lsan_suppress_libraft(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3 || (strcmp(argv[2], "crash") != 0 && strcmp(argv[2], "catchup") != 0)) {
-        fprintf(stderr, "usage: %s <tally-node> crash|catchup\n", argv[0]);
+    if (argc != 3 || (strcmp(argv[2], "crash") != 0 && strcmp(argv[2], "catchup") != 0 &&
+                      strcmp(argv[2], "membership") != 0)) {
+        fprintf(stderr, "usage: %s <tally-node> crash|catchup|membership\n", argv[0]);
         return 2;
     }
     node_bin = argv[1];
@@ -939,8 +1025,10 @@ int main(int argc, char **argv)
     lsan_suppress_libraft();
     if (strcmp(argv[2], "crash") == 0) {
         scenario_crash();
-    } else {
+    } else if (strcmp(argv[2], "catchup") == 0) {
         scenario_catchup();
+    } else {
+        scenario_membership();
     }
     if (getenv("TALLY_TEST_KEEP") == NULL) {
         nftw(base_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
