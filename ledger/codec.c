@@ -97,7 +97,7 @@ static bool str_ok(const char *s, size_t max)
     return strnlen(s, max + 1) <= max;
 }
 
-static bool cmd_encodable(const struct ledger_cmd *c)
+bool ledger_cmd_encodable(const struct ledger_cmd *c)
 {
     if (c->type < LEDGER_CMD_ACCOUNT_CREATE || c->type >= LEDGER_CMD_TYPE_MAX ||
         !str_ok(c->actor, LEDGER_ACTOR_MAX)) {
@@ -272,7 +272,7 @@ int ledger_batch_encode(int64_t stamp_ms, const struct ledger_cmd *cmds, size_t 
         return -LEDGER_ETOOBIG;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!cmd_encodable(&cmds[i])) {
+        if (!ledger_cmd_encodable(&cmds[i])) {
             return -LEDGER_EINVAL;
         }
     }
@@ -303,7 +303,7 @@ int ledger_batch_encode(int64_t stamp_ms, const struct ledger_cmd *cmds, size_t 
 
 int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len)
 {
-    if (!cmd_encodable(c)) {
+    if (!ledger_cmd_encodable(c)) {
         return -LEDGER_EINVAL;
     }
     struct grow_buf g = {0};
@@ -321,55 +321,6 @@ int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len)
 
 /* ---- Decoding. ---- */
 
-static bool read_u8(struct mp_reader *r, uint8_t *v)
-{
-    uint64_t x;
-    if (!mp_read_u64(r, &x) || x > UINT8_MAX) {
-        r->ok = false;
-        return false;
-    }
-    *v = (uint8_t)x;
-    return true;
-}
-
-static bool read_u32(struct mp_reader *r, uint32_t *v)
-{
-    uint64_t x;
-    if (!mp_read_u64(r, &x) || x > UINT32_MAX) {
-        r->ok = false;
-        return false;
-    }
-    *v = (uint32_t)x;
-    return true;
-}
-
-/* A str of at most `max` bytes without NUL, copied NUL-terminated into `dst`. */
-static bool read_name(struct mp_reader *r, char *dst, size_t max)
-{
-    const char *s;
-    size_t n;
-    if (!mp_read_str(r, max, &s, &n) || memchr(s, 0, n) != NULL) {
-        r->ok = false;
-        return false;
-    }
-    memcpy(dst, s, n);
-    dst[n] = '\0';
-    return true;
-}
-
-/* A bin of exactly `size` bytes. */
-static bool read_fixed_bin(struct mp_reader *r, uint8_t *dst, size_t size)
-{
-    const uint8_t *b;
-    size_t n;
-    if (!mp_read_bin(r, size, &b, &n) || n != size) {
-        r->ok = false;
-        return false;
-    }
-    memcpy(dst, b, n);
-    return true;
-}
-
 static bool read_limits(struct mp_reader *r, struct ledger_limits *l)
 {
     uint32_t n;
@@ -377,10 +328,10 @@ static bool read_limits(struct mp_reader *r, struct ledger_limits *l)
         r->ok = false;
         return false;
     }
-    read_u32(r, &l->set);
-    read_u8(r, &l->period_kind);
-    read_u8(r, &l->blocked);
-    read_u8(r, &l->expiry_policy);
+    mp_read_u32(r, &l->set);
+    mp_read_u8(r, &l->period_kind);
+    mp_read_u8(r, &l->blocked);
+    mp_read_u8(r, &l->expiry_policy);
     mp_read_i64(r, &l->budget_micros);
     mp_read_i64(r, &l->soft_budget_micros);
     mp_read_i64(r, &l->period_ms);
@@ -399,7 +350,7 @@ static bool read_model_limits(struct mp_reader *r, struct ledger_model_limits *l
         r->ok = false;
         return false;
     }
-    read_u32(r, &l->set);
+    mp_read_u32(r, &l->set);
     mp_read_i64(r, &l->budget_micros);
     mp_read_u64(r, &l->rpm);
     mp_read_u64(r, &l->rpm_burst);
@@ -411,32 +362,32 @@ static bool read_fields(struct mp_reader *r, struct ledger_cmd *c)
 {
     switch (c->type) {
     case LEDGER_CMD_ACCOUNT_CREATE:
-        read_name(r, c->u.create.name, LEDGER_NAME_MAX);
-        read_name(r, c->u.create.parent, LEDGER_NAME_MAX);
+        mp_read_text(r, c->u.create.name, LEDGER_NAME_MAX);
+        mp_read_text(r, c->u.create.parent, LEDGER_NAME_MAX);
         return read_limits(r, &c->u.create.limits);
     case LEDGER_CMD_ACCOUNT_UPDATE:
-        read_name(r, c->u.update.name, LEDGER_NAME_MAX);
+        mp_read_text(r, c->u.update.name, LEDGER_NAME_MAX);
         read_limits(r, &c->u.update.limits);
-        read_u32(r, &c->u.update.clear);
-        read_u8(r, &c->u.update.set_parent);
-        return read_name(r, c->u.update.parent, LEDGER_NAME_MAX);
+        mp_read_u32(r, &c->u.update.clear);
+        mp_read_u8(r, &c->u.update.set_parent);
+        return mp_read_text(r, c->u.update.parent, LEDGER_NAME_MAX);
     case LEDGER_CMD_KEY_ADD:
     case LEDGER_CMD_KEY_REVOKE:
-        read_name(r, c->u.key.account, LEDGER_NAME_MAX);
-        return read_fixed_bin(r, c->u.key.key_hash, LEDGER_KEY_HASH_SIZE);
+        mp_read_text(r, c->u.key.account, LEDGER_NAME_MAX);
+        return mp_read_fixed(r, c->u.key.key_hash, LEDGER_KEY_HASH_SIZE);
     case LEDGER_CMD_MODEL_LIMIT_SET:
-        read_name(r, c->u.model_limit.account, LEDGER_NAME_MAX);
-        read_name(r, c->u.model_limit.model, LEDGER_MODEL_MAX);
+        mp_read_text(r, c->u.model_limit.account, LEDGER_NAME_MAX);
+        mp_read_text(r, c->u.model_limit.model, LEDGER_MODEL_MAX);
         return read_model_limits(r, &c->u.model_limit.limits);
     case LEDGER_CMD_RESERVE: {
         const uint8_t *meta;
         size_t meta_len;
-        read_u8(r, &c->u.reserve.by_account);
-        read_fixed_bin(r, c->u.reserve.key_hash, LEDGER_KEY_HASH_SIZE);
-        read_name(r, c->u.reserve.account, LEDGER_NAME_MAX);
+        mp_read_u8(r, &c->u.reserve.by_account);
+        mp_read_fixed(r, c->u.reserve.key_hash, LEDGER_KEY_HASH_SIZE);
+        mp_read_text(r, c->u.reserve.account, LEDGER_NAME_MAX);
         mp_read_i64(r, &c->u.reserve.estimate_micros);
         mp_read_u64(r, &c->u.reserve.estimate_tokens);
-        read_name(r, c->u.reserve.model, LEDGER_MODEL_MAX);
+        mp_read_text(r, c->u.reserve.model, LEDGER_MODEL_MAX);
         mp_read_i64(r, &c->u.reserve.ttl_ms);
         if (!mp_read_bin(r, LEDGER_METADATA_MAX, &meta, &meta_len)) {
             return false;
@@ -459,19 +410,19 @@ static bool read_fields(struct mp_reader *r, struct ledger_cmd *c)
     }
 }
 
-static bool read_cmd(struct mp_reader *r, struct ledger_cmd *c)
+bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c)
 {
     uint32_t n;
     memset(c, 0, sizeof(*c));
-    if (!mp_read_array(r, 32, &n) || n < 3 || !read_u8(r, &c->type)) {
+    if (!mp_read_array(r, 32, &n) || n < 3 || !mp_read_u8(r, &c->type)) {
         return false;
     }
     if (c->type < LEDGER_CMD_ACCOUNT_CREATE || c->type >= LEDGER_CMD_TYPE_MAX ||
         n != 3u + fields_of[c->type]) {
         return false;
     }
-    read_fixed_bin(r, c->request_id, LEDGER_REQUEST_ID_SIZE);
-    read_name(r, c->actor, LEDGER_ACTOR_MAX);
+    mp_read_fixed(r, c->request_id, LEDGER_REQUEST_ID_SIZE);
+    mp_read_text(r, c->actor, LEDGER_ACTOR_MAX);
     return read_fields(r, c) && r->ok;
 }
 
@@ -488,7 +439,7 @@ int ledger_batch_decode(const void *buf, size_t len, int64_t *stamp_ms, struct l
         return -LEDGER_ETOOBIG;
     }
     mp_reader_init(&r, buf, len);
-    if (!mp_read_array(&r, 3, &top) || top != 3 || !read_u8(&r, &format) ||
+    if (!mp_read_array(&r, 3, &top) || top != 3 || !mp_read_u8(&r, &format) ||
         format != BATCH_FORMAT || !mp_read_i64(&r, stamp_ms)) {
         return -LEDGER_EDECODE;
     }
@@ -499,7 +450,7 @@ int ledger_batch_decode(const void *buf, size_t len, int64_t *stamp_ms, struct l
         return -LEDGER_ETOOBIG;
     }
     for (uint32_t i = 0; i < count; i++) {
-        if (!read_cmd(&r, &cmds[i])) {
+        if (!ledger_read_cmd(&r, &cmds[i])) {
             return -LEDGER_EDECODE;
         }
     }

@@ -6,10 +6,19 @@
 
 #include "ledger/ledger_internal.h"
 
+#include "ledger/mp.h"
+
 #include <msgpack.h>
 
 /* Pack one command (validated by the caller) as the array the batch format uses. */
 void ledger_pack_cmd(msgpack_packer *pk, const struct ledger_cmd *c);
+
+/* Whether pack_cmd can encode `c`: a known type, strings within their bounds. The
+ * ledger still validates every argument when it applies the command. */
+bool ledger_cmd_encodable(const struct ledger_cmd *c);
+
+/* Read one command in the pack_cmd form (bounded, non-allocating). false: malformed. */
+bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c);
 
 /* Encode one command alone (for the admin journal). *buf is malloc'd, caller frees. */
 int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len);

@@ -2,6 +2,7 @@
  * mp.c: the bounded msgpack reader (see mp.h for why it exists).
  */
 #include "ledger/mp.h"
+#include <string.h>
 
 static bool fail(struct mp_reader *r)
 {
@@ -203,4 +204,48 @@ bool mp_read_str(struct mp_reader *r, size_t max, const char **s, size_t *len)
 bool mp_read_bin(struct mp_reader *r, size_t max, const uint8_t **b, size_t *len)
 {
     return read_blob(r, false, max, b, len);
+}
+
+bool mp_read_u8(struct mp_reader *r, uint8_t *v)
+{
+    uint64_t x;
+    if (!mp_read_u64(r, &x) || x > UINT8_MAX) {
+        return fail(r);
+    }
+    *v = (uint8_t)x;
+    return true;
+}
+
+bool mp_read_u32(struct mp_reader *r, uint32_t *v)
+{
+    uint64_t x;
+    if (!mp_read_u64(r, &x) || x > UINT32_MAX) {
+        return fail(r);
+    }
+    *v = (uint32_t)x;
+    return true;
+}
+
+bool mp_read_text(struct mp_reader *r, char *dst, size_t max)
+{
+    const char *s;
+    size_t n;
+    dst[0] = '\0';
+    if (!mp_read_str(r, max, &s, &n) || memchr(s, '\0', n) != NULL) {
+        return fail(r);
+    }
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return true;
+}
+
+bool mp_read_fixed(struct mp_reader *r, uint8_t *dst, size_t size)
+{
+    const uint8_t *b;
+    size_t n;
+    if (!mp_read_bin(r, size, &b, &n) || n != size) {
+        return fail(r);
+    }
+    memcpy(dst, b, n);
+    return true;
 }

@@ -36,6 +36,17 @@ bool mp_read_str(struct mp_reader *r, size_t max, const char **s, size_t *len);
 /* bin of at most `max` bytes (borrowed pointer into the buffer). */
 bool mp_read_bin(struct mp_reader *r, size_t max, const uint8_t **b, size_t *len);
 
+/* Integers that must fit the narrower type (a larger value fails the reader). */
+bool mp_read_u8(struct mp_reader *r, uint8_t *v);
+bool mp_read_u32(struct mp_reader *r, uint32_t *v);
+
+/* A str of at most `max` bytes without NUL, copied NUL-terminated into `dst` (max + 1
+ * bytes); on failure dst is "". */
+bool mp_read_text(struct mp_reader *r, char *dst, size_t max);
+
+/* A bin of exactly `size` bytes, copied into `dst`. */
+bool mp_read_fixed(struct mp_reader *r, uint8_t *dst, size_t size);
+
 /* Bytes left unread. */
 size_t mp_left(const struct mp_reader *r);
 

@@ -109,6 +109,7 @@ struct node {
     struct node_change *change;
 
     uint64_t batches, commands, late_results;
+    uint64_t batch_sizes[NODE_BATCH_SIZE_BUCKETS];
     node_close_cb close_cb;
     void *close_data;
     char errmsg[NODE_ERRMSG_SIZE];
@@ -161,7 +162,14 @@ __attribute__((format(printf, 3, 4))) static void node_logf(const struct node *n
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "level=%s node=%" PRIu64 " %s\n", level, n->id, line);
+    struct timespec ts;
+    struct tm tm;
+    char when[32];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(stderr, "ts=%s.%03ldZ level=%s node=%" PRIu64 " %s\n", when, ts.tv_nsec / 1000000,
+            level, n->id, line);
 }
 
 /* Log and leave: the node must not serve from a state it cannot trust. */
@@ -762,6 +770,11 @@ static void queue_flush(struct node *n)
     n->last_stamp_ms = stamp_ms;
     n->batches++;
     n->commands += n->n_queued;
+    unsigned bucket = 0;
+    while (bucket + 1 < NODE_BATCH_SIZE_BUCKETS && ((size_t)1 << bucket) < n->n_queued) {
+        bucket++;
+    }
+    n->batch_sizes[bucket]++;
     n->n_queued = 0;
     n->n_props = 0;
 }
@@ -803,6 +816,71 @@ static void barrier_submit(struct node *n)
         return;
     }
     n->barrier_pending = true;
+}
+
+/* A read barrier: its caller's callback, and the term the read was asked in. */
+struct node_read {
+    struct raft_barrier req;
+    struct node *node;
+    uint64_t term;
+    node_change_cb cb;
+    void *data;
+};
+
+static void read_barrier_cb(struct raft_barrier *req, int status)
+{
+    struct node_read *rd = req->data;
+    struct node *n = rd->node;
+    int rv = 0;
+    if (n->closing) {
+        rv = -NODE_ESHUTDOWN;
+    } else if (status != 0 || raft_state(&n->raft) != RAFT_LEADER ||
+               raft_current_term(&n->raft) != rd->term) {
+        rv = -NODE_ELEADERSHIPLOST;
+    }
+    rd->cb(n, rd->data, rv);
+    free(rd);
+}
+
+int node_read_barrier(struct node *n, node_change_cb cb, void *data)
+{
+    assert(cb != NULL);
+    if (n->closing) {
+        return -NODE_ESHUTDOWN;
+    }
+    if (!n->ready) {
+        return -NODE_ENOTLEADER;
+    }
+    struct node_read *rd = calloc(1, sizeof(*rd));
+    if (rd == NULL) {
+        return -NODE_ENOMEM;
+    }
+    rd->node = n;
+    rd->term = n->leader_term;
+    rd->cb = cb;
+    rd->data = data;
+    rd->req.data = rd;
+    int rv = raft_barrier(&n->raft, &rd->req, read_barrier_cb);
+    if (rv != 0) {
+        free(rd);
+        return rv == RAFT_NOTLEADER || rv == RAFT_LEADERSHIPLOST ? -NODE_ENOTLEADER
+                                                                 : node_error(n, -NODE_ERAFT,
+                                                                              "raft_barrier: %s",
+                                                                              raft_strerror(rv));
+    }
+    return 0;
+}
+
+unsigned node_members(struct node *n, struct node_member *out, int *roles, unsigned max)
+{
+    const struct raft_configuration *c = &n->raft.configuration;
+    unsigned k = 0;
+    for (unsigned i = 0; i < c->n && k < max; i++, k++) {
+        out[k].id = c->servers[i].id;
+        snprintf(out[k].address, sizeof(out[k].address), "%s", c->servers[i].address);
+        roles[k] = c->servers[i].role;
+    }
+    return k;
 }
 
 static void track_leadership(struct node *n)
@@ -1030,6 +1108,7 @@ void node_stats(struct node *n, struct node_stats *out)
     out->batches = n->batches;
     out->commands = n->commands;
     out->late_results = n->late_results;
+    memcpy(out->batch_sizes, n->batch_sizes, sizeof(out->batch_sizes));
     out->state = raft_state(&n->raft);
 }
 

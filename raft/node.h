@@ -150,11 +150,29 @@ int node_add(struct node *node, uint64_t id, const char *address, node_change_cb
 int node_remove(struct node *node, uint64_t id, node_change_cb cb, void *data);
 int node_transfer(struct node *node, uint64_t id, node_change_cb cb, void *data);
 
+/*
+ * A linearizable read point (leader only, after its election barrier): commits a Raft
+ * barrier and calls `cb` with 0 once everything committed before the call is applied
+ * and this node was still leader in the same term, so a query of node_ledger() made in
+ * `cb` sees every write acknowledged before node_read_barrier() was called. Otherwise
+ * `cb` gets -NODE_ELEADERSHIPLOST or -NODE_ESHUTDOWN. Returns 0, or without calling cb
+ * -NODE_ENOTLEADER (not leader or not ready), -NODE_ESHUTDOWN, -NODE_ENOMEM, -NODE_ERAFT.
+ */
+int node_read_barrier(struct node *node, node_change_cb cb, void *data);
+
+/*
+ * The current Raft configuration as this node knows it: up to `max` members into `out`
+ * and their roles (RAFT_VOTER, RAFT_STANDBY, RAFT_SPARE) into `roles`. Returns the count.
+ */
+unsigned node_members(struct node *node, struct node_member *out, int *roles, unsigned max);
+
 /* The node's ledger (borrowed, loop thread only): for queries and stale reads. */
 struct ledger *node_ledger(struct node *node);
 
 /* This node's id. */
 uint64_t node_id(const struct node *node);
+
+#define NODE_BATCH_SIZE_BUCKETS 16
 
 struct node_stats {
     uint64_t term;
@@ -167,6 +185,9 @@ struct node_stats {
     uint64_t batches;          /* entries this node proposed */
     uint64_t commands;         /* commands in them */
     uint64_t late_results;     /* applied batches whose results were no longer held */
+    /* Entries this node proposed by size: [i] counts batches of at most 2^i commands
+     * (and more than 2^(i-1)); the last bucket takes everything larger. */
+    uint64_t batch_sizes[NODE_BATCH_SIZE_BUCKETS];
     int state;                 /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
 };
 

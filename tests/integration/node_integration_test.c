@@ -22,6 +22,8 @@
  * TALLY_TEST_KEEP set).
  */
 #define _GNU_SOURCE
+#include "harness.h"
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -53,11 +55,10 @@
 #define ACCOUNT "team-a"
 
 struct proc {
-    pid_t pid; /* 0 when not running */
+    struct h_proc p;
     int peer_port;
     int ctl_port;
     char dir[PATH_MAX];
-    char log[PATH_MAX];
 };
 
 struct rq {
@@ -75,172 +76,18 @@ struct ctl {
 
 static struct proc procs[N_NODES];
 static const char *node_bin;
-static char base_dir[1024];
 static unsigned snapshot_threshold = 128, snapshot_trailing = 32;
 static struct rq reqs[MAX_REQS];
 static size_t n_reqs;
 static uint64_t next_rid = 1000;
-static int64_t start_ms;
-
-/* ---- Utilities. ---- */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-__attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "[%6.2fs] ", (double)(now_ms() - start_ms) / 1000.0);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static void kill_all(int sig)
-{
-    for (int i = 0; i < N_NODES; i++) {
-        if (procs[i].pid > 0) {
-            kill(procs[i].pid, sig);
-        }
-    }
-}
-
-static void print_tail(const char *path, int lines)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        return;
-    }
-    static char data[1 << 20];
-    size_t len = fread(data, 1, sizeof(data) - 1, f);
-    fclose(f);
-    data[len] = '\0';
-    size_t pos = len;
-    for (int seen = 0; pos > 0; pos--) {
-        if (data[pos - 1] == '\n' && ++seen > lines) {
-            break;
-        }
-    }
-    fprintf(stderr, "---- %s (last %d lines)\n%s", path, lines, data + pos);
-}
-
-__attribute__((noreturn)) static void fail_exit(void)
-{
-    kill_all(SIGKILL);
-    for (int i = 0; i < N_NODES; i++) {
-        print_tail(procs[i].log, 40);
-    }
-    fprintf(stderr, "data kept in %s\n", base_dir);
-    exit(1);
-}
-
-#define FAIL(...)                                                                                  \
-    do {                                                                                           \
-        say("FAIL %s:%d: ", __FILE__, __LINE__);                                                   \
-        say(__VA_ARGS__);                                                                          \
-        fail_exit();                                                                               \
-    } while (0)
-
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = "FAIL: test deadline exceeded, killing nodes\n";
-    kill_all(SIGKILL);
-    if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0) {
-        _exit(1);
-    }
-    _exit(1);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-/* ---- Ports: below the ephemeral range, so no client socket can take them meanwhile. ---- */
-
-static bool port_free(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) {
-        return false;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    close(fd);
-    return ok;
-}
-
-static int pick_port(void)
-{
-    int lo = 32768;
-    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
-    if (f != NULL) {
-        if (fscanf(f, "%d", &lo) != 1) {
-            lo = 32768;
-        }
-        fclose(f);
-    }
-    if (lo <= 12000) {
-        lo = 65000; /* unusual range: fall back to the top */
-    }
-    for (int attempt = 0; attempt < 1000; attempt++) {
-        int port = lo - 10000 + rand() % 9000;
-        bool taken = false;
-        for (int i = 0; i < N_NODES; i++) {
-            taken |= procs[i].peer_port == port || procs[i].ctl_port == port;
-        }
-        if (!taken && port_free(port)) {
-            return port;
-        }
-    }
-    FAIL("no free port");
-}
 
 /* ---- Control connections. ---- */
 
 static int ctl_open(struct ctl *c, int port, int timeout_ms)
 {
     c->len = 0;
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) {
-        return -1;
-    }
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 && errno != EINPROGRESS) {
-        close(c->fd);
-        c->fd = -1;
-        return -1;
-    }
-    struct pollfd p = {c->fd, POLLOUT, 0};
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (poll(&p, 1, timeout_ms) != 1 || getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 ||
-        err != 0) {
-        close(c->fd);
-        c->fd = -1;
-        return -1;
-    }
-    return 0;
+    c->fd = h_connect(port, timeout_ms);
+    return c->fd >= 0 ? 0 : -1;
 }
 
 static void ctl_close(struct ctl *c)
@@ -254,30 +101,13 @@ static void ctl_close(struct ctl *c)
 
 static int ctl_send(struct ctl *c, const char *data, size_t len, int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
-    while (len > 0) {
-        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
-        if (n > 0) {
-            data += n;
-            len -= (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            return -1;
-        }
-        struct pollfd p = {c->fd, POLLOUT, 0};
-        int left = (int)(deadline - now_ms());
-        if (left <= 0 || poll(&p, 1, left) < 0) {
-            return -1;
-        }
-    }
-    return 0;
+    return h_send_all(c->fd, data, len, timeout_ms);
 }
 
 /* Read one line (without '\n') into `line`; 0, or -1 on EOF, error or timeout. */
 static int ctl_recv(struct ctl *c, char *line, size_t size, int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = h_now_ms() + timeout_ms;
     for (;;) {
         char *nl = memchr(c->buf, '\n', c->len);
         if (nl != NULL) {
@@ -287,21 +117,14 @@ static int ctl_recv(struct ctl *c, char *line, size_t size, int timeout_ms)
             c->len -= n + 1;
             return 0;
         }
-        if (c->len == sizeof(c->buf)) {
+        int left = (int)(deadline - h_now_ms());
+        ssize_t n = c->len == sizeof(c->buf) || left <= 0
+                        ? -1
+                        : h_recv_some(c->fd, c->buf + c->len, sizeof(c->buf) - c->len, left);
+        if (n <= 0) {
             return -1;
         }
-        struct pollfd p = {c->fd, POLLIN, 0};
-        int left = (int)(deadline - now_ms());
-        if (left <= 0 || poll(&p, 1, left) <= 0) {
-            return -1;
-        }
-        ssize_t n = recv(c->fd, c->buf + c->len, sizeof(c->buf) - c->len, 0);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            return -1;
-        }
-        if (n > 0) {
-            c->len += (size_t)n;
-        }
+        c->len += (size_t)n;
     }
 }
 
@@ -362,82 +185,54 @@ static void spawn_process(int i)
     argv[argc++] = trl;
     argv[argc] = NULL;
 
-    pid_t pid = fork();
-    if (pid < 0) {
-        FAIL("fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(procs[i].log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, STDOUT_FILENO);
-            dup2(fd, STDERR_FILENO);
-            close(fd);
-        }
-        execv(node_bin, argv);
-        _exit(127);
-    }
-    procs[i].pid = pid;
+    argv[0] = (char *)node_bin;
+    h_spawn(&procs[i].p, argv);
 }
 
 /* Start node i and wait until its control port answers. */
 static void spawn(int i)
 {
     spawn_process(i);
-    pid_t pid = procs[i].pid;
-    int64_t deadline = now_ms() + 15000;
+    pid_t pid = procs[i].p.pid;
+    int64_t deadline = h_now_ms() + 15000;
     char reply[256];
     while (ctl_call(procs[i].ctl_port, "leader", reply, sizeof(reply), 1000) != 0) {
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) {
-            procs[i].pid = 0;
-            FAIL("node %d exited at start (status 0x%x)", i + 1, status);
+            procs[i].p.pid = 0;
+            H_FAIL("node %d exited at start (status 0x%x)", i + 1, status);
         }
-        if (now_ms() > deadline) {
-            FAIL("node %d control port never came up", i + 1);
+        if (h_now_ms() > deadline) {
+            H_FAIL("node %d control port never came up", i + 1);
         }
-        sleep_ms(50);
+        h_sleep_ms(50);
     }
-    say("node %d started (pid %d)", i + 1, (int)pid);
+    h_say("node %d started (pid %d)", i + 1, (int)pid);
 }
 
 /* Signal node i and reap it; returns its wait status. */
 static int stop(int i, int sig)
 {
-    pid_t pid = procs[i].pid;
-    int status = 0;
-    kill(pid, sig);
-    int64_t deadline = now_ms() + 15000;
-    while (waitpid(pid, &status, WNOHANG) != pid) {
-        if (now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            procs[i].pid = 0;
-            FAIL("node %d did not stop on signal %d", i + 1, sig);
-        }
-        sleep_ms(20);
-    }
-    procs[i].pid = 0;
-    return status;
+    return h_stop(&procs[i].p, sig);
 }
 
 /* Index of the node that is leader and ready, waiting up to timeout_ms; -1 if none. */
 static int find_leader(int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
-    while (now_ms() < deadline) {
+    int64_t deadline = h_now_ms() + timeout_ms;
+    while (h_now_ms() < deadline) {
         for (int i = 0; i < N_NODES; i++) {
             char reply[256];
             unsigned long long leader = 0, self = 0;
             int ready = 0;
-            if (procs[i].pid > 0 &&
+            if (procs[i].p.pid > 0 &&
                 ctl_call(procs[i].ctl_port, "leader", reply, sizeof(reply), 2000) == 0 &&
                 sscanf(reply, "leader %llu %d %llu", &leader, &ready, &self) == 3 && ready &&
                 leader == self) {
                 return i;
             }
         }
-        sleep_ms(100);
+        h_sleep_ms(100);
     }
     return -1;
 }
@@ -487,7 +282,7 @@ static size_t stream_window(struct stream *s, size_t window, size_t *slots)
     }
     while (k < window && s->created < s->target) {
         if (n_reqs == MAX_REQS) {
-            FAIL("too many requests");
+            H_FAIL("too many requests");
         }
         struct rq *r = &reqs[n_reqs];
         r->rid = next_rid++;
@@ -526,7 +321,7 @@ static bool stream_answers(struct stream *s, struct ctl *c, const struct flight 
             todo_push(s, f->slots[j]);
         } else if (sscanf(line, "ok %llu %d", &index, &status) == 2) {
             if (status != 0) {
-                FAIL("reserve %" PRIu64 " answered status %d", r->rid, status);
+                H_FAIL("reserve %" PRIu64 " answered status %d", r->rid, status);
             }
             if (!r->acked) {
                 s->acked++;
@@ -537,7 +332,7 @@ static bool stream_answers(struct stream *s, struct ctl *c, const struct flight 
             keep = false; /* find the leader again, then resend with the same id */
             todo_push(s, f->slots[j]);
         } else {
-            FAIL("reserve %" PRIu64 ": unexpected answer \"%s\"", r->rid, line);
+            H_FAIL("reserve %" PRIu64 ": unexpected answer \"%s\"", r->rid, line);
         }
     }
     return keep;
@@ -554,7 +349,7 @@ static bool stream_connect(struct stream *s)
 {
     s->leader = find_leader(20000);
     if (s->leader < 0) {
-        FAIL("no leader");
+        H_FAIL("no leader");
     }
     for (int c = 0; c < STREAM_CONNS; c++) {
         if (ctl_open(&s->conns[c], procs[s->leader].ctl_port, 2000) != 0) {
@@ -578,13 +373,13 @@ static void stream_run(size_t count, size_t window, round_hook hook)
     for (int c = 0; c < STREAM_CONNS; c++) {
         s.conns[c].fd = -1;
     }
-    int64_t deadline = now_ms() + 60000;
+    int64_t deadline = h_now_ms() + 60000;
     for (int round = 0; s.acked < s.target; round++) {
-        if (now_ms() > deadline) {
-            FAIL("stream stalled at %zu/%zu acknowledged", s.acked, s.target);
+        if (h_now_ms() > deadline) {
+            H_FAIL("stream stalled at %zu/%zu acknowledged", s.acked, s.target);
         }
         if (s.conns[0].fd < 0 && !stream_connect(&s)) {
-            sleep_ms(50);
+            h_sleep_ms(50);
             continue;
         }
         struct flight f[STREAM_CONNS];
@@ -604,7 +399,7 @@ static void stream_run(size_t count, size_t window, round_hook hook)
         }
         if (!keep) {
             stream_disconnect(&s);
-            sleep_ms(50);
+            h_sleep_ms(50);
         }
     }
     stream_disconnect(&s);
@@ -613,24 +408,24 @@ static void stream_run(size_t count, size_t window, round_hook hook)
 /* Create the account through the leader, retrying the same request id. */
 static void create_account(void)
 {
-    int64_t deadline = now_ms() + 30000;
+    int64_t deadline = h_now_ms() + 30000;
     char reply[256];
     int status = -1;
-    while (now_ms() < deadline) {
+    while (h_now_ms() < deadline) {
         int leader = find_leader(20000);
         if (leader >= 0 &&
             ctl_call(procs[leader].ctl_port, "create 1 " ACCOUNT " 1000000000000000", reply,
                      sizeof(reply), 10000) == 0 &&
             sscanf(reply, "ok %*u %d", &status) == 1) {
             if (status != 0) {
-                FAIL("create answered %s", reply);
+                H_FAIL("create answered %s", reply);
             }
-            say("account created: %s", reply);
+            h_say("account created: %s", reply);
             return;
         }
-        sleep_ms(100);
+        h_sleep_ms(100);
     }
-    FAIL("could not create the account");
+    H_FAIL("could not create the account");
 }
 
 /* ---- Checks. ---- */
@@ -638,7 +433,7 @@ static void create_account(void)
 /* Wait until every running node reports the same applied index (>= min) and hash. */
 static void wait_converged(int timeout_ms, uint64_t min_index)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = h_now_ms() + timeout_ms;
     char replies[N_NODES][256];
     for (;;) {
         bool same = true;
@@ -646,7 +441,7 @@ static void wait_converged(int timeout_ms, uint64_t min_index)
         for (int i = 0; i < N_NODES; i++) {
             unsigned long long applied = 0;
             snprintf(replies[i], sizeof(replies[i]), "-");
-            if (procs[i].pid == 0) {
+            if (procs[i].p.pid == 0) {
                 continue;
             }
             if (ctl_call(procs[i].ctl_port, "hash", replies[i], sizeof(replies[i]), 5000) != 0 ||
@@ -657,14 +452,14 @@ static void wait_converged(int timeout_ms, uint64_t min_index)
             first = first < 0 ? i : first;
         }
         if (same) {
-            say("converged: %s", first >= 0 ? replies[first] : "no node running");
+            h_say("converged: %s", first >= 0 ? replies[first] : "no node running");
             return;
         }
-        if (now_ms() > deadline) {
-            FAIL("no convergence: [%s] [%s] [%s] [%s]", replies[0], replies[1], replies[2],
+        if (h_now_ms() > deadline) {
+            H_FAIL("no convergence: [%s] [%s] [%s] [%s]", replies[0], replies[1], replies[2],
                  replies[3]);
         }
-        sleep_ms(200);
+        h_sleep_ms(200);
     }
 }
 
@@ -673,7 +468,7 @@ static void verify_reserves(int i)
 {
     struct ctl c;
     if (ctl_open(&c, procs[i].ctl_port, 5000) != 0) {
-        FAIL("connect node %d", i + 1);
+        H_FAIL("connect node %d", i + 1);
     }
     for (size_t first = 0; first < n_reqs; first += WINDOW_MAX) {
         size_t k = n_reqs - first < WINDOW_MAX ? n_reqs - first : WINDOW_MAX;
@@ -684,17 +479,17 @@ static void verify_reserves(int i)
                                     reqs[first + j].rid);
         }
         if (ctl_send(&c, lines, len, 5000) != 0) {
-            FAIL("send to node %d", i + 1);
+            H_FAIL("send to node %d", i + 1);
         }
         for (size_t j = 0; j < k; j++) {
             const struct rq *r = &reqs[first + j];
             char line[256], expect[256];
             snprintf(expect, sizeof(expect), "resv 0 " ACCOUNT " %" PRId64, r->estimate);
             if (ctl_recv(&c, line, sizeof(line), 5000) != 0) {
-                FAIL("no answer from node %d", i + 1);
+                H_FAIL("no answer from node %d", i + 1);
             }
             if (r->acked && strcmp(line, expect) != 0) {
-                FAIL("node %d: acknowledged reserve %" PRIu64 " (index %" PRIu64
+                H_FAIL("node %d: acknowledged reserve %" PRIu64 " (index %" PRIu64
                      ") is \"%s\", expected \"%s\"",
                      i + 1, r->rid, r->index, line, expect);
             }
@@ -709,7 +504,7 @@ static void verify_node(int i)
     uint64_t count = 0;
     for (size_t j = 0; j < n_reqs; j++) {
         if (!reqs[j].acked) {
-            FAIL("request %" PRIu64 " never acknowledged", reqs[j].rid);
+            H_FAIL("request %" PRIu64 " never acknowledged", reqs[j].rid);
         }
         held += reqs[j].estimate;
         count++;
@@ -719,15 +514,15 @@ static void verify_node(int i)
     snprintf(expect, sizeof(expect), "account %" PRId64 " 0 %" PRIu64, held, count);
     if (ctl_call(procs[i].ctl_port, "account " ACCOUNT, reply, sizeof(reply), 5000) != 0 ||
         strcmp(reply, expect) != 0) {
-        FAIL("node %d: account is \"%s\", expected \"%s\"", i + 1, reply, expect);
+        H_FAIL("node %d: account is \"%s\", expected \"%s\"", i + 1, reply, expect);
     }
     if (ctl_call(procs[i].ctl_port, "check", reply, sizeof(reply), 10000) != 0 ||
         strcmp(reply, "ok") != 0) {
-        FAIL("node %d: invariants: %s", i + 1, reply);
+        H_FAIL("node %d: invariants: %s", i + 1, reply);
     }
-    say("node %d holds all %zu acknowledged reserves; invariants %s", i + 1, n_reqs, reply);
+    h_say("node %d holds all %zu acknowledged reserves; invariants %s", i + 1, n_reqs, reply);
     if (ctl_call(procs[i].ctl_port, "stats", reply, sizeof(reply), 5000) == 0) {
-        say("node %d %s", i + 1, reply);
+        h_say("node %d %s", i + 1, reply);
     }
 }
 
@@ -744,7 +539,7 @@ static void verify_all(void)
 {
     wait_converged(40000, max_acked_index());
     for (int i = 0; i < N_NODES; i++) {
-        if (procs[i].pid > 0) {
+        if (procs[i].p.pid > 0) {
             verify_node(i);
         }
     }
@@ -753,33 +548,33 @@ static void verify_all(void)
 static void stop_all(void)
 {
     for (int i = 0; i < N_NODES; i++) {
-        if (procs[i].pid == 0) {
+        if (procs[i].p.pid == 0) {
             continue;
         }
         int status = stop(i, SIGTERM);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            FAIL("node %d did not exit cleanly on SIGTERM (status 0x%x)", i + 1, status);
+            H_FAIL("node %d did not exit cleanly on SIGTERM (status 0x%x)", i + 1, status);
         }
     }
-    say("all nodes stopped cleanly");
+    h_say("all nodes stopped cleanly");
 }
 
 static void start_cluster(void)
 {
     for (int i = 0; i < N_NODES; i++) {
-        procs[i].peer_port = pick_port();
-        procs[i].ctl_port = pick_port();
-        snprintf(procs[i].dir, sizeof(procs[i].dir), "%s/node%d", base_dir, i + 1);
-        snprintf(procs[i].log, sizeof(procs[i].log), "%s/node%d.log", base_dir, i + 1);
+        procs[i].peer_port = h_pick_port();
+        procs[i].ctl_port = h_pick_port();
+        snprintf(procs[i].dir, sizeof(procs[i].dir), "%s/node%d", h_dir, i + 1);
+        snprintf(procs[i].p.log, sizeof(procs[i].p.log), "%s/node%d.log", h_dir, i + 1);
     }
     for (int i = 0; i < N_BOOTSTRAP; i++) {
         spawn(i);
     }
     int leader = find_leader(30000);
     if (leader < 0) {
-        FAIL("no leader elected");
+        H_FAIL("no leader elected");
     }
-    say("node %d leads", leader + 1);
+    h_say("node %d leads", leader + 1);
 }
 
 /* Flip bytes in the middle of node i's largest closed Raft segment. */
@@ -790,7 +585,7 @@ static void corrupt_segment(int i)
     snprintf(dir, sizeof(dir), "%s/raft", procs[i].dir);
     DIR *d = opendir(dir);
     if (d == NULL) {
-        FAIL("opendir %s: %s", dir, strerror(errno));
+        H_FAIL("opendir %s: %s", dir, strerror(errno));
     }
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         unsigned long long first, last;
@@ -807,10 +602,10 @@ static void corrupt_segment(int i)
     int fd = best_size > 64 ? open(best, O_WRONLY) : -1;
     static const char junk[] = "corrupted by the test";
     if (fd < 0 || pwrite(fd, junk, sizeof(junk), best_size / 2) != (ssize_t)sizeof(junk)) {
-        FAIL("no closed segment to corrupt in %s", dir);
+        H_FAIL("no closed segment to corrupt in %s", dir);
     }
     close(fd);
-    say("corrupted %s (%lld bytes) at offset %lld", best, (long long)best_size,
+    h_say("corrupted %s (%lld bytes) at offset %lld", best, (long long)best_size,
         (long long)best_size / 2);
 }
 
@@ -820,9 +615,9 @@ static void expect_start_fails(int i)
     spawn_process(i);
     int status = stop(i, 0); /* signal 0: only wait */
     if (!WIFEXITED(status) || WEXITSTATUS(status) == 0) {
-        FAIL("node %d started from a corrupt log (status 0x%x)", i + 1, status);
+        H_FAIL("node %d started from a corrupt log (status 0x%x)", i + 1, status);
     }
-    say("node %d refused the corrupt log (exit %d)", i + 1, WEXITSTATUS(status));
+    h_say("node %d refused the corrupt log (exit %d)", i + 1, WEXITSTATUS(status));
 }
 
 /* ---- Scenarios. ---- */
@@ -832,11 +627,11 @@ static int crash_victim = -1;
 static void crash_hook(int round, int leader)
 {
     if (round == 25) {
-        say("SIGKILL leader node %d with a window in flight", leader + 1);
+        h_say("SIGKILL leader node %d with a window in flight", leader + 1);
         stop(leader, SIGKILL);
         crash_victim = leader;
     } else if (round == 50 && crash_victim >= 0) {
-        say("restarting node %d", crash_victim + 1);
+        h_say("restarting node %d", crash_victim + 1);
         spawn(crash_victim);
         crash_victim = -1;
     }
@@ -847,9 +642,9 @@ static void scenario_crash(void)
     start_cluster();
     create_account();
     stream_run(2400, 8, crash_hook); /* 75 rounds of 4 x 8 */
-    say("stream done: %zu reserves acknowledged", n_reqs);
+    h_say("stream done: %zu reserves acknowledged", n_reqs);
     if (crash_victim >= 0) {
-        FAIL("the killed leader was never restarted");
+        H_FAIL("the killed leader was never restarted");
     }
     verify_all();
     stop_all();
@@ -869,13 +664,13 @@ static void transfer_leadership(void)
             continue;
         }
         int now = find_leader(20000);
-        say("transfer from node %d to node %d: %s; node %d leads", leader + 1, target + 1, reply,
+        h_say("transfer from node %d to node %d: %s; node %d leads", leader + 1, target + 1, reply,
             now + 1);
         if (strcmp(reply, "ok") == 0 && now == target) {
             return;
         }
     }
-    FAIL("leadership transfer never succeeded");
+    H_FAIL("leadership transfer never succeeded");
 }
 
 static void scenario_catchup(void)
@@ -890,23 +685,23 @@ static void scenario_catchup(void)
     int lagging = (leader + 1) % N_BOOTSTRAP;
     int status = stop(lagging, SIGTERM);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        FAIL("node %d did not exit cleanly on SIGTERM (status 0x%x)", lagging + 1, status);
+        H_FAIL("node %d did not exit cleanly on SIGTERM (status 0x%x)", lagging + 1, status);
     }
-    say("node %d stopped cleanly; streaming without it", lagging + 1);
+    h_say("node %d stopped cleanly; streaming without it", lagging + 1);
     stream_run(480, 2, NULL); /* ~60 rounds: several snapshots past the follower */
-    say("restarting node %d", lagging + 1);
+    h_say("restarting node %d", lagging + 1);
     spawn(lagging);
     verify_all();
     char reply[512];
     unsigned long long restores = 0;
     if (ctl_call(procs[lagging].ctl_port, "stats", reply, sizeof(reply), 5000) != 0) {
-        FAIL("stats from node %d", lagging + 1);
+        H_FAIL("stats from node %d", lagging + 1);
     }
     const char *p = strstr(reply, "restores=");
     if (p == NULL || sscanf(p, "restores=%llu", &restores) != 1 || restores == 0) {
-        FAIL("node %d caught up without installing a snapshot: %s", lagging + 1, reply);
+        H_FAIL("node %d caught up without installing a snapshot: %s", lagging + 1, reply);
     }
-    say("node %d caught up by snapshot: %s", lagging + 1, reply);
+    h_say("node %d caught up by snapshot: %s", lagging + 1, reply);
     stop_all();
 }
 
@@ -919,13 +714,13 @@ static void change_membership(const char *cmd)
         if (leader >= 0 &&
             ctl_call(procs[leader].ctl_port, cmd, reply, sizeof(reply), 30000) == 0 &&
             strcmp(reply, "ok") == 0) {
-            say("\"%s\" through node %d: ok", cmd, leader + 1);
+            h_say("\"%s\" through node %d: ok", cmd, leader + 1);
             return;
         }
-        say("\"%s\": %s; retrying", cmd, reply);
-        sleep_ms(500);
+        h_say("\"%s\": %s; retrying", cmd, reply);
+        h_sleep_ms(500);
     }
-    FAIL("\"%s\" never succeeded: %s", cmd, reply);
+    H_FAIL("\"%s\" never succeeded: %s", cmd, reply);
 }
 
 /*
@@ -952,54 +747,32 @@ static void scenario_membership(void)
 
     int old_leader = find_leader(20000);
     if (old_leader < 0) {
-        FAIL("no leader after the add");
+        H_FAIL("no leader after the add");
     }
     snprintf(cmd, sizeof(cmd), "remove %d", old_leader + 1);
     change_membership(cmd);
     int status = stop(old_leader, SIGTERM);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        FAIL("removed node %d did not exit cleanly (status 0x%x)", old_leader + 1, status);
+        H_FAIL("removed node %d did not exit cleanly (status 0x%x)", old_leader + 1, status);
     }
-    say("removed node %d stopped", old_leader + 1);
+    h_say("removed node %d stopped", old_leader + 1);
     int leader = find_leader(20000);
     if (leader < 0) {
-        FAIL("no leader among the three remaining voters");
+        H_FAIL("no leader among the three remaining voters");
     }
     int victim = -1;
     for (int i = 0; i < N_NODES; i++) {
-        if (procs[i].pid > 0 && i != leader) {
+        if (procs[i].p.pid > 0 && i != leader) {
             victim = i;
             break;
         }
     }
     stop(victim, SIGKILL);
-    say("node %d leads; node %d killed: two of three voters remain", leader + 1, victim + 1);
+    h_say("node %d leads; node %d killed: two of three voters remain", leader + 1, victim + 1);
     stream_run(128, 4, NULL);
     spawn(victim);
     verify_all();
     stop_all();
-}
-
-/*
- * In sanitizer builds, LeakSanitizer makes a node exit 1 at a clean stop if anything
- * leaked. libraft 0.22 leaks the payload and configuration of InstallSnapshot messages a
- * follower receives but does not install (duplicates), allocated in its raft_uv read
- * path. Children get a suppression for leaks whose stack is inside libraft, unless the
- * caller set LSAN_OPTIONS. Harmless without sanitizers.
- */
-static void lsan_suppress_libraft(void)
-{
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/lsan.supp", base_dir);
-    FILE *f = fopen(path, "w");
-    if (f == NULL || fputs("leak:libraft.so\n", f) < 0 || fclose(f) != 0) {
-        FAIL("write %s", path);
-    }
-    char opts[PATH_MAX + 64];
-    snprintf(opts, sizeof(opts), "suppressions=%s:print_suppressions=0", path);
-    if (getenv("LSAN_OPTIONS") == NULL && setenv("LSAN_OPTIONS", opts, 1) != 0) {
-        FAIL("setenv: %s", strerror(errno));
-    }
 }
 
 int main(int argc, char **argv)
@@ -1010,19 +783,11 @@ int main(int argc, char **argv)
         return 2;
     }
     node_bin = argv[1];
-    start_ms = now_ms();
-    srand((unsigned)(time(NULL) ^ getpid()));
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGALRM, on_alarm);
-    alarm(TEST_DEADLINE_S);
-    const char *tmp = getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp";
-    snprintf(base_dir, sizeof(base_dir), "%s/tally-node-test-XXXXXX", tmp);
-    if (mkdtemp(base_dir) == NULL) {
-        fprintf(stderr, "mkdtemp %s: %s\n", base_dir, strerror(errno));
-        return 1;
+    h_init("tally-node-test", TEST_DEADLINE_S);
+    for (int i = 0; i < N_NODES; i++) {
+        h_register(&procs[i].p);
     }
-    say("%s scenario in %s", argv[2], base_dir);
-    lsan_suppress_libraft();
+    h_say("%s scenario in %s", argv[2], h_dir);
     if (strcmp(argv[2], "crash") == 0) {
         scenario_crash();
     } else if (strcmp(argv[2], "catchup") == 0) {
@@ -1030,11 +795,6 @@ int main(int argc, char **argv)
     } else {
         scenario_membership();
     }
-    if (getenv("TALLY_TEST_KEEP") == NULL) {
-        nftw(base_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    } else {
-        say("data kept in %s", base_dir);
-    }
-    say("PASS");
+    h_pass();
     return 0;
 }

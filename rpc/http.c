@@ -1,0 +1,343 @@
+/*
+ * http.c: the node's HTTP endpoint (/healthz, /readyz, /metrics) on libmicrohttpd.
+ *
+ * The loop thread must never wait on an HTTP client, and the HTTP thread must never
+ * read loop state. So the two share exactly one thing: a copy of `struct rpc_metrics`
+ * behind a mutex. rpc_http_publish() overwrites it (a memcpy under the lock); each
+ * request copies it out under the same lock and does all its work (deciding
+ * readiness, rendering, allocating) on its own copy with the lock released.
+ *
+ * libmicrohttpd does all HTTP parsing, timeouts and connection limits, in one internal
+ * polling thread using epoll/poll (MHD_USE_AUTO), never select(): the node has many
+ * client sockets, and select() cannot watch a descriptor numbered FD_SETSIZE or more.
+ * It binds only the IPv4 address it is given. Its log lines are captured while the
+ * daemon starts (to explain a failure in errmsg) and go to stderr afterwards.
+ */
+#include "rpc/metrics.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define HTTP_CONNECTION_LIMIT 64u /* concurrent scrapes and probes */
+#define HTTP_TIMEOUT_S 10u        /* an idle or slow connection is closed after this */
+#define HTTP_HOST_MAX 64          /* bytes of the host part of "host:port" */
+#define HTTP_LOG_MAX 256          /* bytes of the captured start-up message */
+
+struct rpc_http {
+    struct MHD_Daemon *daemon;
+    int port; /* bound port, fixed once started */
+    pthread_mutex_t mu;
+    /* Under mu. */
+    bool published;
+    struct rpc_metrics metrics;
+    bool starting;                /* capture MHD's messages into start_log */
+    char start_log[HTTP_LOG_MAX]; /* first message MHD logged while starting; "" none */
+};
+
+/* ---- Address parsing. ---- */
+
+/*
+ * Parse "a.b.c.d:port" (port 0..65535; 0 asks the kernel for a free one) into *sa.
+ * Returns 0, or -1 with the reason in why (why_size bytes).
+ */
+static int parse_address(const char *address, struct sockaddr_in *sa, char *why, size_t why_size)
+{
+    const char *colon = strrchr(address, ':');
+    if (colon == NULL) {
+        snprintf(why, why_size, "expected host:port");
+        return -1;
+    }
+    size_t host_len = (size_t)(colon - address);
+    char host[HTTP_HOST_MAX];
+    if (host_len == 0 || host_len >= sizeof(host)) {
+        snprintf(why, why_size, "bad host");
+        return -1;
+    }
+    memcpy(host, address, host_len);
+    host[host_len] = '\0';
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1) {
+        snprintf(why, why_size, "host is not an IPv4 address");
+        return -1;
+    }
+    const char *p = colon + 1;
+    unsigned long port = 0;
+    if (*p == '\0') {
+        snprintf(why, why_size, "missing port");
+        return -1;
+    }
+    /* Digits only, checked one by one: strtoul would accept signs and spaces. Checking
+     * the range at every digit also keeps `port` far from overflow. */
+    for (; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9') {
+            snprintf(why, why_size, "bad port");
+            return -1;
+        }
+        port = port * 10 + (unsigned long)(*p - '0');
+        if (port > 65535) {
+            snprintf(why, why_size, "port out of range");
+            return -1;
+        }
+    }
+    sa->sin_port = htons((uint16_t)port);
+    return 0;
+}
+
+/* ---- libmicrohttpd callbacks. ---- */
+
+/*
+ * MHD's logger. While the daemon starts, keep the first message for errmsg (it names
+ * the failed syscall and errno); later, print to stderr. Called from the starting
+ * thread or from MHD's thread, hence the lock.
+ */
+__attribute__((format(printf, 2, 0))) static void http_log(void *cls, const char *fmt, va_list ap)
+{
+    struct rpc_http *h = cls;
+    char line[HTTP_LOG_MAX];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    line[strcspn(line, "\r\n")] = '\0';
+    pthread_mutex_lock(&h->mu);
+    bool capture = h->starting;
+    if (capture && h->start_log[0] == '\0') {
+        snprintf(h->start_log, sizeof(h->start_log), "%s", line);
+    }
+    pthread_mutex_unlock(&h->mu);
+    if (!capture) {
+        fprintf(stderr, "http: %s\n", line);
+    }
+}
+
+/*
+ * Queue a response of `len` bytes from `body` with `content_type`. `mode` as MHD's:
+ * PERSISTENT (static text), MUST_COPY (borrowed), or MUST_FREE (malloc'd; ownership
+ * passes here: MHD frees it once sent, or this function does if MHD cannot take it).
+ * Returns MHD's result; MHD_NO makes MHD close the connection.
+ */
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned int status, char *body,
+                               size_t len, enum MHD_ResponseMemoryMode mode,
+                               const char *content_type)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, mode);
+    if (r == NULL) {
+        if (mode == MHD_RESPMEM_MUST_FREE) {
+            free(body);
+        }
+        return MHD_NO;
+    }
+    enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (ok == MHD_YES && status == MHD_HTTP_METHOD_NOT_ALLOWED) {
+        ok = MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    }
+    if (ok == MHD_YES) {
+        ok = MHD_queue_response(c, status, r);
+    }
+    MHD_destroy_response(r); /* drops our reference; a queued response lives on */
+    return ok;
+}
+
+/* A text body: `text` is copied unless it is a string literal (persistent). */
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int status, const char *text,
+                                    enum MHD_ResponseMemoryMode mode)
+{
+    return respond(c, status, (char *)text, strlen(text), mode, "text/plain; charset=utf-8");
+}
+
+/* A copy of the published figures into *m; returns whether anything was published. */
+static bool snapshot(struct rpc_http *h, struct rpc_metrics *m)
+{
+    pthread_mutex_lock(&h->mu);
+    bool published = h->published;
+    if (published) {
+        *m = h->metrics;
+    }
+    pthread_mutex_unlock(&h->mu);
+    return published;
+}
+
+/* /readyz: 200 "ready" only with a known leader and nothing committed left to apply. */
+static enum MHD_Result answer_readyz(struct rpc_http *h, struct MHD_Connection *c)
+{
+    struct rpc_metrics m;
+    if (!snapshot(h, &m)) {
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "starting\n", MHD_RESPMEM_PERSISTENT);
+    }
+    if (m.leader_id == 0) {
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no leader known\n",
+                            MHD_RESPMEM_PERSISTENT);
+    }
+    if (m.applied_index < m.commit_index) {
+        char why[96];
+        int n = snprintf(why, sizeof(why), "applying: applied %" PRIu64 " of commit %" PRIu64 "\n",
+                         m.applied_index, m.commit_index);
+        assert(n > 0 && (size_t)n < sizeof(why)); /* two 20-digit numbers fit */
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, why, MHD_RESPMEM_MUST_COPY);
+    }
+    return respond_text(c, MHD_HTTP_OK, "ready\n", MHD_RESPMEM_PERSISTENT);
+}
+
+/* /metrics: the published figures (or only tally_up before the first publish). */
+static enum MHD_Result answer_metrics(struct rpc_http *h, struct MHD_Connection *c)
+{
+    struct rpc_metrics m;
+    const struct rpc_metrics *mp = snapshot(h, &m) ? &m : NULL;
+    size_t len = rpc_metrics_render(mp, NULL, 0);
+    char *body = malloc(len + 1);
+    if (body == NULL) {
+        return MHD_NO;
+    }
+    size_t again = rpc_metrics_render(mp, body, len + 1);
+    assert(again == len); /* rendering is a pure function of the copy */
+    (void)again;
+    return respond(c, MHD_HTTP_OK, body, len, MHD_RESPMEM_MUST_FREE,
+                   "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/* Marks a request whose headers were seen (MHD's per-request pointer; never freed). */
+static int headers_seen;
+
+/*
+ * MHD's request handler: routes by method and path. MHD calls it once with the headers,
+ * then with each piece of a request body, then once more with none. A 405 is answered
+ * at the first call, which makes MHD close the connection without reading the body.
+ * GET/HEAD are answered at the last call: answering earlier would also close the
+ * connection, and scrapers keep theirs alive. A body sent with a GET is discarded
+ * (MHD hands it over in pieces bounded by its read buffer).
+ */
+static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const char *url,
+                                   const char *method, const char *version, const char *upload_data,
+                                   size_t *upload_data_size, void **con_cls)
+{
+    struct rpc_http *h = cls;
+    (void)version;
+    (void)upload_data;
+    /* MHD sends the headers of a GET answer without its body for HEAD. */
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
+        return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n",
+                            MHD_RESPMEM_PERSISTENT);
+    }
+    if (*con_cls == NULL) {
+        *con_cls = &headers_seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size != 0) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (strcmp(url, "/healthz") == 0) {
+        return respond_text(c, MHD_HTTP_OK, "ok\n", MHD_RESPMEM_PERSISTENT);
+    }
+    if (strcmp(url, "/readyz") == 0) {
+        return answer_readyz(h, c);
+    }
+    if (strcmp(url, "/metrics") == 0) {
+        return answer_metrics(h, c);
+    }
+    return respond_text(c, MHD_HTTP_NOT_FOUND, "not found\n", MHD_RESPMEM_PERSISTENT);
+}
+
+/* ---- Lifecycle. ---- */
+
+/* Start MHD on `sa` for `h`; on failure write the reason (MHD's, else errno's) to why. */
+static int start_daemon(struct rpc_http *h, const struct sockaddr_in *sa, char *why,
+                        size_t why_size)
+{
+    unsigned int flags = MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    errno = 0;
+    /* The logger must be the first option, or MHD logs the options before it to stderr
+     * (and complains about the order). */
+    h->daemon = MHD_start_daemon(
+        flags, ntohs(sa->sin_port), NULL, NULL, http_handle, h, MHD_OPTION_EXTERNAL_LOGGER,
+        http_log, h, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)sa, MHD_OPTION_CONNECTION_LIMIT,
+        HTTP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT, HTTP_TIMEOUT_S, MHD_OPTION_END);
+    int err = errno;
+    pthread_mutex_lock(&h->mu);
+    h->starting = false;
+    if (h->daemon == NULL) {
+        snprintf(why, why_size, "%s",
+                 h->start_log[0] != '\0' ? h->start_log
+                 : err != 0              ? strerror(err)
+                                         : "libmicrohttpd could not start");
+    }
+    pthread_mutex_unlock(&h->mu);
+    return h->daemon == NULL ? -1 : 0;
+}
+
+/* The port MHD bound (the kernel's choice when asked for 0), or -1. */
+static int bound_port(struct MHD_Daemon *d)
+{
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    if (info == NULL || info->port == 0) {
+        return -1;
+    }
+    return info->port;
+}
+
+int rpc_http_start(struct rpc_http **out, const char *address, char *errmsg, size_t errmsg_size)
+{
+    assert(out != NULL && address != NULL && errmsg != NULL);
+    char why[HTTP_LOG_MAX];
+    struct sockaddr_in sa;
+    *out = NULL;
+    if (parse_address(address, &sa, why, sizeof(why)) != 0) {
+        snprintf(errmsg, errmsg_size, "http: cannot listen on %s: %s", address, why);
+        return -1;
+    }
+    struct rpc_http *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        snprintf(errmsg, errmsg_size, "http: out of memory");
+        return -1;
+    }
+    int rv = pthread_mutex_init(&h->mu, NULL);
+    if (rv != 0) {
+        snprintf(errmsg, errmsg_size, "http: mutex: %s", strerror(rv));
+        free(h);
+        return -1;
+    }
+    h->starting = true;
+    if (start_daemon(h, &sa, why, sizeof(why)) != 0) {
+        snprintf(errmsg, errmsg_size, "http: cannot listen on %s: %s", address, why);
+        pthread_mutex_destroy(&h->mu);
+        free(h);
+        return -1;
+    }
+    h->port = bound_port(h->daemon);
+    *out = h;
+    return 0;
+}
+
+void rpc_http_publish(struct rpc_http *h, const struct rpc_metrics *m)
+{
+    assert(h != NULL && m != NULL);
+    pthread_mutex_lock(&h->mu);
+    h->metrics = *m;
+    h->published = true;
+    pthread_mutex_unlock(&h->mu);
+}
+
+int rpc_http_port(const struct rpc_http *h)
+{
+    assert(h != NULL);
+    return h->port;
+}
+
+void rpc_http_stop(struct rpc_http *h)
+{
+    if (h == NULL) {
+        return;
+    }
+    /* Joins MHD's thread and closes every socket: no callback runs after this. */
+    MHD_stop_daemon(h->daemon);
+    pthread_mutex_destroy(&h->mu);
+    free(h);
+}

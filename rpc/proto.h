@@ -1,0 +1,279 @@
+/*
+ * proto.h: tally's wire protocol, shared by the server (rpc/) and the client (client/).
+ *
+ * A connection carries frames: a 4-byte big-endian body length, then one msgpack array.
+ * Bodies are at most RPC_FRAME_MAX bytes unless both sides are configured otherwise;
+ * a reader rejects a larger length before it allocates anything.
+ *
+ * Request:  [seq, op, args...]           seq: the client's number, echoed back
+ * Response: [seq, 0, payload...]          success
+ *           [seq, status, message, leader_id, leader_address]   failure (status > 0)
+ *
+ * The first request on a connection must be HELLO; it authenticates (bearer token) and
+ * fixes the connection's role. Requests may be pipelined; responses to writes come
+ * back in commit order, which is not always request order: match them by seq.
+ *
+ * Ledger commands travel in the same flat-array form as in the Raft log (ledger/codec),
+ * so a write is decoded once, with the same bounded reader. The server overwrites the
+ * command's actor with the connection's principal.
+ *
+ * Every decoder here reads through ledger/mp.h: counts and lengths are checked against
+ * the bytes left and against the bounds below before they are used, nothing allocates
+ * more than a bound, and a message nested deeper than its fixed shape is refused.
+ */
+#ifndef TALLY_RPC_PROTO_H
+#define TALLY_RPC_PROTO_H
+
+#include "ledger/ledger.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RPC_PROTOCOL_VERSION 1
+#define RPC_FRAME_HEADER 4
+#define RPC_FRAME_MAX (1u << 20)       /* default body bound, both directions */
+#define RPC_FRAME_LIMIT (64u << 20)    /* the largest bound either side may configure */
+#define RPC_TOKEN_MAX 256              /* bearer token bytes */
+#define RPC_ADDRESS_MAX 64             /* "host:port" */
+#define RPC_MESSAGE_MAX 200            /* error message bytes */
+#define RPC_LIST_MAX 512               /* items in one list page */
+#define RPC_MEMBERS_MAX 9
+
+enum rpc_op {
+    RPC_OP_HELLO = 1,        /* [seq, 1, version, token] -> [seq, 0, role, node_id] */
+    RPC_OP_WRITE = 2,        /* [seq, 2, cmd] -> [seq, 0, index, result] (leader only) */
+    RPC_OP_ACCOUNT_GET = 3,  /* [seq, 3, name, flags] -> [seq, 0, account] */
+    RPC_OP_ACCOUNT_LIST = 4, /* [seq, 4, parent, cursor, limit, flags] -> [seq, 0, [acct..], next] */
+    RPC_OP_RESV_GET = 5,     /* [seq, 5, request_id, flags] -> [seq, 0, reservation] */
+    RPC_OP_RESV_LIST = 6,    /* [seq, 6, account, cursor, limit, flags] -> [seq, 0, [resv..], next] */
+    RPC_OP_JOURNAL = 7,      /* [seq, 7, account, since_ms, until_ms, cursor, limit, flags]
+                                -> [seq, 0, [entry..], next] */
+    RPC_OP_STATUS = 8,       /* [seq, 8] -> [seq, 0, status] (any node, never redirected) */
+    RPC_OP_MEMBERSHIP = 9,   /* [seq, 9, kind, id, peer_address] -> [seq, 0] (leader only) */
+    RPC_OP_KEY_GET = 10,     /* [seq, 10, key_hash, flags] -> [seq, 0, account, revoked] */
+    RPC_OP_HASH = 11,        /* [seq, 11] -> [seq, 0, applied_index, state_hash (bin 32)]
+                                (this node's own state; walks the whole ledger: for tests,
+                                audits and chaos checks, not for hot paths) */
+    RPC_OP_MAX
+};
+
+/* Human name of an op ("write", ...), never NULL. */
+const char *rpc_op_name(int op);
+
+/* Flags of read requests. */
+enum {
+    /* Serve from this node's applied state, wherever it is (may be behind the leader).
+     * Without it a read goes to the leader, which answers after a barrier. */
+    RPC_READ_STALE = 1u << 0,
+};
+
+/*
+ * Response statuses. 0 is success; the rest are failures that carry a message and, for
+ * NOT_LEADER, the leader's id and client address ("" when unknown).
+ */
+enum rpc_status {
+    RPC_OK = 0,
+    RPC_ENOTLEADER = 1,   /* this node cannot serve it: ask the leader named in the answer */
+    RPC_EUNAVAILABLE = 2, /* no leader or no quorum right now: nothing was done; retry */
+    RPC_EUNKNOWN = 3,     /* proposed but the outcome is unknown: retry with the same id */
+    RPC_EAUTH = 4,        /* HELLO refused (bad token or version); the connection closes */
+    RPC_EFORBIDDEN = 5,   /* the connection's role may not do this */
+    RPC_EBADREQ = 6,      /* malformed or out-of-range request; nothing was done */
+    RPC_ETOOBIG = 7,      /* frame over the bound; the connection closes */
+    RPC_EBUSY = 8,        /* the node is overloaded: back off and retry */
+    RPC_ENOTFOUND = 9,    /* the account, reservation or key does not exist */
+    RPC_EINTERNAL = 10,   /* a bug or a storage error on the node */
+    RPC_ESHUTDOWN = 11,   /* the node is stopping: retry elsewhere with the same id */
+    RPC_EPROTO = 12,      /* the stream cannot be trusted (bad frame); the connection closes */
+    RPC_STATUS_MAX
+};
+
+/* Human name of a status ("not_leader", ...), never NULL. */
+const char *rpc_status_name(int status);
+
+enum rpc_role {
+    RPC_ROLE_NONE = 0,   /* not authenticated yet */
+    RPC_ROLE_READER = 1, /* queries */
+    RPC_ROLE_GATEWAY = 2, /* reserve, settle, void, extend, queries */
+    RPC_ROLE_ADMIN = 3,   /* everything */
+};
+
+/* "reader", "gateway", "admin", or "none". Parse returns -1 for an unknown name. */
+const char *rpc_role_name(int role);
+int rpc_role_parse(const char *name);
+
+/* Whether `role` may run `op` (and, for writes, a command of `cmd_type`). */
+bool rpc_role_allows(int role, int op, int cmd_type);
+
+enum rpc_membership_kind {
+    RPC_MEMBER_ADD = 1,      /* add `id` at peer `address`, promote to voter */
+    RPC_MEMBER_REMOVE = 2,   /* remove `id` */
+    RPC_MEMBER_TRANSFER = 3, /* hand leadership to `id` (0: any) */
+};
+
+/* One request, decoded. Strings are NUL-terminated in fixed arrays. */
+struct rpc_request {
+    uint64_t seq;
+    uint8_t op; /* enum rpc_op */
+    union {
+        struct {
+            uint32_t version;
+            char token[RPC_TOKEN_MAX + 1];
+        } hello;
+        struct ledger_cmd write;
+        struct { /* ACCOUNT_GET, RESV_GET, KEY_GET */
+            char name[LEDGER_NAME_MAX + 1];
+            uint8_t request_id[LEDGER_REQUEST_ID_SIZE];
+            uint8_t key_hash[LEDGER_KEY_HASH_SIZE];
+            uint32_t flags;
+        } get;
+        struct { /* ACCOUNT_LIST (filter: parent), RESV_LIST, JOURNAL (filter: account) */
+            char filter[LEDGER_NAME_MAX + 1]; /* "" for all / roots */
+            int64_t since_ms, until_ms;       /* JOURNAL only */
+            uint64_t cursor;                  /* 0 first page, then the answer's next */
+            uint32_t limit;                   /* 1..RPC_LIST_MAX */
+            uint32_t flags;
+        } list;
+        struct {
+            uint8_t kind; /* enum rpc_membership_kind */
+            uint64_t id;
+            char address[RPC_ADDRESS_MAX + 1];
+        } membership;
+    } u;
+};
+
+/* One member as STATUS reports it. */
+struct rpc_member {
+    uint64_t id;
+    char peer_address[RPC_ADDRESS_MAX + 1];
+    char client_address[RPC_ADDRESS_MAX + 1]; /* "" when this node does not know it */
+    uint8_t role; /* RAFT_VOTER, RAFT_STANDBY, RAFT_SPARE */
+};
+
+struct rpc_node_status {
+    uint64_t node_id;
+    uint64_t term;
+    uint8_t raft_state; /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER; 0 unknown */
+    uint8_t serving;    /* 1: leader with its barrier committed */
+    uint64_t leader_id;
+    char leader_address[RPC_ADDRESS_MAX + 1]; /* client address */
+    uint64_t commit_index;
+    uint64_t applied_index;
+    int64_t ledger_now_ms; /* the ledger's clock: the last batch stamp applied */
+    uint32_t n_members;
+    struct rpc_member members[RPC_MEMBERS_MAX];
+};
+
+/*
+ * One response, decoded. The client knows which op it answers from seq; the decoder
+ * must be told (`op` argument of rpc_response_decode). On failure only status, message,
+ * leader_id and leader_address are meaningful. List items are malloc'd (at most
+ * RPC_LIST_MAX) and freed by rpc_response_free().
+ */
+struct rpc_response {
+    uint64_t seq;
+    int32_t status; /* enum rpc_status */
+    char message[RPC_MESSAGE_MAX + 1];
+    uint64_t leader_id;
+    char leader_address[RPC_ADDRESS_MAX + 1];
+    void *owned; /* list items (decoder-allocated), freed by rpc_response_free() */
+    union {
+        struct {
+            uint8_t role;
+            uint64_t node_id;
+        } hello;
+        struct {
+            uint64_t index; /* Raft index of the entry that carried the command */
+            struct ledger_result result;
+        } write;
+        struct ledger_account_info account;
+        struct ledger_reservation_info reservation;
+        struct {
+            char account[LEDGER_NAME_MAX + 1];
+            uint8_t revoked;
+        } key;
+        struct {
+            uint32_t n;
+            uint64_t next; /* cursor of the next page; 0: this was the last */
+            union {
+                struct ledger_account_info *accounts;
+                struct ledger_reservation_info *reservations;
+                struct ledger_journal_entry *entries;
+            } items;
+        } list;
+        struct rpc_node_status status;
+        struct {
+            uint64_t applied_index;
+            uint8_t state_hash[32];
+        } hash;
+    } u;
+};
+
+/* ---- Buffers and frames. ---- */
+
+/* A growable output buffer; `failed` sticks after an allocation failure. */
+struct rpc_buf {
+    uint8_t *data;
+    size_t len, cap;
+    bool failed;
+};
+
+void rpc_buf_free(struct rpc_buf *b);
+
+/*
+ * Append one frame holding `req` (or `resp`, answering an `op`) to `out`. Returns 0,
+ * -1 if the request is out of range (a bad command, a too-long string), -2 on
+ * allocation failure. The frame is never larger than RPC_FRAME_LIMIT.
+ */
+int rpc_request_encode(struct rpc_buf *out, const struct rpc_request *req);
+int rpc_response_encode(struct rpc_buf *out, int op, const struct rpc_response *resp);
+
+/* Append an error response frame: [seq, status, message, leader_id, leader_address]. */
+int rpc_error_encode(struct rpc_buf *out, uint64_t seq, int status, const char *message,
+                     uint64_t leader_id, const char *leader_address);
+
+/*
+ * Decode a frame body (without its length header). Returns 0, or -1 with a short reason
+ * in `why` (RPC_MESSAGE_MAX + 1 bytes) if it is malformed, out of range, or not exactly
+ * one message. A request that decodes but whose seq was readable sets *seq_out (may be
+ * NULL) so the server can answer that seq with RPC_EBADREQ.
+ */
+int rpc_request_decode(const void *body, size_t len, struct rpc_request *req, uint64_t *seq_out,
+                       char *why);
+/* Only the seq of a response (to find which op it answers). */
+int rpc_response_seq(const void *body, size_t len, uint64_t *seq);
+int rpc_response_decode(const void *body, size_t len, int op, struct rpc_response *resp,
+                        char *why);
+void rpc_response_free(struct rpc_response *resp);
+
+/*
+ * Incremental frame reader over a byte stream. Feed bytes with rpc_framer_feed(); take
+ * each complete body with rpc_framer_next(). A length over `max_body` is refused before
+ * any allocation; the framer's memory never exceeds max_body + one read.
+ */
+struct rpc_framer {
+    uint8_t *buf;
+    size_t len, cap;
+    size_t max_body;
+    size_t consumed; /* bytes of buf already handed out */
+};
+
+void rpc_framer_init(struct rpc_framer *f, size_t max_body);
+void rpc_framer_free(struct rpc_framer *f);
+
+/* Copy `n` bytes in. Returns 0 or -2 on allocation failure. */
+int rpc_framer_feed(struct rpc_framer *f, const void *data, size_t n);
+
+/*
+ * Next complete body: returns 1 with *body and *len (valid until the next feed or next
+ * call), 0 if more bytes are needed, -1 if the next length exceeds max_body (the
+ * stream cannot be trusted after that), -2 on allocation failure.
+ */
+int rpc_framer_next(struct rpc_framer *f, const uint8_t **body, size_t *len);
+
+/* Hex of bytes and back, for CLIs and logs. */
+void rpc_hex(const uint8_t *bytes, size_t n, char *out); /* out: 2n + 1 bytes */
+int rpc_unhex(const char *hex, uint8_t *out, size_t n);  /* 0, or -1 unless exactly 2n hex */
+
+#endif /* TALLY_RPC_PROTO_H */

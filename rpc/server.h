@@ -1,0 +1,88 @@
+/*
+ * server.h: the client-facing server of a node: a libuv listener speaking the protocol
+ * of rpc/proto.h on the node's loop thread.
+ *
+ * The one idea: the server never batches by itself. Every write it decodes becomes a
+ * node_propose() call at once, and the node turns every command proposed during one
+ * loop iteration into one Raft entry (group commit), so all clients' writes that
+ * arrived together share one fsync. Answers are appended to their connection's output
+ * buffer and flushed once per loop iteration, so a pipelining client gets many answers
+ * per write(2).
+ *
+ * Bounds: a frame is at most max_frame bytes (checked before anything is allocated);
+ * a connection has at most max_inflight requests waiting for an answer, after which the
+ * server stops reading it until answers drain (backpressure, without blocking the loop);
+ * at most max_connections connections are open.
+ *
+ * Authentication: the first frame must be HELLO with a bearer token whose SHA-256 is in
+ * the token list; that fixes the connection's role and principal (recorded as the actor
+ * of every command). Any other first frame, or a bad token, gets RPC_EAUTH and the
+ * connection is closed.
+ */
+#ifndef TALLY_RPC_SERVER_H
+#define TALLY_RPC_SERVER_H
+
+#include "raft/node.h"
+#include "rpc/metrics.h"
+#include "rpc/proto.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define RPC_TOKEN_NAME_MAX 48
+#define RPC_TOKENS_MAX 1024
+
+/* One accepted bearer token: only its SHA-256 is kept. */
+struct rpc_token {
+    uint8_t sha256[32];
+    int role; /* enum rpc_role */
+    char name[RPC_TOKEN_NAME_MAX + 1]; /* the principal: [A-Za-z0-9._:@-], 1..48 bytes */
+};
+
+/*
+ * Read a token file: one token per line, "ROLE NAME SHA256HEX" (role admin, gateway or
+ * reader; '#' starts a comment; blank lines are skipped). At most RPC_TOKENS_MAX tokens,
+ * lines of at most 512 bytes. On success *out (malloc'd, caller frees) holds *n tokens.
+ * Returns 0 or -1 with "FILE:LINE: reason" in errmsg (size bytes).
+ */
+int rpc_token_file_load(const char *path, struct rpc_token **out, size_t *n, char *errmsg,
+                        size_t size);
+
+/* SHA-256 of a bearer token. */
+void rpc_token_hash(const char *token, uint8_t out[32]);
+
+struct rpc_server_config {
+    const char *address;            /* client listen address, IPv4 "a.b.c.d:port" */
+    const struct rpc_token *tokens; /* borrowed for the server's life */
+    size_t n_tokens;
+    /* Client addresses of the members, to name the leader in NOT_LEADER answers
+     * (borrowed, copied by rpc_server_start). Members missing here are redirected by id
+     * only, with an empty address. */
+    const struct rpc_member *members;
+    unsigned n_members;
+    size_t max_frame;         /* default RPC_FRAME_MAX */
+    unsigned max_inflight;    /* per connection, default 4096 */
+    unsigned max_connections; /* default 4096 */
+};
+
+struct rpc_server;
+
+/*
+ * Listen on cfg->address on `loop` (borrowed) for `node` (borrowed; must outlive the
+ * server). Returns 0, or -1 with a message in errmsg (size bytes).
+ */
+int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node,
+                     const struct rpc_server_config *cfg, char *errmsg, size_t size);
+
+/* Add the server's counters and the node's Raft figures to `m` (caller's). */
+void rpc_server_metrics(struct rpc_server *s, struct rpc_metrics *m);
+
+/*
+ * Stop listening, close every connection (requests in flight get no answer), free the
+ * server, then call cb(data) (cb may be NULL). Call before node_close(); every node
+ * callback still pending for the server is answered into the void.
+ */
+void rpc_server_close(struct rpc_server *s, void (*cb)(void *data), void *data);
+
+#endif /* TALLY_RPC_SERVER_H */

@@ -1,0 +1,480 @@
+/*
+ * tallyd: one tally node. This file only reads the configuration and wires the modules
+ * together on one libuv loop: the replicated node (raft/), the client server (rpc/) and
+ * the HTTP endpoint (rpc/metrics.h), which runs on its own thread and gets a copy of the
+ * figures four times a second.
+ *
+ * Every flag has a TALLY_* environment equivalent (flag wins). Logs are logfmt lines on
+ * stderr. SIGTERM or SIGINT stops the node cleanly: the client port closes, libraft
+ * closes (its log is durable), the ledger closes, exit status 0.
+ */
+#include "raft/node.h"
+#include "rpc/metrics.h"
+#include "rpc/server.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define METRICS_PERIOD_MS 250
+#define LEDGER_COUNT_PERIOD_MS 5000
+
+struct options {
+    uint64_t id;
+    const char *data_dir;
+    const char *peer_listen;
+    const char *client_listen;
+    const char *http_listen;
+    const char *members; /* "ID=PEER/CLIENT,..." */
+    const char *token_file;
+    const char *tls_cert, *tls_key, *tls_client_ca;
+    bool join;
+    uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
+    uint64_t max_frame, max_inflight, max_connections;
+};
+
+static uv_loop_t *loop;
+static struct node *node;
+static struct rpc_server *server;
+static struct rpc_http *http;
+static uv_signal_t sigterm, sigint;
+static uv_timer_t metrics_timer;
+static uint64_t open_reservations, accounts;
+static uint64_t ticks;
+static bool stopping;
+
+__attribute__((format(printf, 2, 3))) static void logf_line(const char *level, const char *fmt,
+                                                            ...)
+{
+    struct timespec ts;
+    struct tm tm;
+    char when[32], line[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(stderr, "ts=%s.%03ldZ level=%s component=tallyd %s\n", when, ts.tv_nsec / 1000000,
+            level, line);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tallyd --id N --data-dir DIR --peer-listen HOST:PORT --client-listen HOST:PORT\n"
+            "              --members ID=PEER/CLIENT,... --token-file FILE [options]\n"
+            "\n"
+            "  --id N                    this node's id (> 0)                      TALLY_ID\n"
+            "  --data-dir DIR            Raft log and ledger (created if missing)  TALLY_DATA_DIR\n"
+            "  --peer-listen ADDR        Raft traffic, IPv4 host:port              TALLY_PEER_LISTEN\n"
+            "  --client-listen ADDR      client protocol, IPv4 host:port           TALLY_CLIENT_LISTEN\n"
+            "  --http-listen ADDR        /healthz /readyz /metrics (optional)      TALLY_HTTP_LISTEN\n"
+            "  --members LIST            the initial cluster: ID=PEER/CLIENT,...    TALLY_MEMBERS\n"
+            "                            (every node gets the same list; a new data dir of a\n"
+            "                            listed node bootstraps it)\n"
+            "  --join                    do not bootstrap: wait to be added        TALLY_JOIN=1\n"
+            "  --token-file FILE         lines \"ROLE NAME SHA256HEX\"               TALLY_TOKEN_FILE\n"
+            "  --election-timeout-ms N   default 1000                              TALLY_ELECTION_TIMEOUT_MS\n"
+            "  --heartbeat-ms N          default 100                               TALLY_HEARTBEAT_MS\n"
+            "  --snapshot-threshold N    entries between snapshots, default 1024   TALLY_SNAPSHOT_THRESHOLD\n"
+            "  --snapshot-trailing N     entries kept after one, default 128       TALLY_SNAPSHOT_TRAILING\n"
+            "  --max-frame BYTES         largest request frame, default 1048576    TALLY_MAX_FRAME\n"
+            "  --max-inflight N          per connection, default 4096              TALLY_MAX_INFLIGHT\n"
+            "  --max-connections N       default 4096                              TALLY_MAX_CONNECTIONS\n"
+            "  --tls-cert F --tls-key F [--tls-client-ca F]   not supported yet    TALLY_TLS_*\n"
+            "  --help\n");
+}
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    if (s == NULL || *s == '\0' || !isdigit((unsigned char)*s)) {
+        return false;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0') {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+enum {
+    OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
+    OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
+    OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
+    OPT_HELP,
+};
+
+struct flag {
+    const char *name;
+    const char *env;
+    int opt;
+    bool numeric;
+};
+
+static const struct flag flags[] = {
+    {"id", "TALLY_ID", OPT_ID, true},
+    {"data-dir", "TALLY_DATA_DIR", OPT_DATA_DIR, false},
+    {"peer-listen", "TALLY_PEER_LISTEN", OPT_PEER, false},
+    {"client-listen", "TALLY_CLIENT_LISTEN", OPT_CLIENT, false},
+    {"http-listen", "TALLY_HTTP_LISTEN", OPT_HTTP, false},
+    {"members", "TALLY_MEMBERS", OPT_MEMBERS, false},
+    {"join", "TALLY_JOIN", OPT_JOIN, false},
+    {"token-file", "TALLY_TOKEN_FILE", OPT_TOKENS, false},
+    {"election-timeout-ms", "TALLY_ELECTION_TIMEOUT_MS", OPT_ELECTION, true},
+    {"heartbeat-ms", "TALLY_HEARTBEAT_MS", OPT_HEARTBEAT, true},
+    {"snapshot-threshold", "TALLY_SNAPSHOT_THRESHOLD", OPT_SNAP_THRESHOLD, true},
+    {"snapshot-trailing", "TALLY_SNAPSHOT_TRAILING", OPT_SNAP_TRAILING, true},
+    {"max-frame", "TALLY_MAX_FRAME", OPT_MAX_FRAME, true},
+    {"max-inflight", "TALLY_MAX_INFLIGHT", OPT_MAX_INFLIGHT, true},
+    {"max-connections", "TALLY_MAX_CONNECTIONS", OPT_MAX_CONNS, true},
+    {"tls-cert", "TALLY_TLS_CERT", OPT_TLS_CERT, false},
+    {"tls-key", "TALLY_TLS_KEY", OPT_TLS_KEY, false},
+    {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
+};
+
+/* Store one flag's value; false (with a message) if it is not valid. */
+static bool set_option(struct options *o, int opt, const char *value, const char *source)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+        if (flags[i].opt == opt && flags[i].numeric && !parse_u64(value, &v)) {
+            fprintf(stderr, "tallyd: %s: \"%s\" is not a number\n", source, value);
+            return false;
+        }
+    }
+    switch (opt) {
+    case OPT_ID: o->id = v; break;
+    case OPT_DATA_DIR: o->data_dir = value; break;
+    case OPT_PEER: o->peer_listen = value; break;
+    case OPT_CLIENT: o->client_listen = value; break;
+    case OPT_HTTP: o->http_listen = value; break;
+    case OPT_MEMBERS: o->members = value; break;
+    case OPT_JOIN: o->join = value == NULL || strcmp(value, "0") != 0; break;
+    case OPT_TOKENS: o->token_file = value; break;
+    case OPT_ELECTION: o->election_timeout_ms = v; break;
+    case OPT_HEARTBEAT: o->heartbeat_ms = v; break;
+    case OPT_SNAP_THRESHOLD: o->snapshot_threshold = v; break;
+    case OPT_SNAP_TRAILING: o->snapshot_trailing = v; break;
+    case OPT_MAX_FRAME: o->max_frame = v; break;
+    case OPT_MAX_INFLIGHT: o->max_inflight = v; break;
+    case OPT_MAX_CONNS: o->max_connections = v; break;
+    case OPT_TLS_CERT: o->tls_cert = value; break;
+    case OPT_TLS_KEY: o->tls_key = value; break;
+    case OPT_TLS_CA: o->tls_client_ca = value; break;
+    default: return false;
+    }
+    return true;
+}
+
+/* Environment first, then flags (which win). Returns 0, 1 for --help, -1 on error. */
+static int parse_options(int argc, char **argv, struct options *o)
+{
+    struct option longopts[sizeof(flags) / sizeof(flags[0]) + 2];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+        const char *env = getenv(flags[i].env);
+        if (env != NULL && !set_option(o, flags[i].opt, env, flags[i].env)) {
+            return -1;
+        }
+        longopts[n++] = (struct option){flags[i].name,
+                                        flags[i].opt == OPT_JOIN ? no_argument
+                                                                 : required_argument,
+                                        NULL, flags[i].opt};
+    }
+    longopts[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
+    longopts[n] = (struct option){NULL, 0, NULL, 0};
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (opt == OPT_HELP) {
+            return 1;
+        }
+        if (opt == '?' || !set_option(o, opt, optarg, "flag")) {
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tallyd: unexpected argument \"%s\"\n", argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parse "ID=PEER/CLIENT,..." into node members (peer) and rpc members (both). */
+static int parse_members(const char *list, struct node_config *cfg, struct rpc_member *rm,
+                         unsigned *n_rm)
+{
+    char buf[2048];
+    if (strlen(list) >= sizeof(buf)) {
+        fprintf(stderr, "tallyd: --members is too long\n");
+        return -1;
+    }
+    snprintf(buf, sizeof(buf), "%s", list);
+    char *save = NULL;
+    for (char *item = strtok_r(buf, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        char *slash = eq != NULL ? strchr(eq, '/') : NULL;
+        uint64_t id;
+        if (eq == NULL || slash == NULL) {
+            fprintf(stderr, "tallyd: member \"%s\" is not ID=PEER/CLIENT\n", item);
+            return -1;
+        }
+        *eq = '\0';
+        *slash = '\0';
+        if (!parse_u64(item, &id) || id == 0 || strlen(eq + 1) >= NODE_ADDRESS_MAX ||
+            strlen(slash + 1) > RPC_ADDRESS_MAX || eq[1] == '\0' || slash[1] == '\0') {
+            fprintf(stderr, "tallyd: member %s: bad id or address\n", item);
+            return -1;
+        }
+        if (cfg->n_members == NODE_MEMBERS_MAX || *n_rm == RPC_MEMBERS_MAX) {
+            fprintf(stderr, "tallyd: at most %d members\n", NODE_MEMBERS_MAX);
+            return -1;
+        }
+        for (unsigned i = 0; i < cfg->n_members; i++) {
+            if (cfg->members[i].id == id) {
+                fprintf(stderr, "tallyd: member id %" PRIu64 " is listed twice\n", id);
+                return -1;
+            }
+        }
+        struct node_member *m = &cfg->members[cfg->n_members++];
+        m->id = id;
+        snprintf(m->address, sizeof(m->address), "%s", eq + 1);
+        struct rpc_member *r = &rm[(*n_rm)++];
+        memset(r, 0, sizeof(*r));
+        r->id = id;
+        snprintf(r->peer_address, sizeof(r->peer_address), "%s", eq + 1);
+        snprintf(r->client_address, sizeof(r->client_address), "%s", slash + 1);
+    }
+    return 0;
+}
+
+static bool require(const char *value, const char *flag)
+{
+    if (value == NULL || value[0] == '\0') {
+        fprintf(stderr, "tallyd: %s is required (see --help)\n", flag);
+        return false;
+    }
+    return true;
+}
+
+/* ---- Metrics. ---- */
+
+static int count_tree(void *ctx, const struct ledger_account_info *info);
+
+struct tree_count {
+    struct ledger *ledger;
+    uint64_t accounts;
+    uint64_t open_reservations;
+    bool roots;
+};
+
+static int count_tree(void *ctx, const struct ledger_account_info *info)
+{
+    struct tree_count *t = ctx;
+    t->accounts++;
+    if (t->roots) {
+        /* A reservation holds on every account of its chain, one root among them. */
+        t->open_reservations += info->inflight;
+    }
+    bool roots = t->roots;
+    t->roots = false;
+    ledger_account_list(t->ledger, info->name, count_tree, t);
+    t->roots = roots;
+    return 0;
+}
+
+static void metrics_tick(uv_timer_t *h)
+{
+    (void)h;
+    if (http == NULL || stopping) {
+        return;
+    }
+    if (ticks++ % (LEDGER_COUNT_PERIOD_MS / METRICS_PERIOD_MS) == 0) {
+        struct tree_count t = {.ledger = node_ledger(node), .roots = true};
+        if (ledger_account_list(t.ledger, NULL, count_tree, &t) == 0) {
+            accounts = t.accounts;
+            open_reservations = t.open_reservations;
+        }
+    }
+    struct rpc_metrics m;
+    rpc_server_metrics(server, &m);
+    m.accounts = accounts;
+    m.open_reservations = open_reservations;
+    rpc_http_publish(http, &m);
+}
+
+/* ---- Shutdown. ---- */
+
+static void node_closed(void *data)
+{
+    (void)data;
+    uv_close((uv_handle_t *)&sigterm, NULL);
+    uv_close((uv_handle_t *)&sigint, NULL);
+    logf_line("info", "msg=\"stopped\"");
+}
+
+static void server_closed(void *data)
+{
+    (void)data;
+    node_close(node, node_closed, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    (void)h;
+    if (stopping) {
+        return;
+    }
+    stopping = true;
+    logf_line("info", "msg=\"stopping\" signal=%d", signum);
+    uv_timer_stop(&metrics_timer);
+    uv_close((uv_handle_t *)&metrics_timer, NULL);
+    if (http != NULL) {
+        rpc_http_stop(http);
+        http = NULL;
+    }
+    rpc_server_close(server, server_closed, NULL);
+}
+
+/* ---- Start. ---- */
+
+static int start(const struct options *o)
+{
+    struct node_config cfg;
+    struct rpc_member rmembers[RPC_MEMBERS_MAX];
+    unsigned n_rmembers = 0;
+    char errmsg[512];
+    node_config_init(&cfg);
+    if (!require(o->data_dir, "--data-dir") || !require(o->peer_listen, "--peer-listen") ||
+        !require(o->client_listen, "--client-listen") || !require(o->members, "--members") ||
+        !require(o->token_file, "--token-file")) {
+        return 3;
+    }
+    if (o->id == 0) {
+        fprintf(stderr, "tallyd: --id is required and must be > 0\n");
+        return 3;
+    }
+    if (o->tls_cert != NULL || o->tls_key != NULL || o->tls_client_ca != NULL) {
+        fprintf(stderr, "tallyd: TLS on the client port is not supported by this build yet; "
+                        "run it behind a TLS-terminating proxy or on a private network\n");
+        return 3;
+    }
+    if (parse_members(o->members, &cfg, rmembers, &n_rmembers) != 0) {
+        return 3;
+    }
+    cfg.id = o->id;
+    cfg.dir = o->data_dir;
+    cfg.address = o->peer_listen;
+    cfg.bootstrap = !o->join;
+    if (o->election_timeout_ms != 0) {
+        cfg.election_timeout_ms = (unsigned)o->election_timeout_ms;
+    }
+    if (o->heartbeat_ms != 0) {
+        cfg.heartbeat_ms = (unsigned)o->heartbeat_ms;
+    }
+    if (o->snapshot_threshold != 0) {
+        cfg.snapshot_threshold = (unsigned)o->snapshot_threshold;
+    }
+    if (o->snapshot_trailing != 0) {
+        cfg.snapshot_trailing = (unsigned)o->snapshot_trailing;
+    }
+    bool listed = false;
+    for (unsigned i = 0; i < cfg.n_members; i++) {
+        listed |= cfg.members[i].id == o->id;
+    }
+    if (!listed && !o->join) {
+        fprintf(stderr, "tallyd: node %" PRIu64 " is not in --members; use --join to start a "
+                        "node that will be added later\n", o->id);
+        return 3;
+    }
+
+    struct rpc_token *tokens = NULL;
+    size_t n_tokens = 0;
+    if (rpc_token_file_load(o->token_file, &tokens, &n_tokens, errmsg, sizeof(errmsg)) != 0) {
+        fprintf(stderr, "tallyd: token file: %s\n", errmsg);
+        return 3;
+    }
+    if (n_tokens == 0) {
+        logf_line("warn", "msg=\"token file has no tokens: every client will be refused\" "
+                          "file=\"%s\"", o->token_file);
+    }
+
+    loop = uv_default_loop();
+    if (node_open(&node, loop, &cfg, errmsg) != 0) {
+        logf_line("error", "msg=\"cannot open node\" reason=\"%s\"", errmsg);
+        free(tokens);
+        return 1;
+    }
+    if (node_start(node) != 0) {
+        logf_line("error", "msg=\"cannot start node\" reason=\"%s\"", node_errmsg(node));
+        node_close(node, NULL, NULL);
+        uv_run(loop, UV_RUN_DEFAULT);
+        free(tokens);
+        return 1;
+    }
+    struct rpc_server_config scfg = {
+        .address = o->client_listen,
+        .tokens = tokens,
+        .n_tokens = n_tokens,
+        .members = rmembers,
+        .n_members = n_rmembers,
+        .max_frame = o->max_frame,
+        .max_inflight = (unsigned)o->max_inflight,
+        .max_connections = (unsigned)o->max_connections,
+    };
+    int rv = rpc_server_start(&server, loop, node, &scfg, errmsg, sizeof(errmsg));
+    free(tokens);
+    if (rv != 0) {
+        logf_line("error", "msg=\"cannot start client server\" reason=\"%s\"", errmsg);
+        node_close(node, NULL, NULL);
+        uv_run(loop, UV_RUN_DEFAULT);
+        return 1;
+    }
+    if (o->http_listen != NULL && o->http_listen[0] != '\0' &&
+        rpc_http_start(&http, o->http_listen, errmsg, sizeof(errmsg)) != 0) {
+        logf_line("error", "msg=\"cannot start http endpoint\" reason=\"%s\"", errmsg);
+        rpc_server_close(server, server_closed, NULL);
+        stopping = true;
+        uv_run(loop, UV_RUN_DEFAULT);
+        return 1;
+    }
+    uv_signal_init(loop, &sigterm);
+    uv_signal_init(loop, &sigint);
+    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    uv_signal_start(&sigint, on_signal, SIGINT);
+    uv_timer_init(loop, &metrics_timer);
+    uv_timer_start(&metrics_timer, metrics_tick, 0, METRICS_PERIOD_MS);
+    logf_line("info",
+              "msg=\"serving\" id=%" PRIu64 " peer=%s client=%s http=%s members=%u tokens=%zu",
+              o->id, o->peer_listen, o->client_listen,
+              o->http_listen != NULL ? o->http_listen : "off", cfg.n_members, n_tokens);
+    uv_run(loop, UV_RUN_DEFAULT);
+    rv = uv_loop_close(loop);
+    if (rv != 0) {
+        logf_line("warn", "msg=\"loop closed with handles open\" reason=\"%s\"", uv_strerror(rv));
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o = {0};
+    signal(SIGPIPE, SIG_IGN);
+    int rv = parse_options(argc, argv, &o);
+    if (rv != 0) {
+        usage(rv > 0 ? stdout : stderr);
+        return rv > 0 ? 0 : 3;
+    }
+    return start(&o);
+}

@@ -1,0 +1,309 @@
+/*
+ * cluster.c: three tallyd processes and raw protocol connections for the integration
+ * tests (see cluster.h).
+ */
+#define _GNU_SOURCE
+#include "cluster.h"
+
+#include <openssl/sha.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct cl_node cl_nodes[CL_NODES];
+static const char *tallyd_bin;
+static char token_file[PATH_MAX];
+
+static void write_tokens(void)
+{
+    static const char *const roles[][2] = {
+        {"admin", CL_ADMIN_TOKEN}, {"gateway", CL_GATEWAY_TOKEN}, {"reader", CL_READER_TOKEN}};
+    snprintf(token_file, sizeof(token_file), "%s/tokens", h_dir);
+    FILE *f = fopen(token_file, "w");
+    if (f == NULL) {
+        H_FAIL("write %s", token_file);
+    }
+    fprintf(f, "# test tokens\n");
+    for (size_t i = 0; i < 3; i++) {
+        uint8_t h[32];
+        char hex[65];
+        SHA256((const unsigned char *)roles[i][1], strlen(roles[i][1]), h);
+        rpc_hex(h, sizeof(h), hex);
+        fprintf(f, "%s test-%s %s\n", roles[i][0], roles[i][0], hex);
+    }
+    if (fclose(f) != 0) {
+        H_FAIL("write %s", token_file);
+    }
+}
+
+static void spawn_process(int i)
+{
+    struct cl_node *n = &cl_nodes[i];
+    char id[16], peer[32], client[32], http[32], members[512] = "";
+    for (int m = 0; m < CL_NODES; m++) {
+        size_t len = strlen(members);
+        snprintf(members + len, sizeof(members) - len, "%s%d=127.0.0.1:%d/127.0.0.1:%d",
+                 m > 0 ? "," : "", m + 1, cl_nodes[m].peer_port, cl_nodes[m].client_port);
+    }
+    snprintf(id, sizeof(id), "%d", i + 1);
+    snprintf(peer, sizeof(peer), "127.0.0.1:%d", n->peer_port);
+    snprintf(client, sizeof(client), "127.0.0.1:%d", n->client_port);
+    snprintf(http, sizeof(http), "127.0.0.1:%d", n->http_port);
+    char *argv[] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
+                    "--client-listen", client, "--http-listen", http, "--members", members,
+                    "--token-file", token_file, "--snapshot-threshold", "256",
+                    "--snapshot-trailing", "64", NULL};
+    h_spawn(&n->p, argv);
+}
+
+/* STATUS of node i over a fresh connection: 0 and *st, or -1. */
+static int node_status(int i, struct rpc_node_status *st)
+{
+    struct rc c;
+    if (rc_open(&c, i) != 0) {
+        return -1;
+    }
+    struct rpc_request req = {.op = RPC_OP_STATUS};
+    struct rpc_response resp;
+    int rv = -1;
+    if (rc_hello(&c, CL_READER_TOKEN) == RPC_OK && rc_call(&c, &req, &resp) == 0 &&
+        resp.status == RPC_OK) {
+        *st = resp.u.status;
+        rv = 0;
+    }
+    rc_close(&c);
+    return rv;
+}
+
+void cl_spawn(int i)
+{
+    spawn_process(i);
+    pid_t pid = cl_nodes[i].p.pid;
+    int64_t deadline = h_now_ms() + 15000;
+    struct rpc_node_status st;
+    while (node_status(i, &st) != 0) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            cl_nodes[i].p.pid = 0;
+            H_FAIL("node %d exited at start (status 0x%x)", i + 1, status);
+        }
+        if (h_now_ms() > deadline) {
+            H_FAIL("node %d client port never came up", i + 1);
+        }
+        h_sleep_ms(50);
+    }
+    h_say("node %d started (pid %d)", i + 1, (int)pid);
+}
+
+void cl_stop(int i, int sig)
+{
+    int status = h_stop(&cl_nodes[i].p, sig);
+    if (sig == SIGTERM && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
+        H_FAIL("node %d did not exit cleanly on SIGTERM (status 0x%x)", i + 1, status);
+    }
+    h_say("node %d stopped (signal %d)", i + 1, sig);
+}
+
+int cl_leader(int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    do {
+        for (int i = 0; i < CL_NODES; i++) {
+            struct rpc_node_status st;
+            if (cl_nodes[i].p.pid > 0 && node_status(i, &st) == 0 && st.serving) {
+                return i;
+            }
+        }
+        h_sleep_ms(50);
+    } while (h_now_ms() < deadline);
+    return -1;
+}
+
+void cl_start(const char *tallyd)
+{
+    tallyd_bin = tallyd;
+    write_tokens();
+    for (int i = 0; i < CL_NODES; i++) {
+        struct cl_node *n = &cl_nodes[i];
+        n->peer_port = h_pick_port();
+        n->client_port = h_pick_port();
+        n->http_port = h_pick_port();
+        snprintf(n->dir, sizeof(n->dir), "%s/node%d", h_dir, i + 1);
+        snprintf(n->p.log, sizeof(n->p.log), "%s/node%d.log", h_dir, i + 1);
+        h_register(&n->p);
+    }
+    for (int i = 0; i < CL_NODES; i++) {
+        cl_spawn(i);
+    }
+    int leader = cl_leader(30000);
+    if (leader < 0) {
+        H_FAIL("no leader elected");
+    }
+    h_say("node %d leads", leader + 1);
+}
+
+void cl_endpoint(int i, char *out, size_t size)
+{
+    snprintf(out, size, "127.0.0.1:%d", cl_nodes[i].client_port);
+}
+
+void cl_endpoints(char *out, size_t size)
+{
+    out[0] = '\0';
+    for (int i = 0; i < CL_NODES; i++) {
+        size_t len = strlen(out);
+        snprintf(out + len, size - len, "%s127.0.0.1:%d", i > 0 ? "," : "",
+                 cl_nodes[i].client_port);
+    }
+}
+
+/* HASH of node i: 0 with applied index and hex, or -1. */
+static int node_hash(int i, uint64_t *applied, char hex[65])
+{
+    struct rc c;
+    if (rc_open(&c, i) != 0) {
+        return -1;
+    }
+    struct rpc_request req = {.op = RPC_OP_HASH};
+    struct rpc_response resp;
+    int rv = -1;
+    if (rc_hello(&c, CL_READER_TOKEN) == RPC_OK && rc_call(&c, &req, &resp) == 0 &&
+        resp.status == RPC_OK) {
+        *applied = resp.u.hash.applied_index;
+        rpc_hex(resp.u.hash.state_hash, 32, hex);
+        rv = 0;
+    }
+    rc_close(&c);
+    return rv;
+}
+
+void cl_converged(int timeout_ms, uint64_t min_index, char hash_hex[65])
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    char hex[CL_NODES][65];
+    uint64_t applied[CL_NODES];
+    for (;;) {
+        bool same = true;
+        int first = -1;
+        for (int i = 0; i < CL_NODES; i++) {
+            snprintf(hex[i], sizeof(hex[i]), "-");
+            applied[i] = 0;
+            if (cl_nodes[i].p.pid == 0) {
+                continue;
+            }
+            if (node_hash(i, &applied[i], hex[i]) != 0 || applied[i] < min_index ||
+                (first >= 0 && (applied[i] != applied[first] || strcmp(hex[i], hex[first]) != 0))) {
+                same = false;
+            }
+            first = first < 0 ? i : first;
+        }
+        if (same && first >= 0) {
+            snprintf(hash_hex, 65, "%s", hex[first]);
+            h_say("converged at applied index %llu, state hash %.16s...",
+                  (unsigned long long)applied[first], hex[first]);
+            return;
+        }
+        if (h_now_ms() > deadline) {
+            H_FAIL("no convergence: %llu %.12s / %llu %.12s / %llu %.12s",
+                   (unsigned long long)applied[0], hex[0], (unsigned long long)applied[1], hex[1],
+                   (unsigned long long)applied[2], hex[2]);
+        }
+        h_sleep_ms(100);
+    }
+}
+
+/* ---- Raw connections. ---- */
+
+int rc_open(struct rc *c, int i)
+{
+    memset(c, 0, sizeof(*c));
+    c->fd = h_connect(cl_nodes[i].client_port, 2000);
+    rpc_framer_init(&c->framer, RPC_FRAME_LIMIT);
+    return c->fd >= 0 ? 0 : -1;
+}
+
+void rc_close(struct rc *c)
+{
+    if (c->fd >= 0) {
+        close(c->fd);
+    }
+    c->fd = -1;
+    rpc_framer_free(&c->framer);
+}
+
+int rc_send_raw(struct rc *c, const void *data, size_t len)
+{
+    return h_send_all(c->fd, data, len, 5000);
+}
+
+int rc_send(struct rc *c, struct rpc_request *req)
+{
+    struct rpc_buf b = {0};
+    req->seq = ++c->seq;
+    int rv = rpc_request_encode(&b, req) == 0 ? rc_send_raw(c, b.data, b.len) : -1;
+    rpc_buf_free(&b);
+    return rv;
+}
+
+int rc_recv(struct rc *c, int op, struct rpc_response *resp, int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    for (;;) {
+        const uint8_t *body;
+        size_t len;
+        int rv = rpc_framer_next(&c->framer, &body, &len);
+        if (rv < 0) {
+            return -1;
+        }
+        if (rv == 1) {
+            char why[RPC_MESSAGE_MAX + 1];
+            return rpc_response_decode(body, len, op, resp, why);
+        }
+        uint8_t buf[65536];
+        int left = (int)(deadline - h_now_ms());
+        ssize_t n = left > 0 ? h_recv_some(c->fd, buf, sizeof(buf), left) : -1;
+        if (n <= 0 || rpc_framer_feed(&c->framer, buf, (size_t)n) != 0) {
+            return -1;
+        }
+    }
+}
+
+int rc_call(struct rc *c, struct rpc_request *req, struct rpc_response *resp)
+{
+    if (rc_send(c, req) != 0) {
+        return -1;
+    }
+    return rc_recv(c, req->op, resp, 10000);
+}
+
+int rc_hello(struct rc *c, const char *token)
+{
+    struct rpc_request req = {.op = RPC_OP_HELLO};
+    struct rpc_response resp;
+    req.u.hello.version = RPC_PROTOCOL_VERSION;
+    snprintf(req.u.hello.token, sizeof(req.u.hello.token), "%s", token);
+    return rc_call(c, &req, &resp) == 0 ? resp.status : -1;
+}
+
+bool rc_closed(struct rc *c, int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    uint8_t buf[4096];
+    for (;;) {
+        int left = (int)(deadline - h_now_ms());
+        if (left <= 0) {
+            return false;
+        }
+        ssize_t n = h_recv_some(c->fd, buf, sizeof(buf), left);
+        if (n == 0) {
+            return true;
+        }
+        if (n < 0) {
+            return h_now_ms() < deadline; /* an error before the deadline: reset */
+        }
+    }
+}

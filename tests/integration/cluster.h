@@ -1,0 +1,79 @@
+/*
+ * cluster.h: three real tallyd processes on loopback for integration tests, and a raw
+ * protocol connection (rpc/proto.h over a blocking socket) to poke them with.
+ *
+ * Tokens: the cluster's token file accepts CL_ADMIN_TOKEN (admin), CL_GATEWAY_TOKEN
+ * (gateway) and CL_READER_TOKEN (reader).
+ */
+#ifndef TALLY_TESTS_CLUSTER_H
+#define TALLY_TESTS_CLUSTER_H
+
+#include "harness.h"
+#include "rpc/proto.h"
+
+#define CL_NODES 3
+#define CL_ADMIN_TOKEN "admin-secret-for-tests"
+#define CL_GATEWAY_TOKEN "gateway-secret-for-tests"
+#define CL_READER_TOKEN "reader-secret-for-tests"
+
+struct cl_node {
+    struct h_proc p;
+    int peer_port, client_port, http_port;
+    char dir[PATH_MAX];
+};
+
+extern struct cl_node cl_nodes[CL_NODES];
+
+/* Pick ports, write the token file and start all three nodes (tallyd at `tallyd`); wait
+ * until one of them leads and serves. */
+void cl_start(const char *tallyd);
+
+/* Start node i again (same ports and data dir) and wait until it answers STATUS. */
+void cl_spawn(int i);
+
+/* Stop node i with `sig` and reap it; SIGTERM must end in exit status 0. */
+void cl_stop(int i, int sig);
+
+/* Index of the node that leads and serves, waiting up to timeout_ms; -1 if none. */
+int cl_leader(int timeout_ms);
+
+/* "127.0.0.1:P" of node i's client port, or of all running nodes comma-separated. */
+void cl_endpoint(int i, char *out, size_t size);
+void cl_endpoints(char *out, size_t size);
+
+/* Wait until every running node reports the same applied index (>= min_index) and state
+ * hash; returns that hash in hex (65 bytes). */
+void cl_converged(int timeout_ms, uint64_t min_index, char hash_hex[65]);
+
+/* ---- Raw protocol connections. ---- */
+
+struct rc {
+    int fd;
+    uint64_t seq;
+    struct rpc_framer framer;
+};
+
+/* Connect to node i's client port; -1 if it does not accept within 2 s. */
+int rc_open(struct rc *c, int i);
+void rc_close(struct rc *c);
+
+/* Send raw bytes. 0 or -1. */
+int rc_send_raw(struct rc *c, const void *data, size_t len);
+
+/* Send `req` (its seq is assigned here). 0 or -1. */
+int rc_send(struct rc *c, struct rpc_request *req);
+
+/* Receive the next response and decode it as an answer to `op`. 0, or -1 if the
+ * connection closed or nothing came within timeout_ms, or the answer did not decode. */
+int rc_recv(struct rc *c, int op, struct rpc_response *resp, int timeout_ms);
+
+/* Send and receive one request. */
+int rc_call(struct rc *c, struct rpc_request *req, struct rpc_response *resp);
+
+/* HELLO with `token`; returns the response status (or -1 if no answer). */
+int rc_hello(struct rc *c, const char *token);
+
+/* Whether the peer closed the connection within timeout_ms (reading and discarding). */
+bool rc_closed(struct rc *c, int timeout_ms);
+
+#endif /* TALLY_TESTS_CLUSTER_H */

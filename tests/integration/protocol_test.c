@@ -1,0 +1,335 @@
+/*
+ * protocol_test.c: hostile and unauthorized input against a real three-node tallyd
+ * cluster, over raw sockets.
+ *
+ *   protocol_test <path to tallyd>
+ *
+ * Each bad input must get an error answer or a closed connection (or both), and the
+ * node must go on serving everybody else: after every case a fresh connection still
+ * authenticates and a write still commits.
+ */
+#define _GNU_SOURCE
+#include "cluster.h"
+
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t next_rid = 1;
+
+static void fill_rid(uint8_t id[LEDGER_REQUEST_ID_SIZE])
+{
+    memset(id, 0, LEDGER_REQUEST_ID_SIZE);
+    uint64_t v = next_rid++;
+    memcpy(id, &v, sizeof(v));
+    id[15] = 0x7e; /* distinct from ids other tests might use */
+}
+
+/* A write of `cmd` on an authenticated connection; returns the response status. */
+static int write_cmd(struct rc *c, const struct ledger_cmd *cmd, struct rpc_response *resp)
+{
+    struct rpc_request req = {.op = RPC_OP_WRITE};
+    req.u.write = *cmd;
+    if (rc_call(c, &req, resp) != 0) {
+        return -1;
+    }
+    return resp->status;
+}
+
+static struct ledger_cmd create_cmd(const char *name, int64_t budget)
+{
+    struct ledger_cmd cmd = {.type = LEDGER_CMD_ACCOUNT_CREATE};
+    fill_rid(cmd.request_id);
+    snprintf(cmd.u.create.name, sizeof(cmd.u.create.name), "%s", name);
+    cmd.u.create.limits.set = LEDGER_LIM_BUDGET;
+    cmd.u.create.limits.budget_micros = budget;
+    return cmd;
+}
+
+static struct ledger_cmd reserve_cmd(const char *account, int64_t estimate)
+{
+    struct ledger_cmd cmd = {.type = LEDGER_CMD_RESERVE};
+    fill_rid(cmd.request_id);
+    cmd.u.reserve.by_account = 1;
+    snprintf(cmd.u.reserve.account, sizeof(cmd.u.reserve.account), "%s", account);
+    cmd.u.reserve.estimate_micros = estimate;
+    cmd.u.reserve.ttl_ms = 60000;
+    return cmd;
+}
+
+/* The cluster still serves: a new admin connection to the leader commits a reserve. */
+static void still_serving(const char *after)
+{
+    int leader = cl_leader(10000);
+    struct rc c;
+    struct rpc_response resp;
+    struct ledger_cmd cmd = reserve_cmd("proto-root", 1);
+    if (leader < 0 || rc_open(&c, leader) != 0 || rc_hello(&c, CL_ADMIN_TOKEN) != RPC_OK ||
+        write_cmd(&c, &cmd, &resp) != RPC_OK || resp.u.write.result.status != LEDGER_OK) {
+        H_FAIL("after %s the cluster no longer grants a reserve", after);
+    }
+    rc_close(&c);
+    h_say("ok: %s, and the node still serves", after);
+}
+
+/* Open an admin connection to the leader. */
+static void open_admin(struct rc *c)
+{
+    int leader = cl_leader(10000);
+    if (leader < 0 || rc_open(c, leader) != 0 || rc_hello(c, CL_ADMIN_TOKEN) != RPC_OK) {
+        H_FAIL("cannot open an admin connection");
+    }
+}
+
+/* Expect an error answer with `status` and then (if `closes`) a closed connection. */
+static void expect_error(struct rc *c, int status, bool closes, const char *what)
+{
+    struct rpc_response resp;
+    if (rc_recv(c, RPC_OP_STATUS, &resp, 5000) != 0) {
+        H_FAIL("%s: no answer", what);
+    }
+    if (resp.status != status) {
+        H_FAIL("%s: answered %s (%s), expected %s", what, rpc_status_name(resp.status),
+               resp.message, rpc_status_name(status));
+    }
+    if (closes && !rc_closed(c, 5000)) {
+        H_FAIL("%s: the connection stayed open", what);
+    }
+    h_say("%s: %s \"%s\"%s", what, rpc_status_name(resp.status), resp.message,
+          closes ? ", connection closed" : "");
+}
+
+static void frame_header(uint8_t h[4], uint32_t len)
+{
+    uint32_t be = htonl(len);
+    memcpy(h, &be, 4);
+}
+
+static void case_garbage(void)
+{
+    struct rc c;
+    open_admin(&c);
+    static const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    rc_send_raw(&c, junk, sizeof(junk) - 1);
+    expect_error(&c, RPC_ETOOBIG, true, "garbage (an HTTP request)");
+    rc_close(&c);
+    still_serving("garbage");
+}
+
+static void case_oversized(void)
+{
+    struct rc c;
+    open_admin(&c);
+    uint8_t h[4];
+    frame_header(h, RPC_FRAME_MAX + 1);
+    rc_send_raw(&c, h, sizeof(h));
+    expect_error(&c, RPC_ETOOBIG, true, "a length of 1 MiB + 1");
+    rc_close(&c);
+    still_serving("an oversized frame");
+}
+
+static void case_deep_nesting(void)
+{
+    struct rc c;
+    open_admin(&c);
+    /* [seq=1, op=2, [[[[ ... ]]]]] with 100000 levels: fixarray(1) bytes. */
+    size_t depth = 100000;
+    uint8_t *frame = malloc(4 + 3 + depth + 1);
+    frame_header(frame, (uint32_t)(3 + depth + 1));
+    frame[4] = 0x93; /* fixarray of 3 */
+    frame[5] = 0x01; /* seq 1 */
+    frame[6] = 0x02; /* op write */
+    memset(frame + 7, 0x91, depth);
+    frame[7 + depth] = 0x90;
+    rc_send_raw(&c, frame, 4 + 3 + depth + 1);
+    free(frame);
+    expect_error(&c, RPC_EBADREQ, false, "100000 nested arrays in a write");
+    rc_close(&c);
+    still_serving("deep nesting");
+}
+
+static void case_huge_counts(void)
+{
+    struct rc c;
+    open_admin(&c);
+    /* A request array claiming 2^32 - 1 elements, then a write whose command claims as
+     * many, then a str32 of 4 GiB: each must be refused without allocating. */
+    static const uint8_t top[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0x01};
+    static const uint8_t cmd[] = {0x93, 0x02, 0x02, 0xdd, 0xff, 0xff, 0xff, 0xff};
+    static const uint8_t str[] = {0x94, 0x03, 0x01, 0x01, 0xdb, 0xff, 0xff, 0xff, 0xff};
+    const struct {
+        const uint8_t *body;
+        size_t len;
+        const char *what;
+    } cases[] = {
+        {top, sizeof(top), "an array of 2^32-1 elements"},
+        {cmd, sizeof(cmd), "a command of 2^32-1 fields"},
+        {str, sizeof(str), "a hello token of 4 GiB"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint8_t h[4];
+        frame_header(h, (uint32_t)cases[i].len);
+        rc_send_raw(&c, h, 4);
+        rc_send_raw(&c, cases[i].body, cases[i].len);
+        expect_error(&c, RPC_EBADREQ, false, cases[i].what);
+    }
+    rc_close(&c);
+    still_serving("huge container counts");
+}
+
+static void case_no_auth(void)
+{
+    int leader = cl_leader(10000);
+    struct rc c;
+    if (rc_open(&c, leader) != 0) {
+        H_FAIL("connect");
+    }
+    struct ledger_cmd cmd = reserve_cmd("proto-root", 1);
+    struct rpc_request req = {.op = RPC_OP_WRITE};
+    req.u.write = cmd;
+    rc_send(&c, &req);
+    expect_error(&c, RPC_EAUTH, true, "a write before hello");
+    rc_close(&c);
+
+    if (rc_open(&c, leader) != 0) {
+        H_FAIL("connect");
+    }
+    if (rc_hello(&c, "not-a-token") != RPC_EAUTH || !rc_closed(&c, 5000)) {
+        H_FAIL("a bad token was not refused with the connection closed");
+    }
+    h_say("a bad token: unauthenticated, connection closed");
+    rc_close(&c);
+    still_serving("unauthenticated requests");
+}
+
+static void case_wrong_role(void)
+{
+    int leader = cl_leader(10000);
+    struct rc c;
+    struct rpc_response resp;
+    if (rc_open(&c, leader) != 0 || rc_hello(&c, CL_GATEWAY_TOKEN) != RPC_OK) {
+        H_FAIL("gateway hello");
+    }
+    struct ledger_cmd create = create_cmd("proto-gw-made", 10);
+    if (write_cmd(&c, &create, &resp) != RPC_EFORBIDDEN) {
+        H_FAIL("a gateway created an account: %s", rpc_status_name(resp.status));
+    }
+    struct ledger_cmd reserve = reserve_cmd("proto-root", 1);
+    if (write_cmd(&c, &reserve, &resp) != RPC_OK || resp.u.write.result.status != LEDGER_OK) {
+        H_FAIL("a gateway could not reserve after a forbidden request");
+    }
+    h_say("gateway: account create forbidden, reserve granted on the same connection");
+    rc_close(&c);
+
+    if (rc_open(&c, leader) != 0 || rc_hello(&c, CL_READER_TOKEN) != RPC_OK) {
+        H_FAIL("reader hello");
+    }
+    reserve = reserve_cmd("proto-root", 1);
+    if (write_cmd(&c, &reserve, &resp) != RPC_EFORBIDDEN) {
+        H_FAIL("a reader reserved: %s", rpc_status_name(resp.status));
+    }
+    struct rpc_request req = {.op = RPC_OP_ACCOUNT_GET};
+    snprintf(req.u.get.name, sizeof(req.u.get.name), "proto-root");
+    if (rc_call(&c, &req, &resp) != 0 || resp.status != RPC_OK ||
+        strcmp(resp.u.account.name, "proto-root") != 0) {
+        H_FAIL("a reader could not read an account");
+    }
+    h_say("reader: reserve forbidden, account read (held %lld)",
+          (long long)resp.u.account.held_micros);
+    rc_close(&c);
+    still_serving("wrong roles");
+}
+
+static void case_not_leader(void)
+{
+    int leader = cl_leader(10000);
+    int follower = (leader + 1) % CL_NODES;
+    struct rc c;
+    struct rpc_response resp;
+    if (rc_open(&c, follower) != 0 || rc_hello(&c, CL_ADMIN_TOKEN) != RPC_OK) {
+        H_FAIL("follower hello");
+    }
+    struct ledger_cmd reserve = reserve_cmd("proto-root", 1);
+    char expect[64];
+    cl_endpoint(leader, expect, sizeof(expect));
+    if (write_cmd(&c, &reserve, &resp) != RPC_ENOTLEADER || resp.leader_id != (uint64_t)leader + 1 ||
+        strcmp(resp.leader_address, expect) != 0) {
+        H_FAIL("follower answered %s leader %llu at \"%s\", expected not_leader %d at %s",
+               rpc_status_name(resp.status), (unsigned long long)resp.leader_id,
+               resp.leader_address, leader + 1, expect);
+    }
+    h_say("follower: not_leader, leader %llu at %s", (unsigned long long)resp.leader_id,
+          resp.leader_address);
+    struct rpc_request req = {.op = RPC_OP_ACCOUNT_GET};
+    req.u.get.flags = RPC_READ_STALE;
+    snprintf(req.u.get.name, sizeof(req.u.get.name), "proto-root");
+    if (rc_call(&c, &req, &resp) != 0 || resp.status != RPC_OK) {
+        H_FAIL("a follower refused a stale read: %s", rpc_status_name(resp.status));
+    }
+    h_say("follower: stale read served");
+    rc_close(&c);
+}
+
+static void case_pipelined(void)
+{
+    /* 500 reserves written before any answer is read: every one answered, by seq. */
+    struct rc c;
+    open_admin(&c);
+    enum { N = 500 };
+    struct rpc_buf b = {0};
+    for (int i = 0; i < N; i++) {
+        struct rpc_request req = {.op = RPC_OP_WRITE, .seq = (uint64_t)i + 1};
+        req.u.write = reserve_cmd("proto-root", 1);
+        rpc_request_encode(&b, &req);
+    }
+    rc_send_raw(&c, b.data, b.len);
+    rpc_buf_free(&b);
+    static bool seen[N + 1];
+    uint64_t max_index = 0;
+    for (int i = 0; i < N; i++) {
+        struct rpc_response resp;
+        if (rc_recv(&c, RPC_OP_WRITE, &resp, 10000) != 0 || resp.status != RPC_OK ||
+            resp.seq == 0 || resp.seq > N || seen[resp.seq]) {
+            H_FAIL("pipelined answer %d missing or wrong", i);
+        }
+        seen[resp.seq] = true;
+        max_index = resp.u.write.index > max_index ? resp.u.write.index : max_index;
+    }
+    h_say("500 pipelined reserves answered, last index %llu", (unsigned long long)max_index);
+    rc_close(&c);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s <tallyd>\n", argv[0]);
+        return 2;
+    }
+    h_init("tally-protocol-test", 150);
+    cl_start(argv[1]);
+    struct rc c;
+    struct rpc_response resp;
+    open_admin(&c);
+    struct ledger_cmd create = create_cmd("proto-root", 1000000000);
+    if (write_cmd(&c, &create, &resp) != RPC_OK || resp.u.write.result.status != LEDGER_OK) {
+        H_FAIL("create the account");
+    }
+    rc_close(&c);
+    case_garbage();
+    case_oversized();
+    case_deep_nesting();
+    case_huge_counts();
+    case_no_auth();
+    case_wrong_role();
+    case_not_leader();
+    case_pipelined();
+    char hash[65];
+    cl_converged(20000, 0, hash);
+    for (int i = 0; i < CL_NODES; i++) {
+        cl_stop(i, SIGTERM);
+    }
+    h_pass();
+    return 0;
+}
