@@ -1,5 +1,6 @@
 # tally: the developer entry points. CMake does the building; this file only names the jobs.
-#   make run     install what is missing, build, run the main job
+#   make run     install what is missing, build, run a local 3-node cluster (Ctrl-C stops it)
+#   make demo    the ledger alone, in one process
 #   make test    install what is missing, build (normal and ASan+UBSan), run every test
 #   make bench   ledger throughput benchmark
 #   make fuzz    run the batch decoder fuzzer (FUZZ_SECONDS, default 60)
@@ -11,7 +12,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all setup build build-asan run test test-fast bench fuzz model-long sim clean
+.PHONY: all setup build build-asan run demo test test-fast bench fuzz model-long sim clean
 
 all: build
 
@@ -30,7 +31,11 @@ build: setup $(BUILD)/CMakeCache.txt
 build-asan: setup $(ASAN_BUILD)/CMakeCache.txt
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 
+# A local three-node cluster on loopback, data under ./data, until Ctrl-C.
 run: build
+	bash scripts/cluster.sh $(BUILD)
+
+demo: build
 	./$(BUILD)/ledger/tally-ledger-demo
 
 # Every test in the normal build, then again under AddressSanitizer + UBSan.

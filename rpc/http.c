@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 
 #define HTTP_CONNECTION_LIMIT 64u /* concurrent scrapes and probes */
@@ -39,6 +40,7 @@ struct rpc_http {
     pthread_mutex_t mu;
     /* Under mu. */
     bool published;
+    int64_t published_ms; /* CLOCK_MONOTONIC of the last publish */
     struct rpc_metrics metrics;
     bool starting;                /* capture MHD's messages into start_log */
     char start_log[HTTP_LOG_MAX]; /* first message MHD logged while starting; "" none */
@@ -153,13 +155,24 @@ static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int statu
     return respond(c, status, (char *)text, strlen(text), mode, "text/plain; charset=utf-8");
 }
 
-/* A copy of the published figures into *m; returns whether anything was published. */
-static bool snapshot(struct rpc_http *h, struct rpc_metrics *m)
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A copy of the published figures into *m and their age (*age_ms, may be NULL);
+ * returns whether anything was published. */
+static bool snapshot(struct rpc_http *h, struct rpc_metrics *m, int64_t *age_ms)
 {
     pthread_mutex_lock(&h->mu);
     bool published = h->published;
     if (published) {
         *m = h->metrics;
+        if (age_ms != NULL) {
+            *age_ms = monotonic_ms() - h->published_ms;
+        }
     }
     pthread_mutex_unlock(&h->mu);
     return published;
@@ -169,8 +182,14 @@ static bool snapshot(struct rpc_http *h, struct rpc_metrics *m)
 static enum MHD_Result answer_readyz(struct rpc_http *h, struct MHD_Connection *c)
 {
     struct rpc_metrics m;
-    if (!snapshot(h, &m)) {
+    int64_t age_ms = 0;
+    if (!snapshot(h, &m, &age_ms)) {
         return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "starting\n", MHD_RESPMEM_PERSISTENT);
+    }
+    if (age_ms > RPC_HTTP_STALE_MS) {
+        /* The loop thread stopped publishing: it is stuck, so the node serves nobody. */
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "stale: the node's loop is not responding\n",
+                            MHD_RESPMEM_PERSISTENT);
     }
     if (m.leader_id == 0) {
         return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no leader known\n",
@@ -190,7 +209,7 @@ static enum MHD_Result answer_readyz(struct rpc_http *h, struct MHD_Connection *
 static enum MHD_Result answer_metrics(struct rpc_http *h, struct MHD_Connection *c)
 {
     struct rpc_metrics m;
-    const struct rpc_metrics *mp = snapshot(h, &m) ? &m : NULL;
+    const struct rpc_metrics *mp = snapshot(h, &m, NULL) ? &m : NULL;
     size_t len = rpc_metrics_render(mp, NULL, 0);
     char *body = malloc(len + 1);
     if (body == NULL) {
@@ -322,6 +341,7 @@ void rpc_http_publish(struct rpc_http *h, const struct rpc_metrics *m)
     pthread_mutex_lock(&h->mu);
     h->metrics = *m;
     h->published = true;
+    h->published_ms = monotonic_ms();
     pthread_mutex_unlock(&h->mu);
 }
 

@@ -22,6 +22,7 @@
 
 #define RPC_OP_SLOTS 16     /* request counters indexed by enum rpc_op (rpc/proto.h) */
 #define RPC_HIST_BUCKETS 16 /* finite buckets; +Inf is `count` */
+#define RPC_HTTP_STALE_MS 2000 /* /readyz fails when the last publish is older */
 
 /* A fixed-bucket histogram: bucket[i] counts observations <= bounds[i] (not cumulative
  * here; the exporter makes them cumulative). `sum` is in the histogram's unit. */

@@ -13,6 +13,7 @@
  * (or after rpc_server_close) find valid memory and answer into the void.
  */
 #include "rpc/server.h"
+#include "rpc/tls.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -35,7 +36,8 @@ struct conn {
     struct conn *prev, *next;       /* srv->conns */
     struct conn *dirty_next;        /* srv->dirty, while `dirty` */
     struct rpc_framer framer;
-    struct rpc_buf out;             /* answers not yet handed to uv_write */
+    struct rpc_tls *tls;            /* NULL on a plain connection */
+    struct rpc_buf out;             /* answers (plaintext) not yet handed to uv_write */
     size_t unsent;                  /* bytes handed to uv_write and not yet written */
     int role;                       /* enum rpc_role */
     char principal[LEDGER_ACTOR_MAX + 1];
@@ -66,6 +68,7 @@ struct rpc_server {
     unsigned open_handles;
     struct rpc_token *tokens;
     size_t n_tokens;
+    struct rpc_tls_ctx *tls_ctx; /* NULL: plain TCP */
     struct rpc_member members[RPC_MEMBERS_MAX];
     unsigned n_members;
     size_t max_frame;
@@ -209,6 +212,7 @@ static void server_release(struct rpc_server *s)
 {
     assert(s->refs > 0);
     if (--s->refs == 0) {
+        rpc_tls_ctx_free(s->tls_ctx);
         free(s->tokens);
         free(s);
     }
@@ -221,6 +225,7 @@ static void conn_release(struct conn *c)
         struct rpc_server *s = c->srv;
         rpc_framer_free(&c->framer);
         rpc_buf_free(&c->out);
+        rpc_tls_free(c->tls);
         free(c);
         server_release(s);
     }
@@ -313,9 +318,27 @@ static void write_cb(uv_write_t *req, int status)
     conn_release(c);
 }
 
+/* The bytes to put on the wire now: the answers, encrypted on a TLS connection (with
+ * whatever the handshake wants sent). 0, or -1 if TLS failed. */
+static int take_wire_bytes(struct conn *c, struct rpc_buf *wire)
+{
+    if (c->tls == NULL) {
+        *wire = c->out;
+        memset(&c->out, 0, sizeof(c->out));
+        return 0;
+    }
+    int rv = c->out.len > 0 ? rpc_tls_write(c->tls, c->out.data, c->out.len) : 0;
+    c->out.len = 0;
+    if (rv == 0) {
+        rv = rpc_tls_take_output(c->tls, wire);
+    }
+    return rv;
+}
+
 static void conn_flush(struct conn *c)
 {
-    if (c->closing || c->shut || c->out.len == 0) {
+    if (c->closing || c->shut ||
+        (c->out.len == 0 && (c->tls == NULL || !rpc_tls_has_output(c->tls)))) {
         return;
     }
     struct write_req *w = calloc(1, sizeof(*w));
@@ -324,8 +347,16 @@ static void conn_flush(struct conn *c)
         return;
     }
     w->conn = c;
-    w->buf = c->out;
-    memset(&c->out, 0, sizeof(c->out));
+    int rv = take_wire_bytes(c, &w->buf);
+    if (rv != 0 || w->buf.len == 0) {
+        /* Nothing to send yet: answers wait inside TLS for the handshake to finish. */
+        rpc_buf_free(&w->buf);
+        free(w);
+        if (rv != 0) {
+            conn_close(c);
+        }
+        return;
+    }
     uv_buf_t buf = uv_buf_init((char *)w->buf.data, (unsigned)w->buf.len);
     c->unsent += w->buf.len;
     c->refs++;
@@ -798,16 +829,31 @@ static void handle_hello(struct conn *c, const struct rpc_request *req)
         answer_error(c, req->seq, RPC_EAUTH, "unsupported protocol version", true);
         return;
     }
-    const struct rpc_token *t = token_find(s, req->u.hello.token);
-    if (t == NULL) {
-        s->m.auth_failures++;
-        answer_error(c, req->seq, RPC_EAUTH, "unknown token", true);
-        return;
+    if (req->u.hello.token[0] == '\0' && c->tls != NULL) {
+        char principal[RPC_TOKEN_MAX];
+        int role = rpc_tls_peer_role(c->tls, principal, sizeof(principal));
+        if (role == RPC_ROLE_NONE || !principal_valid(principal)) {
+            s->m.auth_failures++;
+            answer_error(c, req->seq, RPC_EAUTH,
+                         "no token, and no client certificate naming a role (OU) and a "
+                         "principal (CN)",
+                         true);
+            return;
+        }
+        c->role = role;
+        memcpy(c->principal, principal, strlen(principal) + 1); /* <= 48 bytes: checked */
+    } else {
+        const struct rpc_token *t = token_find(s, req->u.hello.token);
+        if (t == NULL) {
+            s->m.auth_failures++;
+            answer_error(c, req->seq, RPC_EAUTH, "unknown token", true);
+            return;
+        }
+        c->role = t->role;
+        snprintf(c->principal, sizeof(c->principal), "%s", t->name);
     }
-    c->role = t->role;
-    snprintf(c->principal, sizeof(c->principal), "%s", t->name);
     struct rpc_response resp = {.seq = req->seq};
-    resp.u.hello.role = (uint8_t)t->role;
+    resp.u.hello.role = (uint8_t)c->role;
     resp.u.hello.node_id = node_id(s->node);
     answer(c, RPC_OP_HELLO, &resp);
 }
@@ -892,6 +938,38 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(s->read_buf, sizeof(s->read_buf));
 }
 
+/* Bytes read from the socket: decrypted on a TLS connection, then framed. 0, or -1 if
+ * the connection is being closed. */
+static int conn_input(struct conn *c, const void *data, size_t n)
+{
+    if (c->tls == NULL) {
+        if (rpc_framer_feed(&c->framer, data, n) != 0) {
+            conn_close(c);
+            return -1;
+        }
+        return 0;
+    }
+    struct rpc_buf plain = {0};
+    int rv = rpc_tls_input(c->tls, data, n, &plain);
+    if (rv == 0 && plain.len > 0) {
+        rv = rpc_framer_feed(&c->framer, plain.data, plain.len);
+    }
+    rpc_buf_free(&plain);
+    if (rpc_tls_has_output(c->tls)) {
+        schedule_flush(c); /* handshake records, or the alert of a failure */
+    }
+    if (rv != 0) {
+        c->srv->m.protocol_errors++;
+        c->close_after_flush = true;
+        read_stop(c);
+        if (!rpc_tls_has_output(c->tls)) {
+            conn_close(c);
+        }
+        return -1;
+    }
+    return 0;
+}
+
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     (void)buf;
@@ -903,8 +981,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0) {
         return;
     }
-    if (rpc_framer_feed(&c->framer, c->srv->read_buf, (size_t)nread) != 0) {
-        conn_close(c);
+    if (conn_input(c, c->srv->read_buf, (size_t)nread) != 0) {
         return;
     }
     conn_process(c);
@@ -946,7 +1023,8 @@ static void accept_cb(uv_stream_t *listener, int status)
     c->refs = 1;
     s->refs++;
     rpc_framer_init(&c->framer, s->max_frame);
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 ||
+        (s->tls_ctx != NULL && rpc_tls_new(&c->tls, s->tls_ctx) != 0)) {
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
         return;
@@ -1020,6 +1098,13 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     s->m.node_id = node_id(node);
     if (s->max_frame > RPC_FRAME_LIMIT) {
         s->max_frame = RPC_FRAME_LIMIT;
+    }
+    if (cfg->tls_cert_file != NULL &&
+        rpc_tls_ctx_new(&s->tls_ctx, cfg->tls_cert_file, cfg->tls_key_file,
+                        cfg->tls_client_ca_file, errmsg, size) != 0) {
+        free(s->tokens);
+        free(s);
+        return -1;
     }
     uv_tcp_init(loop, &s->listener);
     uv_check_init(loop, &s->check);

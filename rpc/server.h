@@ -61,6 +61,11 @@ struct rpc_server_config {
      * only, with an empty address. */
     const struct rpc_member *members;
     unsigned n_members;
+    /* TLS on the client port (PEM files; all NULL: plain TCP). cert and key go together;
+     * client_ca (may be NULL) also accepts client certificates it signed (rpc/tls.h). */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_client_ca_file;
     size_t max_frame;         /* default RPC_FRAME_MAX */
     unsigned max_inflight;    /* per connection, default 4096 */
     unsigned max_connections; /* default 4096 */

@@ -12,7 +12,7 @@ need_root() {
     fi
 }
 
-PACKAGES=(build-essential cmake pkg-config libuv1-dev liblmdb-dev libmsgpack-dev libssl-dev libmicrohttpd-dev
+PACKAGES=(build-essential cmake pkg-config libuv1-dev liblmdb-dev libmsgpack-dev libssl-dev libmicrohttpd-dev openssl
           lmdb-utils)
 BACKPORTS_PACKAGES=(libraft-dev)
 MIN_RAFT_VERSION=0.17.1

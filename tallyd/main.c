@@ -90,7 +90,9 @@ static void usage(FILE *out)
             "  --max-frame BYTES         largest request frame, default 1048576    TALLY_MAX_FRAME\n"
             "  --max-inflight N          per connection, default 4096              TALLY_MAX_INFLIGHT\n"
             "  --max-connections N       default 4096                              TALLY_MAX_CONNECTIONS\n"
-            "  --tls-cert F --tls-key F [--tls-client-ca F]   not supported yet    TALLY_TLS_*\n"
+            "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
+            "  --tls-client-ca F         accept client certificates it signed:     TALLY_TLS_CLIENT_CA\n"
+            "                            OU = role (admin|gateway|reader), CN = principal\n"
             "  --help\n");
 }
 
@@ -365,9 +367,10 @@ static int start(const struct options *o)
         fprintf(stderr, "tallyd: --id is required and must be > 0\n");
         return 3;
     }
-    if (o->tls_cert != NULL || o->tls_key != NULL || o->tls_client_ca != NULL) {
-        fprintf(stderr, "tallyd: TLS on the client port is not supported by this build yet; "
-                        "run it behind a TLS-terminating proxy or on a private network\n");
+    if ((o->tls_cert == NULL) != (o->tls_key == NULL) ||
+        (o->tls_client_ca != NULL && o->tls_cert == NULL)) {
+        fprintf(stderr, "tallyd: TLS needs both --tls-cert and --tls-key (and --tls-client-ca "
+                        "only with them)\n");
         return 3;
     }
     if (parse_members(o->members, &cfg, rmembers, &n_rmembers) != 0) {
@@ -429,6 +432,9 @@ static int start(const struct options *o)
         .n_tokens = n_tokens,
         .members = rmembers,
         .n_members = n_rmembers,
+        .tls_cert_file = o->tls_cert,
+        .tls_key_file = o->tls_key,
+        .tls_client_ca_file = o->tls_client_ca,
         .max_frame = o->max_frame,
         .max_inflight = (unsigned)o->max_inflight,
         .max_connections = (unsigned)o->max_connections,
@@ -456,8 +462,9 @@ static int start(const struct options *o)
     uv_timer_init(loop, &metrics_timer);
     uv_timer_start(&metrics_timer, metrics_tick, 0, METRICS_PERIOD_MS);
     logf_line("info",
-              "msg=\"serving\" id=%" PRIu64 " peer=%s client=%s http=%s members=%u tokens=%zu",
-              o->id, o->peer_listen, o->client_listen,
+              "msg=\"serving\" id=%" PRIu64 " peer=%s client=%s tls=%s http=%s members=%u "
+              "tokens=%zu",
+              o->id, o->peer_listen, o->client_listen, o->tls_cert != NULL ? "on" : "off",
               o->http_listen != NULL ? o->http_listen : "off", cfg.n_members, n_tokens);
     uv_run(loop, UV_RUN_DEFAULT);
     rv = uv_loop_close(loop);

@@ -5,18 +5,57 @@
 #define _GNU_SOURCE
 #include "cluster.h"
 
+#include <openssl/err.h>
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 struct cl_node cl_nodes[CL_NODES];
+const char *cl_tls_client;
 static const char *tallyd_bin;
 static char token_file[PATH_MAX];
+static char tls_dir[H_DIR_MAX + 8]; /* "" without TLS */
+
+/* Run a shell command; fail the test if it does not exit 0. */
+static void run(const char *cmd)
+{
+    int rv = system(cmd);
+    if (rv != 0) {
+        H_FAIL("command failed (%d): %s", rv, cmd);
+    }
+}
+
+void cl_tls_setup(void)
+{
+    snprintf(tls_dir, sizeof(tls_dir), "%s/tls", h_dir);
+    char cmd[16384];
+    /* Two CAs (the second signs the rogue client), a server cert with IP SAN 127.0.0.1,
+     * and client certs whose OU names the role. EC keys keep this fast. */
+    snprintf(cmd, sizeof(cmd),
+             "set -e; mkdir -p '%s'; cd '%s'; "
+             "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key 2>/dev/null; }; "
+             "ca() { key $1; openssl req -x509 -new -key $1.key -subj \"/CN=$1\" -days 2 -out $1.pem 2>/dev/null; }; "
+             "leaf() { key $1; openssl req -new -key $1.key -subj \"$2\" -out $1.csr 2>/dev/null; "
+             "  printf '%%s\\n' \"$4\" > $1.ext; "
+             "  openssl x509 -req -in $1.csr -CA $3.pem -CAkey $3.key -CAcreateserial -days 2 -extfile $1.ext -out $1.pem 2>/dev/null; }; "
+             "ca ca; ca otherca; "
+             "leaf server '/CN=127.0.0.1' ca 'subjectAltName=IP:127.0.0.1'; "
+             "leaf admin '/OU=admin/CN=ops-cert' ca 'extendedKeyUsage=clientAuth'; "
+             "leaf gateway '/OU=gateway/CN=gw-cert' ca 'extendedKeyUsage=clientAuth'; "
+             "leaf rogue '/OU=admin/CN=rogue' otherca 'extendedKeyUsage=clientAuth'",
+             tls_dir, tls_dir);
+    run(cmd);
+    h_say("TLS material in %s", tls_dir);
+}
 
 static void write_tokens(void)
 {
@@ -53,10 +92,24 @@ static void spawn_process(int i)
     snprintf(peer, sizeof(peer), "127.0.0.1:%d", n->peer_port);
     snprintf(client, sizeof(client), "127.0.0.1:%d", n->client_port);
     snprintf(http, sizeof(http), "127.0.0.1:%d", n->http_port);
-    char *argv[] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
-                    "--client-listen", client, "--http-listen", http, "--members", members,
-                    "--token-file", token_file, "--snapshot-threshold", "256",
-                    "--snapshot-trailing", "64", NULL};
+    char cert[PATH_MAX + 16], key[PATH_MAX + 16], ca[PATH_MAX + 16];
+    snprintf(cert, sizeof(cert), "%s/server.pem", tls_dir);
+    snprintf(key, sizeof(key), "%s/server.key", tls_dir);
+    snprintf(ca, sizeof(ca), "%s/ca.pem", tls_dir);
+    char *argv[32] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen",
+                      peer, "--client-listen", client, "--http-listen", http, "--members",
+                      members, "--token-file", token_file, "--snapshot-threshold", "256",
+                      "--snapshot-trailing", "64"};
+    int argc = 19;
+    if (tls_dir[0] != '\0') {
+        argv[argc++] = "--tls-cert";
+        argv[argc++] = cert;
+        argv[argc++] = "--tls-key";
+        argv[argc++] = key;
+        argv[argc++] = "--tls-client-ca";
+        argv[argc++] = ca;
+    }
+    argv[argc] = NULL;
     h_spawn(&n->p, argv);
 }
 
@@ -218,16 +271,66 @@ void cl_converged(int timeout_ms, uint64_t min_index, char hash_hex[65])
 
 /* ---- Raw connections. ---- */
 
+/* A TLS client session on c->fd (made blocking with 5 s timeouts). 0 or -1. */
+static int rc_tls_connect(struct rc *c)
+{
+    static SSL_CTX *ctx;
+    static const char *ctx_client = "";
+    char path[PATH_MAX + 32], key[PATH_MAX + 32];
+    if (ctx == NULL || ctx_client != cl_tls_client) {
+        SSL_CTX_free(ctx);
+        ctx = SSL_CTX_new(TLS_client_method());
+        snprintf(path, sizeof(path), "%s/ca.pem", tls_dir);
+        if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, path, NULL) != 1) {
+            H_FAIL("client TLS context");
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        if (cl_tls_client != NULL) {
+            snprintf(path, sizeof(path), "%s/%s.pem", tls_dir, cl_tls_client);
+            snprintf(key, sizeof(key), "%s/%s.key", tls_dir, cl_tls_client);
+            if (SSL_CTX_use_certificate_file(ctx, path, SSL_FILETYPE_PEM) != 1 ||
+                SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+                H_FAIL("client certificate %s", path);
+            }
+        }
+        ctx_client = cl_tls_client;
+    }
+    int flags = fcntl(c->fd, F_GETFL);
+    struct timeval tv = {5, 0};
+    fcntl(c->fd, F_SETFL, flags & ~O_NONBLOCK);
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    SSL *ssl = SSL_new(ctx);
+    if (ssl == NULL) {
+        return -1;
+    }
+    SSL_set_fd(ssl, c->fd);
+    SSL_set1_host(ssl, "127.0.0.1");
+    c->ssl = ssl;
+    if (SSL_connect(ssl) != 1) {
+        ERR_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
 int rc_open(struct rc *c, int i)
 {
     memset(c, 0, sizeof(*c));
     c->fd = h_connect(cl_nodes[i].client_port, 2000);
     rpc_framer_init(&c->framer, RPC_FRAME_LIMIT);
+    if (c->fd >= 0 && tls_dir[0] != '\0' && rc_tls_connect(c) != 0) {
+        return -1;
+    }
     return c->fd >= 0 ? 0 : -1;
 }
 
 void rc_close(struct rc *c)
 {
+    if (c->ssl != NULL) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     if (c->fd >= 0) {
         close(c->fd);
     }
@@ -237,7 +340,25 @@ void rc_close(struct rc *c)
 
 int rc_send_raw(struct rc *c, const void *data, size_t len)
 {
+    if (c->ssl != NULL) {
+        return SSL_write(c->ssl, data, (int)len) == (int)len ? 0 : -1;
+    }
     return h_send_all(c->fd, data, len, 5000);
+}
+
+/* Up to size bytes: count, 0 at EOF, -1 on error or timeout. */
+static ssize_t rc_read(struct rc *c, void *buf, size_t size, int timeout_ms)
+{
+    if (c->ssl != NULL) {
+        int n = SSL_read(c->ssl, buf, (int)size);
+        if (n <= 0) {
+            int err = SSL_get_error(c->ssl, n);
+            ERR_clear_error();
+            return err == SSL_ERROR_ZERO_RETURN || err == SSL_ERROR_SYSCALL ? 0 : -1;
+        }
+        return n;
+    }
+    return h_recv_some(c->fd, buf, size, timeout_ms);
 }
 
 int rc_send(struct rc *c, struct rpc_request *req)
@@ -265,7 +386,7 @@ int rc_recv(struct rc *c, int op, struct rpc_response *resp, int timeout_ms)
         }
         uint8_t buf[65536];
         int left = (int)(deadline - h_now_ms());
-        ssize_t n = left > 0 ? h_recv_some(c->fd, buf, sizeof(buf), left) : -1;
+        ssize_t n = left > 0 ? rc_read(c, buf, sizeof(buf), left) : -1;
         if (n <= 0 || rpc_framer_feed(&c->framer, buf, (size_t)n) != 0) {
             return -1;
         }
@@ -298,7 +419,7 @@ bool rc_closed(struct rc *c, int timeout_ms)
         if (left <= 0) {
             return false;
         }
-        ssize_t n = h_recv_some(c->fd, buf, sizeof(buf), left);
+        ssize_t n = rc_read(c, buf, sizeof(buf), left);
         if (n == 0) {
             return true;
         }

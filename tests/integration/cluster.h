@@ -24,6 +24,18 @@ struct cl_node {
 
 extern struct cl_node cl_nodes[CL_NODES];
 
+/*
+ * TLS: cl_tls_setup() writes a CA, a server certificate for 127.0.0.1 and client
+ * certificates into the scratch dir (with the openssl command), and makes cl_start()
+ * run the nodes with TLS and rc_open() connect with TLS (verifying the server against
+ * the CA). Certificate files are "<h_dir>/tls/NAME.pem" and "NAME.key".
+ */
+void cl_tls_setup(void);
+/* The client certificate rc_open() presents: NULL for none, else a NAME made by
+ * cl_tls_setup(): "admin" (OU=admin), "gateway" (OU=gateway), "rogue" (signed by another
+ * CA). */
+extern const char *cl_tls_client;
+
 /* Pick ports, write the token file and start all three nodes (tallyd at `tallyd`); wait
  * until one of them leads and serves. */
 void cl_start(const char *tallyd);
@@ -49,6 +61,7 @@ void cl_converged(int timeout_ms, uint64_t min_index, char hash_hex[65]);
 
 struct rc {
     int fd;
+    void *ssl; /* SSL * when the cluster runs TLS */
     uint64_t seq;
     struct rpc_framer framer;
 };

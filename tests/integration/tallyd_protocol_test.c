@@ -1,8 +1,13 @@
 /*
- * protocol_test.c: hostile and unauthorized input against a real three-node tallyd
+ * tallyd_protocol_test.c: hostile and unauthorized input against a real three-node tallyd
  * cluster, over raw sockets.
  *
- *   protocol_test <path to tallyd>
+ *   tallyd_protocol_test <path to tallyd> [tls]
+ *
+ * With `tls` the cluster serves TLS with a client CA, and the test also shows: token
+ * auth over TLS; a client certificate naming a role (OU) authenticating without a token;
+ * a gateway certificate refused admin work; a certificate from another CA, and a plain
+ * TCP client, both cut off without affecting anybody else.
  *
  * Each bad input must get an error answer or a closed connection (or both), and the
  * node must go on serving everybody else: after every case a fresh connection still
@@ -16,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static uint64_t next_rid = 1;
 
@@ -301,13 +307,89 @@ static void case_pipelined(void)
     rc_close(&c);
 }
 
+/* HELLO with an empty token over TLS with client certificate `cert`; its status. */
+static int hello_with_cert(const char *cert)
+{
+    int leader = cl_leader(10000); /* status calls present no certificate */
+    cl_tls_client = cert;
+    struct rc c;
+    int status = -1;
+    if (rc_open(&c, leader) == 0) {
+        status = rc_hello(&c, "");
+        if (status == RPC_OK && strcmp(cert, "gateway") == 0) {
+            struct rpc_response resp;
+            struct ledger_cmd create = create_cmd("proto-cert-made", 10);
+            if (write_cmd(&c, &create, &resp) != RPC_EFORBIDDEN) {
+                H_FAIL("a gateway certificate created an account");
+            }
+        }
+        if (status == RPC_OK && strcmp(cert, "admin") == 0) {
+            struct rpc_response resp;
+            struct ledger_cmd create = create_cmd("proto-cert-made", 10);
+            if (write_cmd(&c, &create, &resp) != RPC_OK || resp.u.write.result.status != 0) {
+                H_FAIL("an admin certificate could not create an account");
+            }
+        }
+    }
+    rc_close(&c);
+    cl_tls_client = NULL;
+    return status;
+}
+
+static void case_tls(void)
+{
+    if (hello_with_cert("admin") != RPC_OK) {
+        H_FAIL("an admin client certificate was not accepted");
+    }
+    h_say("tls: admin certificate (OU=admin) authenticated without a token, created an account");
+    if (hello_with_cert("gateway") != RPC_OK) {
+        H_FAIL("a gateway client certificate was not accepted");
+    }
+    h_say("tls: gateway certificate authenticated, account create forbidden");
+    if (hello_with_cert("rogue") == RPC_OK) {
+        H_FAIL("a certificate from another CA was accepted");
+    }
+    h_say("tls: a certificate from another CA is refused");
+    /* No certificate and no token: refused. */
+    int leader = cl_leader(10000);
+    struct rc c;
+    if (rc_open(&c, leader) != 0 || rc_hello(&c, "") != RPC_EAUTH) {
+        H_FAIL("an empty token without a certificate was not refused");
+    }
+    rc_close(&c);
+    /* A plain TCP client speaking the protocol to the TLS port gets cut off. */
+    int fd = h_connect(cl_nodes[leader].client_port, 2000);
+    struct rpc_request req = {.op = RPC_OP_HELLO, .seq = 1};
+    req.u.hello.version = RPC_PROTOCOL_VERSION;
+    snprintf(req.u.hello.token, sizeof(req.u.hello.token), "%s", CL_ADMIN_TOKEN);
+    struct rpc_buf b = {0};
+    rpc_request_encode(&b, &req);
+    h_send_all(fd, b.data, b.len, 2000);
+    rpc_buf_free(&b);
+    uint8_t buf[4096];
+    int64_t deadline = h_now_ms() + 5000;
+    ssize_t n;
+    while ((n = h_recv_some(fd, buf, sizeof(buf), 1000)) > 0 && h_now_ms() < deadline) {
+    }
+    if (n != 0 && !(n < 0 && h_now_ms() < deadline)) {
+        H_FAIL("a plain TCP client was not cut off by the TLS port");
+    }
+    close(fd);
+    h_say("tls: a plain TCP client is cut off");
+    still_serving("TLS refusals");
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s <tallyd>\n", argv[0]);
+    bool tls = argc == 3 && strcmp(argv[2], "tls") == 0;
+    if (argc != 2 && !tls) {
+        fprintf(stderr, "usage: %s <tallyd> [tls]\n", argv[0]);
         return 2;
     }
     h_init("tally-protocol-test", 150);
+    if (tls) {
+        cl_tls_setup();
+    }
     cl_start(argv[1]);
     struct rc c;
     struct rpc_response resp;
@@ -325,6 +407,9 @@ int main(int argc, char **argv)
     case_wrong_role();
     case_not_leader();
     case_pipelined();
+    if (tls) {
+        case_tls();
+    }
     char hash[65];
     cl_converged(20000, 0, hash);
     for (int i = 0; i < CL_NODES; i++) {
