@@ -4,6 +4,8 @@
 #
 #   scripts/cluster.sh [BUILD_DIR]      (make run calls it with ./build)
 #
+# Ports: client 7001-7003, peer 7101-7103, http 7201-7203; TALLY_PORT_BASE=N moves them
+# to N+1.., N+101.., N+201...
 # First run: creates data/tokens with an admin token (kept in data/admin.token, mode
 # 0600, and a gateway token in data/gateway.token). Later runs reuse both and the nodes'
 # state: the cluster comes back with everything it acknowledged.
@@ -14,9 +16,10 @@ data=${TALLY_DATA:-data}
 tallyd="$build/tallyd/tallyd"
 tallyctl="$build/client/tallyctl"
 host=127.0.0.1
-client_ports=(7001 7002 7003)
-peer_ports=(7101 7102 7103)
-http_ports=(7201 7202 7203)
+base=${TALLY_PORT_BASE:-7000}
+client_ports=($((base + 1)) $((base + 2)) $((base + 3)))
+peer_ports=($((base + 101)) $((base + 102)) $((base + 103)))
+http_ports=($((base + 201)) $((base + 202)) $((base + 203)))
 
 for bin in "$tallyd" "$tallyctl"; do
     if [ ! -x "$bin" ]; then
@@ -65,6 +68,7 @@ stop_all() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     echo "cluster: stopped; data kept in $data (delete it to start afresh)"
+    exit 0
 }
 trap stop_all INT TERM EXIT
 
@@ -80,8 +84,9 @@ done
 
 export TALLY_ENDPOINTS="$endpoints"
 export TALLY_TOKEN_FILE="$data/admin.token"
-for _ in $(seq 1 100); do
-    if "$tallyctl" cluster status >/dev/null 2>&1; then break; fi
+# Wait (up to 15 s) for a leader that serves.
+for _ in $(seq 1 150); do
+    if "$tallyctl" cluster status --json 2>/dev/null | grep -q '"serving":true'; then break; fi
     sleep 0.1
 done
 
@@ -100,10 +105,21 @@ In another shell, try:
   $tallyctl reserve --key SECRET --estimate 1500000 --tokens 1200 --ttl 60000
   $tallyctl settle ID --actual 1200000 --tokens 1100
   $tallyctl account show acme/research
-  kill -STOP \$(pgrep -f 'tallyd --id 2') ...   or stop two nodes to see UNAVAILABLE
+  kill ${pids[1]} ${pids[2]}    # stop nodes 2 and 3: every reserve now answers UNAVAILABLE (exit 2)
 
-Ctrl-C stops the cluster.
+Ctrl-C stops the cluster (run it again to bring all three back with their state).
 EOF
 "$tallyctl" cluster status 2>&1 | sed 's/^/  /' || true
-wait -n "${pids[@]}" || true
-echo "cluster: a node exited; see $data/node*.log" >&2
+
+# Run until Ctrl-C; say when a node exits (stopping nodes is part of the demo).
+alive=("${pids[@]}")
+while :; do
+    sleep 1 &
+    wait $! || true
+    for i in 0 1 2; do
+        if [ -n "${alive[$i]}" ] && ! kill -0 "${alive[$i]}" 2>/dev/null; then
+            echo "cluster: node $((i + 1)) (pid ${alive[$i]}) exited; see $data/node$((i + 1)).log"
+            alive[$i]=""
+        fi
+    done
+done
