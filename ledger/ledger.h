@@ -439,6 +439,16 @@ struct ledger_journal_entry {
     uint8_t admin_hash[32]; /* LEDGER_J_ADMIN: SHA-256(previous hash || entry) */
 };
 
+/* Record counts, in O(1) (LMDB's own statistics): for metrics. */
+struct ledger_counts {
+    uint64_t accounts;
+    uint64_t keys;         /* key hashes, revoked included */
+    uint64_t reservations; /* open and resolved ones still retained */
+    uint64_t journal;      /* journal records */
+};
+
+int ledger_counts(struct ledger *l, struct ledger_counts *out);
+
 /* Query callbacks return 0 to go on, non-zero to stop (that value is returned). */
 typedef int (*ledger_account_cb)(void *ctx, const struct ledger_account_info *info);
 typedef int (*ledger_model_cb)(void *ctx, const struct ledger_model_info *info);

@@ -525,3 +525,25 @@ int ledger_journal_list(struct ledger *l, const char *account, int64_t since_ms,
     }
     return rc == MDB_NOTFOUND ? 0 : map_rc(l, rc, "journal");
 }
+
+int ledger_counts(struct ledger *l, struct ledger_counts *out)
+{
+    MDB_txn *txn;
+    int rv = read_begin(l, &txn);
+    if (rv != 0) {
+        return rv;
+    }
+    static const int dbs[4] = {DB_ACCOUNTS, DB_KEYS, DB_RESV, DB_JOURNAL};
+    uint64_t n[4] = {0};
+    for (int i = 0; i < 4 && rv == 0; i++) {
+        MDB_stat st;
+        rv = map_rc(l, mdb_stat(txn, l->dbi[dbs[i]], &st), "stat");
+        n[i] = st.ms_entries;
+    }
+    mdb_txn_abort(txn);
+    out->accounts = n[0];
+    out->keys = n[1];
+    out->reservations = n[2];
+    out->journal = n[3];
+    return rv;
+}

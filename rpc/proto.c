@@ -708,6 +708,9 @@ int rpc_response_encode(struct rpc_buf *out, int op, const struct rpc_response *
         pack_account(pk, &resp->u.account);
         break;
     case RPC_OP_RESV_GET:
+        if (resp->u.reservation.metadata_len > LEDGER_METADATA_MAX) {
+            return frame_abort(&f); /* pack_bin would read past metadata[] */
+        }
         pack_resv(pk, &resp->u.reservation);
         break;
     case RPC_OP_KEY_GET:
@@ -735,6 +738,9 @@ int rpc_response_encode(struct rpc_buf *out, int op, const struct rpc_response *
             if (op == RPC_OP_ACCOUNT_LIST) {
                 pack_account(pk, &resp->u.list.items.accounts[i]);
             } else if (op == RPC_OP_RESV_LIST) {
+                if (resp->u.list.items.reservations[i].metadata_len > LEDGER_METADATA_MAX) {
+                    return frame_abort(&f);
+                }
                 pack_resv(pk, &resp->u.list.items.reservations[i]);
             } else {
                 pack_entry(pk, &resp->u.list.items.entries[i]);
@@ -867,6 +873,9 @@ void rpc_framer_free(struct rpc_framer *f)
 
 int rpc_framer_feed(struct rpc_framer *f, const void *data, size_t n)
 {
+    if (n == 0) { /* a fresh framer's buf is NULL: memcpy(NULL, data, 0) is undefined */
+        return 0;
+    }
     if (f->consumed > 0) { /* drop what was handed out */
         memmove(f->buf, f->buf + f->consumed, f->len - f->consumed);
         f->len -= f->consumed;

@@ -152,8 +152,10 @@ static int flush_pending(struct rpc_tls *t)
         }
         done += (size_t)n;
     }
-    memmove(t->pending.data, t->pending.data + done, t->pending.len - done);
-    t->pending.len -= done;
+    if (done > 0) {
+        memmove(t->pending.data, t->pending.data + done, t->pending.len - done);
+        t->pending.len -= done;
+    }
     return 0;
 }
 

@@ -272,27 +272,11 @@ static bool require(const char *value, const char *flag)
 
 /* ---- Metrics. ---- */
 
-static int count_tree(void *ctx, const struct ledger_account_info *info);
-
-struct tree_count {
-    struct ledger *ledger;
-    uint64_t accounts;
-    uint64_t open_reservations;
-    bool roots;
-};
-
-static int count_tree(void *ctx, const struct ledger_account_info *info)
+/* Open reservations: each holds on every account of its chain, one root among them, so
+ * the roots' inflight counts sum to the open reservations. */
+static int sum_root_inflight(void *ctx, const struct ledger_account_info *info)
 {
-    struct tree_count *t = ctx;
-    t->accounts++;
-    if (t->roots) {
-        /* A reservation holds on every account of its chain, one root among them. */
-        t->open_reservations += info->inflight;
-    }
-    bool roots = t->roots;
-    t->roots = false;
-    ledger_account_list(t->ledger, info->name, count_tree, t);
-    t->roots = roots;
+    *(uint64_t *)ctx += info->inflight;
     return 0;
 }
 
@@ -303,10 +287,14 @@ static void metrics_tick(uv_timer_t *h)
         return;
     }
     if (ticks++ % (LEDGER_COUNT_PERIOD_MS / METRICS_PERIOD_MS) == 0) {
-        struct tree_count t = {.ledger = node_ledger(node), .roots = true};
-        if (ledger_account_list(t.ledger, NULL, count_tree, &t) == 0) {
-            accounts = t.accounts;
-            open_reservations = t.open_reservations;
+        struct ledger *l = node_ledger(node);
+        struct ledger_counts counts;
+        uint64_t open = 0;
+        if (ledger_counts(l, &counts) == 0) {
+            accounts = counts.accounts;
+        }
+        if (ledger_account_list(l, NULL, sum_root_inflight, &open) == 0) {
+            open_reservations = open;
         }
     }
     struct rpc_metrics m;
