@@ -102,6 +102,7 @@ struct node {
     struct node_batch *inflight_head, *inflight_tail;
     unsigned n_inflight;
     int64_t last_stamp_ms;
+    int64_t clock_offset_ms; /* added to the wall clock (fault injection only) */
 
     uint64_t leader_term; /* term in which this node leads, 0 if it does not */
     bool barrier_pending;
@@ -573,8 +574,9 @@ static int64_t next_stamp_ms(struct node *n)
     struct timespec ts;
     int64_t now_ms = 0;
     if (clock_gettime(CLOCK_REALTIME, &ts) == 0) {
-        now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + n->clock_offset_ms;
     }
+    now_ms = now_ms < 0 ? 0 : now_ms > LEDGER_TIME_MAX_MS ? LEDGER_TIME_MAX_MS : now_ms;
     int64_t floor_ms = ledger_now_ms(n->ledger);
     if (n->last_stamp_ms > floor_ms) {
         floor_ms = n->last_stamp_ms;
@@ -1093,6 +1095,14 @@ struct ledger *node_ledger(struct node *n)
 uint64_t node_id(const struct node *n)
 {
     return n->id;
+}
+
+void node_set_clock_offset(struct node *n, int64_t offset_ms)
+{
+    if (offset_ms != n->clock_offset_ms) {
+        node_logf(n, "warn", "msg=\"clock offset set\" offset_ms=%" PRId64, offset_ms);
+    }
+    n->clock_offset_ms = offset_ms;
 }
 
 void node_stats(struct node *n, struct node_stats *out)

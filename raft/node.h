@@ -191,6 +191,13 @@ struct node_stats {
     int state;                 /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
 };
 
+/*
+ * Fault injection: add `offset_ms` to the wall clock this node stamps batches with when
+ * it leads (a clock jump). Stamps stay clamped to never go backwards, so a jump back only
+ * freezes the ledger's time until the clock catches up. Not for production use.
+ */
+void node_set_clock_offset(struct node *node, int64_t offset_ms);
+
 /* Counters, for tests and metrics. */
 void node_stats(struct node *node, struct node_stats *out);
 

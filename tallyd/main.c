@@ -35,6 +35,7 @@ struct options {
     const char *members; /* "ID=PEER/CLIENT,..." */
     const char *token_file;
     const char *tls_cert, *tls_key, *tls_client_ca;
+    const char *clock_offset_file; /* fault injection: a file holding a signed ms offset */
     bool join;
     uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
     uint64_t max_frame, max_inflight, max_connections;
@@ -48,6 +49,21 @@ static uv_signal_t sigterm, sigint;
 static uv_timer_t metrics_timer;
 static uint64_t open_reservations, accounts;
 static uint64_t ticks;
+static const char *clock_offset_file;
+
+/* Fault injection: apply the offset in clock_offset_file (missing or bad: 0). */
+static void read_clock_offset(void)
+{
+    long long offset = 0;
+    FILE *f = fopen(clock_offset_file, "r");
+    if (f != NULL) {
+        if (fscanf(f, "%lld", &offset) != 1) {
+            offset = 0;
+        }
+        fclose(f);
+    }
+    node_set_clock_offset(node, (int64_t)offset);
+}
 static bool stopping;
 
 __attribute__((format(printf, 2, 3))) static void logf_line(const char *level, const char *fmt,
@@ -93,6 +109,8 @@ static void usage(FILE *out)
             "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
             "  --tls-client-ca F         accept client certificates it signed:     TALLY_TLS_CLIENT_CA\n"
             "                            OU = role (admin|gateway|reader), CN = principal\n"
+            "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
+            "                            to this node's clock (re-read 4 times a second)\n"
             "  --help\n");
 }
 
@@ -115,7 +133,7 @@ enum {
     OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
     OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
     OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
-    OPT_HELP,
+    OPT_CLOCK_OFFSET_FILE, OPT_HELP,
 };
 
 struct flag {
@@ -144,6 +162,7 @@ static const struct flag flags[] = {
     {"tls-cert", "TALLY_TLS_CERT", OPT_TLS_CERT, false},
     {"tls-key", "TALLY_TLS_KEY", OPT_TLS_KEY, false},
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
+    {"debug-clock-offset-file", "TALLY_DEBUG_CLOCK_OFFSET_FILE", OPT_CLOCK_OFFSET_FILE, false},
 };
 
 /* Store one flag's value; false (with a message) if it is not valid. */
@@ -175,6 +194,7 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_TLS_CERT: o->tls_cert = value; break;
     case OPT_TLS_KEY: o->tls_key = value; break;
     case OPT_TLS_CA: o->tls_client_ca = value; break;
+    case OPT_CLOCK_OFFSET_FILE: o->clock_offset_file = value; break;
     default: return false;
     }
     return true;
@@ -283,6 +303,9 @@ static int sum_root_inflight(void *ctx, const struct ledger_account_info *info)
 static void metrics_tick(uv_timer_t *h)
 {
     (void)h;
+    if (clock_offset_file != NULL && !stopping) {
+        read_clock_offset();
+    }
     if (http == NULL || stopping) {
         return;
     }
@@ -447,6 +470,7 @@ static int start(const struct options *o)
     uv_signal_init(loop, &sigint);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
+    clock_offset_file = o->clock_offset_file;
     uv_timer_init(loop, &metrics_timer);
     uv_timer_start(&metrics_timer, metrics_tick, 0, METRICS_PERIOD_MS);
     logf_line("info",

@@ -99,8 +99,10 @@ static void spawn_process(int i)
     char *argv[32] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen",
                       peer, "--client-listen", client, "--http-listen", http, "--members",
                       members, "--token-file", token_file, "--snapshot-threshold", "256",
-                      "--snapshot-trailing", "64"};
-    int argc = 19;
+                      "--snapshot-trailing", "64",
+                      /* small, so pipelining tests run into backpressure */
+                      "--max-inflight", "64"};
+    int argc = 21;
     if (tls_dir[0] != '\0') {
         argv[argc++] = "--tls-cert";
         argv[argc++] = cert;
