@@ -21,17 +21,31 @@
  *
  * tally_status() is the one call that does not go through the I/O thread: it asks one
  * named node over a short-lived connection of its own, on the caller's thread.
+ *
+ * TLS, when configured, is OpenSSL driven over the same non-blocking socket: a connection
+ * goes CONNECTING -> TLS (handshake) -> HELLO -> READY, and every SSL_connect, SSL_read
+ * and SSL_write that would block says which way (WANT_READ, WANT_WRITE) it waits, which
+ * is what the loop polls for next. Two things differ from plain TCP: a write that waited
+ * must be repeated with the same bytes (they stay at the head of the output buffer, which
+ * may move and grow meanwhile), and bytes OpenSSL already decrypted are not on the socket
+ * any more, so the loop does not sleep while SSL_pending() says some are left. The socket
+ * BIO is our own so that a write to a dead peer cannot raise SIGPIPE in the application.
  */
 #define _GNU_SOURCE
 #include "client/tally.h"
 #include "rpc/proto.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -97,7 +111,10 @@ _Static_assert(SAME(TALLY_RESV_LATE_SETTLED, LEDGER_RESV_LATE_SETTLED), "reserva
 #define READS_PER_WAKE 16 /* bounded read loop: deadlines and writes get their turn */
 #define READ_CHUNK 65536
 #define WHY_MAX 256
-#define WHY_MESSAGE_MAX 150 /* of a server message quoted in a WHY_MAX text */
+#define WHY_MESSAGE_MAX 150     /* of a server message quoted in a WHY_MAX text */
+#define TLS_SERVER_NAME_MAX 253 /* a DNS name; IP literals are shorter */
+#define TLS_TEXT_MAX 180        /* a TLS failure's text, quoted in a WHY_MAX text */
+#define TLS_WRITE_MAX (1 << 30) /* bytes offered to one SSL_write */
 
 /* ---- Small helpers. ---- */
 
@@ -468,18 +485,32 @@ struct call {
 enum conn_state {
     CONN_DOWN = 0,
     CONN_CONNECTING = 1, /* non-blocking connect in progress */
-    CONN_HELLO = 2,      /* HELLO sent, answer awaited */
-    CONN_READY = 3,
+    CONN_TLS = 2,        /* TLS handshake in progress */
+    CONN_HELLO = 3,      /* HELLO sent, answer awaited */
+    CONN_READY = 4,
+};
+
+/* What the TLS socket BIO of one connection uses: the socket, and the errno of its last
+ * failed send or recv (0: none) to explain an SSL_ERROR_SYSCALL. */
+struct tls_io {
+    int fd;
+    int err;
 };
 
 struct conn {
     int fd;
     uint8_t state; /* enum conn_state */
     char target[TALLY_ADDRESS_MAX + 1];
-    struct addrinfo *addrs;     /* the target's addresses (getaddrinfo) */
-    struct addrinfo *addr_next; /* the next one to try */
-    int64_t phase_deadline_ms;  /* connect + HELLO must be done by then */
-    int64_t silent_since_ms;    /* first send not followed by any byte back; 0: none */
+    char host[TALLY_ADDRESS_MAX + 1]; /* the target's host: the default TLS server name */
+    SSL *ssl;                         /* the TLS session over fd; NULL: plain TCP */
+    struct tls_io io;                 /* ssl's BIO state */
+    short tls_wait;                   /* CONN_TLS: POLLIN or POLLOUT, as SSL_connect asked */
+    bool write_wants_read;            /* the last SSL_write waits for the socket readable */
+    bool read_wants_write;            /* the last SSL_read waits for the socket writable */
+    struct addrinfo *addrs;           /* the target's addresses (getaddrinfo) */
+    struct addrinfo *addr_next;       /* the next one to try */
+    int64_t phase_deadline_ms;        /* connect + TLS + HELLO must be done by then */
+    int64_t silent_since_ms;          /* first send not followed by any byte back; 0: none */
     uint64_t hello_seq;
     uint64_t epoch; /* +1 at every drop: frames of a dropped connection are not read */
     uint32_t n_sent;
@@ -499,6 +530,8 @@ struct tally {
     bool fail_open;
     size_t max_frame_bytes;
     uint32_t max_inflight;
+    SSL_CTX *tls_ctx; /* NULL: plain TCP; else shared by every connection (thread-safe) */
+    char tls_server_name[TLS_SERVER_NAME_MAX + 1]; /* "": each endpoint's host */
 
     /* Shared with callers, under mu. */
     pthread_mutex_t mu;
@@ -529,6 +562,9 @@ struct tally {
     uint32_t conn_failures;
     int64_t reconnect_at_ms;
     char conn_why[WHY_MAX]; /* why the last connection failed or ended */
+    /* The last server certificate that failed verification, until a handshake succeeds:
+     * quoted in UNAVAILABLE messages even when later attempts failed otherwise. */
+    char tls_verify_why[WHY_MAX];
     bool tried_once;
     uint64_t rng;
 };
@@ -994,10 +1030,16 @@ static void finish_unavailable(struct tally *c, struct call *call, int code, int
     const char *why = call->why[0] != '\0'     ? call->why
                       : c->conn_why[0] != '\0' ? c->conn_why
                                                : "not sent";
+    /* A certificate that did not verify is a configuration error an operator must see,
+     * even when the last attempt failed otherwise (another endpoint down). */
+    const char *tls = code == TALLY_EUNAVAILABLE && c->tls_verify_why[0] != '\0' &&
+                              strcmp(why, c->tls_verify_why) != 0
+                          ? c->tls_verify_why
+                          : "";
     result_init(&r, call);
-    result_fail(&r, TALLY_UNAVAILABLE, code, "%s (%s)",
+    result_fail(&r, TALLY_UNAVAILABLE, code, "%s (%s%s%s)",
                 code == TALLY_ECLOSED ? "the client is closing" : "no answer before the deadline",
-                why);
+                tls, tls[0] != '\0' ? "; last: " : "", why);
     finish(c, call, &r, now_ms);
 }
 
@@ -1252,12 +1294,225 @@ static void handle_frame(struct tally *c, const uint8_t *body, size_t len, int64
     rpc_response_free(&resp);
 }
 
+/* ---- TLS helpers (I/O thread and tally_status()'s callers). ---- */
+
+/*
+ * OpenSSL's own socket BIO writes with write(2), which raises SIGPIPE when the peer has
+ * gone and would kill an application that does not ignore it. This BIO does the same
+ * with send(MSG_NOSIGNAL) and recv(2) on a non-blocking socket, marking EAGAIN as
+ * "retry" so that SSL_get_error() says WANT_READ or WANT_WRITE.
+ */
+static int tls_bio_write(BIO *b, const char *data, int len)
+{
+    struct tls_io *io = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    io->err = 0;
+    for (;;) {
+        ssize_t n = send(io->fd, data, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n >= 0) {
+            return (int)n;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        io->err = errno;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            BIO_set_retry_write(b);
+        }
+        return -1;
+    }
+}
+
+static int tls_bio_read(BIO *b, char *data, int len)
+{
+    struct tls_io *io = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    io->err = 0;
+    for (;;) {
+        ssize_t n = recv(io->fd, data, (size_t)len, MSG_DONTWAIT);
+        if (n >= 0) {
+            return (int)n; /* 0: end of stream */
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        io->err = errno;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            BIO_set_retry_read(b);
+        }
+        return -1;
+    }
+}
+
+static long tls_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0; /* nothing is buffered here */
+}
+
+static BIO_METHOD *tls_bio_method; /* made once, kept for the life of the process */
+static pthread_once_t tls_bio_once = PTHREAD_ONCE_INIT;
+
+static void tls_bio_method_init(void)
+{
+    int index = BIO_get_new_index();
+    BIO_METHOD *m = index > 0 ? BIO_meth_new(index | BIO_TYPE_SOURCE_SINK, "tally socket") : NULL;
+    if (m != NULL &&
+        (BIO_meth_set_write(m, tls_bio_write) != 1 || BIO_meth_set_read(m, tls_bio_read) != 1 ||
+         BIO_meth_set_ctrl(m, tls_bio_ctrl) != 1)) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    tls_bio_method = m;
+}
+
+/* The name the server certificate must carry when connecting to `host`. */
+static const char *tls_name(const struct tally *c, const char *host)
+{
+    return c->tls_server_name[0] != '\0' ? c->tls_server_name : host;
+}
+
+static bool is_ip_literal(const char *name)
+{
+    unsigned char addr[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
+}
+
+/* The reason of the oldest error in this thread's OpenSSL queue (with its detail text, if
+ * any) into `out`; empties the queue. */
+static void tls_reason(char *out, size_t size)
+{
+    const char *data = NULL;
+    int flags = 0;
+    unsigned long e = ERR_get_error_all(NULL, NULL, NULL, &data, &flags);
+    const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
+    bool has_data = data != NULL && data[0] != '\0' && (flags & ERR_TXT_STRING) != 0;
+    if (reason != NULL) {
+        snprintf(out, size, "%s%s%.*s%s", reason, has_data ? " (" : "", has_data ? 80 : 0,
+                 has_data ? data : "", has_data ? ")" : "");
+    } else if (e != 0) {
+        ERR_error_string_n(e, out, size);
+    } else {
+        snprintf(out, size, "unknown error");
+    }
+    ERR_clear_error();
+}
+
+/*
+ * Explain why TLS step `what` ("handshake", "read", "write") failed with SSL_get_error()
+ * code `err` on `ssl`, into `why`, and empty the thread's OpenSSL error queue. `name` is
+ * the server name verified. Returns whether the server's certificate failed verification.
+ */
+static bool tls_failure(SSL *ssl, const struct tls_io *io, int err, const char *what,
+                        const char *name, char *why, size_t why_size)
+{
+    long verify = SSL_get_verify_result(ssl);
+    char reason[128];
+    bool verify_failed = false;
+    if (err == SSL_ERROR_SSL && verify != X509_V_OK) {
+        bool name_mismatch =
+            verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH;
+        snprintf(why, why_size, "tls: certificate verify failed: %s%s%.*s%s",
+                 X509_verify_cert_error_string(verify), name_mismatch ? " (expected \"" : "",
+                 name_mismatch ? 64 : 0, name_mismatch ? name : "", name_mismatch ? "\")" : "");
+        verify_failed = true;
+    } else if (err == SSL_ERROR_SSL) {
+        tls_reason(reason, sizeof(reason));
+        snprintf(why, why_size, "tls %s: %s", what, reason);
+    } else if (err == SSL_ERROR_SYSCALL && io->err != 0) {
+        snprintf(why, why_size, "tls %s: %s", what, strerror(io->err));
+    } else if (err == SSL_ERROR_SYSCALL || err == SSL_ERROR_ZERO_RETURN) {
+        snprintf(why, why_size, "tls %s: the node closed the connection", what);
+    } else {
+        snprintf(why, why_size, "tls %s: error %d", what, err);
+    }
+    ERR_clear_error();
+    return verify_failed;
+}
+
+/*
+ * A client TLS session over the connected socket `io->fd`, for a server at `host`
+ * (borrowed): it will verify the server's certificate against the configured CAs and
+ * name. `io` must outlive the session. Returns the session (the caller frees it with
+ * SSL_free()) or NULL with why.
+ */
+static SSL *tls_session_new(const struct tally *c, const char *host, struct tls_io *io, char *why,
+                            size_t why_size)
+{
+    const char *name = tls_name(c, host);
+    char reason[128];
+    assert(c->tls_ctx != NULL && tls_bio_method != NULL && io->fd >= 0);
+    ERR_clear_error();
+    SSL *ssl = SSL_new(c->tls_ctx);
+    BIO *bio = ssl != NULL ? BIO_new(tls_bio_method) : NULL;
+    if (bio == NULL) {
+        SSL_free(ssl);
+        ERR_clear_error();
+        snprintf(why, why_size, "tls: out of memory");
+        return NULL;
+    }
+    BIO_set_data(bio, io);
+    BIO_set_init(bio, 1);
+    SSL_set_bio(ssl, bio, bio); /* ssl owns the BIO */
+    SSL_set_connect_state(ssl);
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    /* SSL_set1_host() takes an IP literal as an address to match; SNI carries names only. */
+    if (SSL_set1_host(ssl, name) != 1 ||
+        (!is_ip_literal(name) && SSL_set_tlsext_host_name(ssl, name) != 1)) {
+        tls_reason(reason, sizeof(reason));
+        snprintf(why, why_size, "tls: cannot use server name \"%.64s\": %s", name, reason);
+        SSL_free(ssl);
+        return NULL;
+    }
+    return ssl;
+}
+
 /* ---- The connection (I/O thread). ---- */
+
+/*
+ * Encrypt and send buffered bytes with SSL_write until it would wait. A write that waited
+ * is repeated with the same bytes at the head (out_off does not move until SSL_write
+ * takes them; the buffer may have moved and grown, which ACCEPT_MOVING_WRITE_BUFFER and a
+ * length that never shrinks allow). Returns 0, or -1 if the connection was dropped.
+ */
+static int conn_flush_tls(struct tally *c, int64_t now_ms)
+{
+    struct conn *k = &c->conn;
+    char text[TLS_TEXT_MAX], why[WHY_MAX];
+    while (k->out_off < k->out.len) {
+        size_t left = k->out.len - k->out_off;
+        ERR_clear_error();
+        int n = SSL_write(k->ssl, k->out.data + k->out_off,
+                          left > TLS_WRITE_MAX ? TLS_WRITE_MAX : (int)left);
+        if (n > 0) {
+            k->write_wants_read = false;
+            k->out_off += (size_t)n;
+            continue;
+        }
+        int err = SSL_get_error(k->ssl, n);
+        if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
+            k->write_wants_read = err == SSL_ERROR_WANT_READ;
+            return 0;
+        }
+        tls_failure(k->ssl, &k->io, err, "write", tls_name(c, k->host), text, sizeof(text));
+        snprintf(why, sizeof(why), "%s: %s", k->target, text);
+        conn_drop(c, now_ms, false, why);
+        return -1;
+    }
+    k->out.len = 0;
+    k->out_off = 0;
+    return 0;
+}
 
 /* Send buffered bytes until the socket would block. Returns 0, or -1 if it was dropped. */
 static int conn_flush(struct tally *c, int64_t now_ms)
 {
     struct conn *k = &c->conn;
+    if (k->ssl != NULL) {
+        return conn_flush_tls(c, now_ms);
+    }
     while (k->out_off < k->out.len) {
         ssize_t n = send(k->fd, k->out.data + k->out_off, k->out.len - k->out_off,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -1291,6 +1546,13 @@ static void conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, cons
 {
     struct conn *k = &c->conn;
     copy_text(c->conn_why, sizeof(c->conn_why), why);
+    if (k->ssl != NULL) {
+        SSL_free(k->ssl); /* no close_notify: the socket closes anyway */
+        k->ssl = NULL;
+    }
+    k->tls_wait = 0;
+    k->write_wants_read = false;
+    k->read_wants_write = false;
     if (k->fd >= 0) {
         close(k->fd);
         k->fd = -1;
@@ -1355,6 +1617,7 @@ static int conn_resolve(struct tally *c, char *why, size_t why_size)
         ep = c->endpoints[c->ep_idx];
     }
     copy_text(k->target, sizeof(k->target), ep.text);
+    copy_text(k->host, sizeof(k->host), ep.host);
     set_endpoint_now(c, k->target);
     struct addrinfo hints = {
         .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
@@ -1398,21 +1661,10 @@ static void conn_start(struct tally *c, int64_t now_ms)
     k->phase_deadline_ms = now_ms + c->connect_timeout_ms;
 }
 
-/* The TCP connect finished (POLLOUT): check it and send HELLO. */
-static void conn_connected(struct tally *c, int64_t now_ms)
+/* The connection is up (TCP, and TLS when configured): send HELLO. */
+static void conn_send_hello(struct tally *c, int64_t now_ms)
 {
     struct conn *k = &c->conn;
-    int err = 0;
-    socklen_t len = sizeof(err);
-    char why[WHY_MAX];
-    if (getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
-        err = errno;
-    }
-    if (err != 0) {
-        snprintf(why, sizeof(why), "%s: connect: %s", k->target, strerror(err));
-        conn_drop(c, now_ms, true, why);
-        return;
-    }
     struct rpc_request hello;
     memset(&hello, 0, sizeof(hello));
     hello.seq = k->hello_seq = c->next_seq++;
@@ -1428,6 +1680,108 @@ static void conn_connected(struct tally *c, int64_t now_ms)
     conn_flush(c, now_ms);
 }
 
+/* Drive the TLS handshake as far as the socket allows; send HELLO once it is done. A
+ * failed handshake is a failed connect (the next address or endpoint is tried). */
+static void conn_handshake(struct tally *c, int64_t now_ms)
+{
+    struct conn *k = &c->conn;
+    char text[TLS_TEXT_MAX], why[WHY_MAX];
+    assert(k->state == CONN_TLS && k->ssl != NULL);
+    ERR_clear_error();
+    int rc = SSL_connect(k->ssl);
+    if (rc == 1) {
+        k->tls_wait = 0;
+        c->tls_verify_why[0] = '\0';
+        conn_send_hello(c, now_ms);
+        return;
+    }
+    int err = SSL_get_error(k->ssl, rc);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+        k->tls_wait = err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+        return;
+    }
+    bool verify_failed =
+        tls_failure(k->ssl, &k->io, err, "handshake", tls_name(c, k->host), text, sizeof(text));
+    snprintf(why, sizeof(why), "%s: %s", k->target, text);
+    if (verify_failed) {
+        copy_text(c->tls_verify_why, sizeof(c->tls_verify_why), why);
+    }
+    conn_drop(c, now_ms, true, why);
+}
+
+/* The TCP connect finished (POLLOUT): check it, then start TLS or send HELLO. */
+static void conn_connected(struct tally *c, int64_t now_ms)
+{
+    struct conn *k = &c->conn;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    char text[TLS_TEXT_MAX], why[WHY_MAX];
+    if (getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+        err = errno;
+    }
+    if (err != 0) {
+        snprintf(why, sizeof(why), "%s: connect: %s", k->target, strerror(err));
+        conn_drop(c, now_ms, true, why);
+        return;
+    }
+    if (c->tls_ctx == NULL) {
+        conn_send_hello(c, now_ms);
+        return;
+    }
+    k->io.fd = k->fd;
+    k->io.err = 0;
+    k->ssl = tls_session_new(c, k->host, &k->io, text, sizeof(text));
+    if (k->ssl == NULL) {
+        snprintf(why, sizeof(why), "%s: %s", k->target, text);
+        conn_drop(c, now_ms, false, why);
+        return;
+    }
+    k->state = CONN_TLS;
+    conn_handshake(c, now_ms);
+}
+
+/*
+ * Read up to `size` bytes from the connection, through TLS when it is on (one record's
+ * plaintext at most). Returns the count, 0 if nothing can be read now, or -1 if the
+ * connection ended or failed (why written).
+ */
+static ssize_t conn_recv(struct tally *c, uint8_t *buf, size_t size, char *why, size_t why_size)
+{
+    struct conn *k = &c->conn;
+    if (k->ssl != NULL) {
+        char text[TLS_TEXT_MAX];
+        ERR_clear_error();
+        int n = SSL_read(k->ssl, buf, size > INT_MAX ? INT_MAX : (int)size);
+        if (n > 0) {
+            k->read_wants_write = false;
+            return n;
+        }
+        int err = SSL_get_error(k->ssl, n);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+            k->read_wants_write = err == SSL_ERROR_WANT_WRITE;
+            return 0;
+        }
+        tls_failure(k->ssl, &k->io, err, "read", tls_name(c, k->host), text, sizeof(text));
+        snprintf(why, why_size, "%s: %s", k->target, text);
+        return -1;
+    }
+    for (;;) {
+        ssize_t n = recv(k->fd, buf, size, MSG_DONTWAIT);
+        if (n > 0) {
+            return n;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 0;
+        }
+        snprintf(why, why_size, "%s closed the connection%s%s", k->target, n < 0 ? ": " : "",
+                 n < 0 ? strerror(errno) : "");
+        return -1;
+    }
+}
+
 /* Read what the socket has and handle every complete frame. */
 static void conn_read(struct tally *c, int64_t now_ms)
 {
@@ -1436,16 +1790,11 @@ static void conn_read(struct tally *c, int64_t now_ms)
     uint64_t epoch = k->epoch;
     char why[WHY_MAX];
     for (int i = 0; i < READS_PER_WAKE; i++) {
-        ssize_t n = recv(k->fd, chunk, sizeof(chunk), MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        ssize_t n = conn_recv(c, chunk, sizeof(chunk), why, sizeof(why));
+        if (n == 0) {
             return;
         }
-        if (n <= 0) {
-            snprintf(why, sizeof(why), "%s closed the connection%s%s", k->target, n < 0 ? ": " : "",
-                     n < 0 ? strerror(errno) : "");
+        if (n < 0) {
             conn_drop(c, now_ms, false, why);
             return;
         }
@@ -1473,7 +1822,10 @@ static void conn_read(struct tally *c, int64_t now_ms)
         }
         /* The node is alive: silence is measured from now, and only while calls wait. */
         k->silent_since_ms = k->n_sent > 0 ? now_ms : 0;
-        if ((size_t)n < sizeof(chunk)) {
+        /* A short recv emptied the socket; SSL_read gives one record at a time, so TLS
+         * reads on until OpenSSL says it would wait (or the bound is reached: then the
+         * loop sees the socket readable, or SSL_pending(), and comes back). */
+        if (k->ssl == NULL && (size_t)n < sizeof(chunk)) {
             return;
         }
     }
@@ -1585,12 +1937,16 @@ static void manage_connection(struct tally *c, int64_t now_ms)
         }
         break;
     case CONN_CONNECTING:
+    case CONN_TLS:
     case CONN_HELLO:
+        /* One time-out covers the TCP connect, the TLS handshake and HELLO. */
         if (now_ms >= k->phase_deadline_ms) {
             snprintf(why, sizeof(why), "%s: no %s within %lld ms", k->target,
-                     k->state == CONN_CONNECTING ? "connection" : "answer to HELLO",
+                     k->state == CONN_CONNECTING ? "connection"
+                     : k->state == CONN_TLS      ? "TLS handshake"
+                                                 : "answer to HELLO",
                      (long long)c->connect_timeout_ms);
-            conn_drop(c, now_ms, k->state == CONN_CONNECTING, why);
+            conn_drop(c, now_ms, k->state != CONN_HELLO, why);
         }
         break;
     case CONN_READY:
@@ -1655,6 +2011,54 @@ static void drain_on_close(struct tally *c, int64_t now_ms)
     }
 }
 
+/* What to poll the connection's socket for. */
+static short conn_events(const struct conn *k)
+{
+    if (k->state == CONN_CONNECTING) {
+        return POLLOUT;
+    }
+    if (k->state == CONN_TLS) {
+        return k->tls_wait;
+    }
+    short events = POLLIN;
+    if ((k->out.len > k->out_off && !k->write_wants_read) || k->read_wants_write) {
+        events |= POLLOUT;
+    }
+    return events;
+}
+
+/* Whether OpenSSL holds decrypted bytes not yet read: they are no longer on the socket,
+ * so poll() would not report them. */
+static bool conn_buffered(const struct conn *k)
+{
+    return k->ssl != NULL && (k->state == CONN_HELLO || k->state == CONN_READY) &&
+           SSL_pending(k->ssl) > 0;
+}
+
+/* Act on what poll() reported for the socket (`revents`, and `buffered` plaintext). */
+static void conn_io(struct tally *c, short revents, bool buffered, int64_t now_ms)
+{
+    struct conn *k = &c->conn;
+    if (k->state == CONN_CONNECTING) {
+        conn_connected(c, now_ms);
+        return;
+    }
+    if (k->state == CONN_TLS) {
+        conn_handshake(c, now_ms);
+        return;
+    }
+    /* A TLS write may wait for the socket readable, a TLS read for it writable. */
+    bool writable = (revents & POLLOUT) || (k->write_wants_read && (revents & POLLIN));
+    bool readable = (revents & (POLLIN | POLLHUP | POLLERR)) || buffered ||
+                    (k->read_wants_write && (revents & POLLOUT));
+    if (writable && conn_flush(c, now_ms) != 0) {
+        return;
+    }
+    if (readable) {
+        conn_read(c, now_ms);
+    }
+}
+
 static void *io_main(void *arg)
 {
     struct tally *c = arg;
@@ -1677,27 +2081,15 @@ static void *io_main(void *arg)
         nfds_t nfds = 1;
         if (k->fd >= 0) {
             fds[1].fd = k->fd;
-            fds[1].events = k->state == CONN_CONNECTING ? POLLOUT : POLLIN;
-            if (k->state != CONN_CONNECTING && k->out.len > k->out_off) {
-                fds[1].events |= POLLOUT;
-            }
+            fds[1].events = conn_events(k);
             nfds = 2;
         }
-        int rc = poll(fds, nfds, poll_timeout(c, now_ms, next_try_ms));
-        if (rc <= 0 || nfds < 2 || fds[1].revents == 0) {
+        bool buffered = conn_buffered(k);
+        int rc = poll(fds, nfds, buffered ? 0 : poll_timeout(c, now_ms, next_try_ms));
+        if (rc < 0 || nfds < 2 || (fds[1].revents == 0 && !buffered)) {
             continue;
         }
-        now_ms = mono_ms();
-        if (k->state == CONN_CONNECTING) {
-            conn_connected(c, now_ms);
-            continue;
-        }
-        if ((fds[1].revents & POLLOUT) && conn_flush(c, now_ms) != 0) {
-            continue;
-        }
-        if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-            conn_read(c, now_ms);
-        }
+        conn_io(c, fds[1].revents, buffered, mono_ms());
     }
     int64_t now_ms = mono_ms();
     drain_on_close(c, now_ms);
@@ -1733,7 +2125,10 @@ static int config_apply(struct tally *c, const struct tally_config *cfg, char *e
         set_errmsg(errmsg, "no endpoints configured");
         return -TALLY_EINVAL;
     }
-    if (cfg->token == NULL || !text_fits(cfg->token, TALLY_TOKEN_MAX)) {
+    /* A client certificate may stand for the token: NULL is then "". */
+    bool token_optional = !is_empty(cfg->tls_cert_file);
+    if ((cfg->token == NULL && !token_optional) ||
+        (cfg->token != NULL && !text_fits(cfg->token, TALLY_TOKEN_MAX))) {
         set_errmsg(errmsg, "the token is missing or longer than %d bytes", TALLY_TOKEN_MAX);
         return -TALLY_EINVAL;
     }
@@ -1777,9 +2172,113 @@ static int config_apply(struct tally *c, const struct tally_config *cfg, char *e
     return 0;
 }
 
+/* The password callback of a key: none is asked for (a library must not prompt). */
+static int tls_no_password(char *buf, int size, int rwflag, void *userdata)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)userdata;
+    return 0;
+}
+
+/* Whether `path` (configuration field `what`) can be opened for reading; errmsg if not. */
+static bool tls_file_readable(const char *what, const char *path, char *errmsg)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        set_errmsg(errmsg, "%s %s: %s", what, path, strerror(errno));
+        return false;
+    }
+    fclose(f);
+    return true;
+}
+
+/*
+ * Check the TLS fields of `cfg` and build the client's SSL_CTX from them (c->tls_ctx
+ * stays NULL without tls_ca_file): verify the server always, TLS 1.2 or later, the client
+ * certificate and key if given. Returns 0, -TALLY_EINVAL with OpenSSL's reason in errmsg,
+ * or -TALLY_ENOMEM.
+ */
+static int tls_configure(struct tally *c, const struct tally_config *cfg, char *errmsg)
+{
+    bool has_cert = !is_empty(cfg->tls_cert_file);
+    bool has_key = !is_empty(cfg->tls_key_file);
+    char reason[128];
+    if (is_empty(cfg->tls_ca_file)) {
+        if (has_cert || has_key || !is_empty(cfg->tls_server_name)) {
+            set_errmsg(errmsg, "tls_cert_file, tls_key_file and tls_server_name need tls_ca_file "
+                               "(TLS is off without it)");
+            return -TALLY_EINVAL;
+        }
+        return 0;
+    }
+    if (has_cert != has_key) {
+        set_errmsg(errmsg, "tls_cert_file and tls_key_file go together: give both or neither");
+        return -TALLY_EINVAL;
+    }
+    if (!is_empty(cfg->tls_server_name) && !text_fits(cfg->tls_server_name, TLS_SERVER_NAME_MAX)) {
+        set_errmsg(errmsg, "tls_server_name is longer than %d bytes", TLS_SERVER_NAME_MAX);
+        return -TALLY_EINVAL;
+    }
+    copy_text(c->tls_server_name, sizeof(c->tls_server_name), cfg->tls_server_name);
+    pthread_once(&tls_bio_once, tls_bio_method_init);
+    if (tls_bio_method == NULL) {
+        set_errmsg(errmsg, "tls: cannot make the socket BIO method");
+        return -TALLY_ENOMEM;
+    }
+    if (!tls_file_readable("tls_ca_file", cfg->tls_ca_file, errmsg) ||
+        (has_cert && !tls_file_readable("tls_cert_file", cfg->tls_cert_file, errmsg)) ||
+        (has_key && !tls_file_readable("tls_key_file", cfg->tls_key_file, errmsg))) {
+        return -TALLY_EINVAL;
+    }
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        tls_reason(reason, sizeof(reason));
+        set_errmsg(errmsg, "tls: cannot make a context: %s", reason);
+        return -TALLY_ENOMEM;
+    }
+    SSL_CTX_set_default_passwd_cb(ctx, tls_no_password);
+    const char *what = NULL, *file = "";
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
+        what = "tls: cannot require TLS 1.2";
+    } else if (SSL_CTX_load_verify_locations(ctx, cfg->tls_ca_file, NULL) != 1) {
+        what = "tls_ca_file";
+        file = cfg->tls_ca_file;
+    } else if (has_cert && SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert_file) != 1) {
+        what = "tls_cert_file";
+        file = cfg->tls_cert_file;
+    } else if (has_key &&
+               SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key_file, SSL_FILETYPE_PEM) != 1) {
+        /* OpenSSL 3 finds a key of another certificate here already. */
+        unsigned long e = ERR_peek_error();
+        bool mismatch =
+            ERR_GET_LIB(e) == ERR_LIB_X509 && (ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH ||
+                                               ERR_GET_REASON(e) == X509_R_KEY_TYPE_MISMATCH);
+        what = mismatch ? "tls_key_file does not match tls_cert_file:" : "tls_key_file";
+        file = cfg->tls_key_file;
+    } else if (has_key && SSL_CTX_check_private_key(ctx) != 1) {
+        what = "tls_key_file does not match tls_cert_file:";
+        file = cfg->tls_key_file;
+    }
+    if (what != NULL) {
+        tls_reason(reason, sizeof(reason));
+        set_errmsg(errmsg, "%s %s: %s", what, file, reason);
+        SSL_CTX_free(ctx);
+        return -TALLY_EINVAL;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    c->tls_ctx = ctx;
+    return 0;
+}
+
 /* Free what tally_open() allocated (the thread is not running). */
 static void client_free(struct tally *c)
 {
+    SSL_free(c->conn.ssl);
+    SSL_CTX_free(c->tls_ctx);
     if (c->conn.fd >= 0) {
         close(c->conn.fd);
     }
@@ -1846,11 +2345,15 @@ int tally_open(struct tally **out, const struct tally_config *cfg, char *errmsg)
         return -TALLY_ENOMEM;
     }
     int rc = config_apply(c, cfg, errmsg);
+    if (rc == 0) {
+        rc = tls_configure(c, cfg, errmsg);
+    }
     if (rc != 0) {
         free(c);
         return rc;
     }
     if (init_sync(c) != 0) {
+        SSL_CTX_free(c->tls_ctx);
         free(c);
         set_errmsg(errmsg, "cannot create a mutex");
         return -TALLY_EINTERNAL;
@@ -2741,8 +3244,134 @@ static int direct_connect(const struct endpoint *ep, int64_t deadline_at_ms, cha
     return -TALLY_EUNAVAILABLE;
 }
 
+/* tally_status()'s own connection: a socket, and a TLS session over it when configured. */
+struct direct {
+    int fd;
+    SSL *ssl; /* NULL: plain TCP */
+    struct tls_io io;
+};
+
+/* The poll event an SSL_get_error() code waits for; 0 if it is a failure. */
+static short tls_wait_events(int err)
+{
+    return err == SSL_ERROR_WANT_READ ? POLLIN : err == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+}
+
+/* Run the TLS handshake on `d` with the node at `ep` by the deadline. Returns 0 or -code
+ * with `why`. */
+static int direct_handshake(struct tally *c, struct direct *d, const struct endpoint *ep,
+                            int64_t deadline_at_ms, char *why, size_t why_size)
+{
+    d->io.fd = d->fd;
+    d->io.err = 0;
+    d->ssl = tls_session_new(c, ep->host, &d->io, why, why_size);
+    if (d->ssl == NULL) {
+        return -TALLY_EUNAVAILABLE;
+    }
+    for (;;) {
+        ERR_clear_error();
+        int rc = SSL_connect(d->ssl);
+        if (rc == 1) {
+            return 0;
+        }
+        int err = SSL_get_error(d->ssl, rc);
+        short events = tls_wait_events(err);
+        if (events == 0) {
+            tls_failure(d->ssl, &d->io, err, "handshake", tls_name(c, ep->host), why, why_size);
+            return -TALLY_EUNAVAILABLE;
+        }
+        if (wait_fd(d->fd, events, deadline_at_ms) != 1) {
+            snprintf(why, why_size, "no TLS handshake before the deadline");
+            return -TALLY_EUNAVAILABLE;
+        }
+    }
+}
+
+/* Send `len` bytes on `d` by the deadline. Returns 0 or -1 with `why`. */
+static int direct_send(struct direct *d, const uint8_t *data, size_t len, int64_t deadline_at_ms,
+                       char *why, size_t why_size)
+{
+    size_t off = 0;
+    while (off < len) {
+        short events = POLLOUT;
+        if (d->ssl != NULL) {
+            /* After a wait, the same bytes are offered again (off has not moved). */
+            size_t left = len - off;
+            ERR_clear_error();
+            int n = SSL_write(d->ssl, data + off, left > TLS_WRITE_MAX ? TLS_WRITE_MAX : (int)left);
+            if (n > 0) {
+                off += (size_t)n;
+                continue;
+            }
+            int err = SSL_get_error(d->ssl, n);
+            events = tls_wait_events(err);
+            if (events == 0) {
+                tls_failure(d->ssl, &d->io, err, "write", "", why, why_size);
+                return -1;
+            }
+        } else {
+            ssize_t n = send(d->fd, data + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n >= 0) {
+                off += (size_t)n;
+                continue;
+            }
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                snprintf(why, why_size, "cannot send the request: %s", strerror(errno));
+                return -1;
+            }
+        }
+        if (wait_fd(d->fd, events, deadline_at_ms) != 1) {
+            snprintf(why, why_size, "cannot send the request before the deadline");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Read some bytes from `d` by the deadline (plaintext OpenSSL holds first). Returns the
+ * count, or -TALLY_EUNAVAILABLE with `why`. */
+static ssize_t direct_recv(struct direct *d, uint8_t *buf, size_t size, int64_t deadline_at_ms,
+                           char *why, size_t why_size)
+{
+    for (;;) {
+        short events = POLLIN;
+        if (d->ssl != NULL) {
+            ERR_clear_error();
+            int n = SSL_read(d->ssl, buf, size > INT_MAX ? INT_MAX : (int)size);
+            if (n > 0) {
+                return n;
+            }
+            int err = SSL_get_error(d->ssl, n);
+            events = tls_wait_events(err);
+            if (events == 0) {
+                tls_failure(d->ssl, &d->io, err, "read", "", why, why_size);
+                return -TALLY_EUNAVAILABLE;
+            }
+        } else {
+            ssize_t n = recv(d->fd, buf, size, MSG_DONTWAIT);
+            if (n > 0) {
+                return n;
+            }
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+                snprintf(why, why_size, "the node closed the connection");
+                return -TALLY_EUNAVAILABLE;
+            }
+        }
+        if (wait_fd(d->fd, events, deadline_at_ms) != 1) {
+            snprintf(why, why_size, "no answer before the deadline");
+            return -TALLY_EUNAVAILABLE;
+        }
+    }
+}
+
 /* Send `req` and read the answer to it (decoded as `op`) by the deadline. */
-static int direct_exchange(int fd, struct rpc_framer *fr, const struct rpc_request *req,
+static int direct_exchange(struct direct *d, struct rpc_framer *fr, const struct rpc_request *req,
                            struct rpc_response *resp, int64_t deadline_at_ms, char *why,
                            size_t why_size)
 {
@@ -2753,31 +3382,16 @@ static int direct_exchange(int fd, struct rpc_framer *fr, const struct rpc_reque
         snprintf(why, why_size, "cannot encode the request");
         return -TALLY_ENOMEM;
     }
-    size_t off = 0;
-    while (off < out.len) {
-        ssize_t n = send(fd, out.data + off, out.len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            if (wait_fd(fd, POLLOUT, deadline_at_ms) != 1) {
-                break;
-            }
-            continue;
-        }
-        if (n < 0) {
-            break;
-        }
-        off += (size_t)n;
-    }
-    bool sent = off == out.len;
+    int rc = direct_send(d, out.data, out.len, deadline_at_ms, why, why_size);
     rpc_buf_free(&out);
-    if (!sent) {
-        snprintf(why, why_size, "cannot send the request");
+    if (rc != 0) {
         return -TALLY_EUNAVAILABLE;
     }
     for (;;) {
         const uint8_t *body;
         size_t len;
         char reason[RPC_MESSAGE_MAX + 1];
-        int rc = rpc_framer_next(fr, &body, &len);
+        rc = rpc_framer_next(fr, &body, &len);
         if (rc < 0) {
             snprintf(why, why_size, "the answer is larger than the frame bound");
             return -TALLY_EPROTO;
@@ -2791,17 +3405,9 @@ static int direct_exchange(int fd, struct rpc_framer *fr, const struct rpc_reque
             return 0;
         }
         uint8_t chunk[4096];
-        if (wait_fd(fd, POLLIN, deadline_at_ms) != 1) {
-            snprintf(why, why_size, "no answer before the deadline");
-            return -TALLY_EUNAVAILABLE;
-        }
-        ssize_t n = recv(fd, chunk, sizeof(chunk), MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            continue;
-        }
-        if (n <= 0) {
-            snprintf(why, why_size, "the node closed the connection");
-            return -TALLY_EUNAVAILABLE;
+        ssize_t n = direct_recv(d, chunk, sizeof(chunk), deadline_at_ms, why, why_size);
+        if (n < 0) {
+            return (int)n;
         }
         if (rpc_framer_feed(fr, chunk, (size_t)n) != 0) {
             snprintf(why, why_size, "out of memory");
@@ -2810,8 +3416,8 @@ static int direct_exchange(int fd, struct rpc_framer *fr, const struct rpc_reque
     }
 }
 
-/* HELLO then STATUS on `fd`. Returns 0 or -code with `why`. */
-static int direct_status(struct tally *c, int fd, int64_t deadline_at_ms,
+/* HELLO then STATUS on `d`. Returns 0 or -code with `why`. */
+static int direct_status(struct tally *c, struct direct *d, int64_t deadline_at_ms,
                          struct tally_node_status *out, char *why, size_t why_size)
 {
     struct rpc_framer fr;
@@ -2823,7 +3429,7 @@ static int direct_status(struct tally *c, int fd, int64_t deadline_at_ms,
     req.op = RPC_OP_HELLO;
     req.u.hello.version = RPC_PROTOCOL_VERSION;
     copy_text(req.u.hello.token, sizeof(req.u.hello.token), c->token);
-    int rc = direct_exchange(fd, &fr, &req, &resp, deadline_at_ms, why, why_size);
+    int rc = direct_exchange(d, &fr, &req, &resp, deadline_at_ms, why, why_size);
     if (rc == 0 && resp.status != RPC_OK) {
         snprintf(why, why_size, "HELLO refused: %s: %s", rpc_status_name(resp.status),
                  resp.message);
@@ -2834,7 +3440,7 @@ static int direct_status(struct tally *c, int fd, int64_t deadline_at_ms,
         memset(&req, 0, sizeof(req));
         req.seq = 2;
         req.op = RPC_OP_STATUS;
-        rc = direct_exchange(fd, &fr, &req, &resp, deadline_at_ms, why, why_size);
+        rc = direct_exchange(d, &fr, &req, &resp, deadline_at_ms, why, why_size);
         if (rc == 0 && resp.status != RPC_OK) {
             snprintf(why, why_size, "%s: %s", rpc_status_name(resp.status), resp.message);
             rc = -error_of_status(resp.status);
@@ -2863,9 +3469,14 @@ int tally_status(struct tally *c, const char *endpoint, int64_t deadline_ms,
     char why[WHY_MAX];
     int rc = direct_connect(&ep, deadline_at_ms, why, sizeof(why));
     if (rc >= 0) {
-        int fd = rc;
-        rc = direct_status(c, fd, deadline_at_ms, out, why, sizeof(why));
-        close(fd);
+        struct direct d = {.fd = rc, .ssl = NULL};
+        rc =
+            c->tls_ctx != NULL ? direct_handshake(c, &d, &ep, deadline_at_ms, why, sizeof(why)) : 0;
+        if (rc == 0) {
+            rc = direct_status(c, &d, deadline_at_ms, out, why, sizeof(why));
+        }
+        SSL_free(d.ssl);
+        close(d.fd);
     }
     if (res != NULL) {
         result_init(res, NULL);

@@ -176,12 +176,13 @@ struct tally_config {
      * Required; at most TALLY_ENDPOINTS_MAX entries of TALLY_ADDRESS_MAX bytes. */
     const char *endpoints;
     /* Bearer token sent in HELLO (its role decides what the client may do). Required
-     * (may be ""), at most TALLY_TOKEN_MAX bytes. */
+     * (may be ""; may be NULL with a TLS client certificate), at most TALLY_TOKEN_MAX
+     * bytes. */
     const char *token;
     int64_t deadline_ms; /* default time budget of a call (0: 2000) */
-    /* One TCP connect + HELLO (0: 1000). Also: a connection on which requests wait and
-     * nothing at all arrives for twice this long is taken for dead and dropped (its
-     * requests are resent elsewhere with the same ids). */
+    /* One TCP connect + TLS handshake (if on) + HELLO (0: 1000). Also: a connection on which
+     * requests wait and nothing at all arrives for twice this long is taken for dead and dropped
+     * (its requests are resent elsewhere with the same ids). */
     int64_t connect_timeout_ms;
     int fail_open; /* 1: an UNAVAILABLE reserve answers GRANTED (flagged) */
     /* Frame body bound (0: TALLY_FRAME_DEFAULT; 4096 .. TALLY_FRAME_LIMIT; must match the
@@ -191,6 +192,33 @@ struct tally_config {
     int64_t void_deadline_ms; /* time budget of a background void (0: 30000) */
     int64_t backoff_min_ms;   /* first retry delay (0: 10); doubles, jittered */
     int64_t backoff_max_ms;   /* largest retry delay (0: 200) */
+
+    /*
+     * TLS (all NULL: plain TCP). Setting tls_ca_file turns TLS on for every connection of
+     * the client, tally_status()'s included: TLS 1.2 or later, and the server's
+     * certificate is always verified against this PEM bundle and against the server name
+     * (below). The other three fields need tls_ca_file. The files are read once, by
+     * tally_open(), which refuses (-TALLY_EINVAL, OpenSSL's reason in errmsg) a file that
+     * cannot be read or parsed and a key that does not match its certificate; a key must
+     * not be encrypted (there is no passphrase prompt).
+     *
+     * A failed handshake is a failed connection: the client tries the other endpoints
+     * until the call's deadline, which then ends UNAVAILABLE. The result's message says
+     * why; when a server certificate did not verify it says so even if later attempts
+     * failed differently ("tls: certificate verify failed: <reason>"). The connect
+     * time-out covers the TCP connect, the handshake and HELLO together.
+     */
+    const char *tls_ca_file; /* PEM bundle of the CAs that sign the servers' certificates */
+    /* Client certificate (PEM, its chain may follow) and its private key (PEM): both or
+     * neither. Its subject names the client to a server that trusts its CA: OU the role
+     * (admin, gateway or reader), CN the principal. Such a client may authenticate by the
+     * certificate alone: give token "" (NULL is taken as "" when tls_cert_file is set). */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    /* The name (DNS name or IP literal, at most 253 bytes) the server certificate must
+     * carry (subjectAltName, else CN), for every endpoint and redirect. NULL or "": the
+     * host part of the endpoint being connected to. A DNS name is also sent as SNI. */
+    const char *tls_server_name;
 };
 
 /* Fill `cfg` with every default (endpoints and token NULL). */
@@ -200,11 +228,12 @@ void tally_config_init(struct tally_config *cfg);
 struct tally;
 
 /*
- * Check `cfg` (borrowed: everything is copied), start the client's I/O thread and begin
- * connecting in the background; does not wait for the cluster. On success returns 0 and
- * *out owns the client until tally_close(). On failure returns -TALLY_EINVAL (bad
- * configuration), -TALLY_ENOMEM, or -TALLY_EINTERNAL (a thread or eventfd could not be
- * made), and writes why to `errmsg` (TALLY_ERRMSG_SIZE bytes; may be NULL).
+ * Check `cfg` (borrowed: everything is copied; TLS files are read now), start the
+ * client's I/O thread and begin connecting in the background; does not wait for the
+ * cluster. On success returns 0 and *out owns the client until tally_close(). On failure
+ * returns -TALLY_EINVAL (bad configuration, or a TLS file that cannot be used),
+ * -TALLY_ENOMEM, or -TALLY_EINTERNAL (a thread or eventfd could not be made), and writes
+ * why to `errmsg` (TALLY_ERRMSG_SIZE bytes; may be NULL).
  */
 int tally_open(struct tally **out, const struct tally_config *cfg, char *errmsg);
 
@@ -607,9 +636,11 @@ const char *tally_member_role_name(int role);
 /*
  * Status of the ONE node at `endpoint` ("host:port", borrowed; need not be in the
  * configured endpoints): sent over a short-lived connection of its own (HELLO with the
- * client's token, then STATUS), never redirected and never retried elsewhere. Blocks the
- * caller (not the I/O thread) for at most `deadline_ms`. Returns 0, -TALLY_EUNAVAILABLE
- * (no answer in time, connection refused), -TALLY_EAUTH, -TALLY_EINVAL (bad endpoint)...
+ * client's token, then STATUS), never redirected and never retried elsewhere; over TLS
+ * when the client is configured with it (the server name defaults to `endpoint`'s host).
+ * Blocks the caller (not the I/O thread) for at most `deadline_ms`. Returns 0,
+ * -TALLY_EUNAVAILABLE (no answer in time, connection refused, failed TLS handshake),
+ * -TALLY_EAUTH, -TALLY_EINVAL (bad endpoint)...
  */
 int tally_status(struct tally *c, const char *endpoint, int64_t deadline_ms,
                  struct tally_node_status *out, struct tally_result *res);

@@ -10,6 +10,13 @@
  * callers; a node that accepts but never answers makes a reserve UNAVAILABLE and the
  * client then sends a void of the same request id. Leader following and retries against
  * real nodes are integration tests.
+ *
+ * TLS: the same fake node can speak TLS (SSL_accept on its blocking socket) with
+ * certificates the test makes with the OpenSSL API (a CA, a rogue CA, server and client
+ * certificates): a verified round trip (pipelined reserves, a large answer spread over
+ * many records, tally_status), a client certificate standing for the token, a write
+ * stalled by a node that does not read, and the failures an operator must be able to
+ * read: unknown CA, wrong server name, a plain node, unusable files at tally_open().
  */
 #include "test.h"
 
@@ -19,9 +26,18 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 
 static int64_t now_ms(void)
@@ -92,6 +108,8 @@ static void config_init_writes_defaults(void)
     CHECK_EQ_INT(cfg.void_deadline_ms, 30000);
     CHECK_EQ_INT(cfg.backoff_min_ms, 10);
     CHECK_EQ_INT(cfg.backoff_max_ms, 200);
+    CHECK(cfg.tls_ca_file == NULL && cfg.tls_cert_file == NULL && cfg.tls_key_file == NULL &&
+          cfg.tls_server_name == NULL);
 }
 
 static int open_with(const char *endpoints, const char *token, char *errmsg)
@@ -570,13 +588,28 @@ struct fake {
     uint16_t port;
     int mode;
     int batch;
+    SSL_CTX *tls;      /* NULL: plain TCP; else SSL_accept every connection */
+    int stall_ms;      /* after answering HELLO, read nothing for this long (once) */
+    int list_name_len; /* account names in list answers are this long */
     pthread_t thread;
+    struct fake_conn *conns[16]; /* live connections, one thread each */
+    int n_conns;
     pthread_mutex_t mu;
     int stop;
     int hellos;
     int n_writes;
+    int total_writes;
+    int handshakes_ok, handshakes_failed;
+    char token[RPC_TOKEN_MAX + 1]; /* of the last HELLO */
+    char peer_subject[256];        /* the client certificate's subject, "" if none */
     uint8_t types[64];
     uint8_t ids[64][16];
+};
+
+/* One accepted connection of the fake: a blocking socket, TLS over it or not. */
+struct peer {
+    int fd;
+    SSL *ssl;
 };
 
 static int fake_stopping(struct fake *f)
@@ -587,11 +620,12 @@ static int fake_stopping(struct fake *f)
     return stop;
 }
 
-static void send_all(int fd, const struct rpc_buf *b)
+static void send_all(const struct peer *p, const struct rpc_buf *b)
 {
     size_t off = 0;
     while (off < b->len) {
-        ssize_t n = send(fd, b->data + off, b->len - off, MSG_NOSIGNAL);
+        ssize_t n = p->ssl != NULL ? SSL_write(p->ssl, b->data + off, (int)(b->len - off))
+                                   : send(p->fd, b->data + off, b->len - off, MSG_NOSIGNAL);
         if (n <= 0) {
             return;
         }
@@ -600,7 +634,7 @@ static void send_all(int fd, const struct rpc_buf *b)
 }
 
 /* Answer write `q` granted (even estimate) or denied (odd), echoing the estimate. */
-static void fake_answer_write(int fd, const struct rpc_request *q)
+static void fake_answer_write(const struct peer *peer, const struct rpc_request *q)
 {
     struct rpc_response resp;
     struct rpc_buf out = {0};
@@ -617,31 +651,91 @@ static void fake_answer_write(int fd, const struct rpc_request *q)
         snprintf(x->account, sizeof(x->account), "team");
     }
     if (rpc_response_encode(&out, RPC_OP_WRITE, &resp) == 0) {
-        send_all(fd, &out);
+        send_all(peer, &out);
     }
     rpc_buf_free(&out);
 }
 
-static void fake_flush(int fd, struct rpc_request *held, int *n_held)
+static void fake_flush(const struct peer *peer, struct rpc_request *held, int *n_held)
 {
     for (int i = *n_held - 1; i >= 0; i--) {
-        fake_answer_write(fd, &held[i]);
+        fake_answer_write(peer, &held[i]);
     }
     *n_held = 0;
 }
 
+/* Answer STATUS as node 7, alone in its cluster and leading it. */
+static void fake_answer_status(const struct peer *peer, const struct rpc_request *q)
+{
+    struct rpc_response resp;
+    struct rpc_buf out = {0};
+    memset(&resp, 0, sizeof(resp));
+    resp.seq = q->seq;
+    resp.u.status.node_id = 7;
+    resp.u.status.term = 3;
+    resp.u.status.raft_state = TALLY_RAFT_LEADER;
+    resp.u.status.leader_id = 7;
+    resp.u.status.n_members = 1;
+    resp.u.status.members[0].id = 7;
+    resp.u.status.members[0].role = TALLY_MEMBER_VOTER;
+    snprintf(resp.u.status.members[0].peer_address, RPC_ADDRESS_MAX + 1, "127.0.0.1:1");
+    if (rpc_response_encode(&out, RPC_OP_STATUS, &resp) == 0) {
+        send_all(peer, &out);
+    }
+    rpc_buf_free(&out);
+}
+
+/* Answer an account list with `limit` accounts named "a<n>-xxx...", list_name_len long. */
+static void fake_answer_list(struct fake *f, const struct peer *peer, const struct rpc_request *q)
+{
+    struct rpc_response resp;
+    struct rpc_buf out = {0};
+    uint32_t n = q->u.list.limit;
+    struct ledger_account_info *items = calloc(n, sizeof(*items));
+    if (items == NULL) {
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        int len = snprintf(items[i].name, sizeof(items[i].name), "a%u-", i);
+        while (len < f->list_name_len && len < LEDGER_NAME_MAX) {
+            items[i].name[len++] = 'x';
+        }
+        items[i].name[len] = '\0';
+        items[i].id = i + 1;
+        items[i].depth = 1;
+    }
+    memset(&resp, 0, sizeof(resp));
+    resp.seq = q->seq;
+    resp.u.list.n = n;
+    resp.u.list.items.accounts = items;
+    if (rpc_response_encode(&out, RPC_OP_ACCOUNT_LIST, &resp) == 0) {
+        send_all(peer, &out);
+    }
+    rpc_buf_free(&out);
+    free(items);
+}
+
 /* Handle one request; returns -1 to close the connection. */
-static int fake_request(struct fake *f, int fd, struct rpc_request *q, struct rpc_request *held,
-                        int *n_held)
+static int fake_request(struct fake *f, const struct peer *peer, struct rpc_request *q,
+                        struct rpc_request *held, int *n_held)
 {
     struct rpc_buf out = {0};
+    if (q->op == RPC_OP_STATUS) {
+        fake_answer_status(peer, q);
+        return 0;
+    }
+    if (q->op == RPC_OP_ACCOUNT_LIST) {
+        fake_answer_list(f, peer, q);
+        return 0;
+    }
     if (q->op == RPC_OP_HELLO) {
         pthread_mutex_lock(&f->mu);
         f->hellos++;
+        snprintf(f->token, sizeof(f->token), "%s", q->u.hello.token);
         pthread_mutex_unlock(&f->mu);
         if (f->mode == FAKE_EAUTH) {
             rpc_error_encode(&out, q->seq, RPC_EAUTH, "bad token", 0, "");
-            send_all(fd, &out);
+            send_all(peer, &out);
             rpc_buf_free(&out);
             return -1;
         }
@@ -651,12 +745,20 @@ static int fake_request(struct fake *f, int fd, struct rpc_request *q, struct rp
         resp.u.hello.role = RPC_ROLE_GATEWAY;
         resp.u.hello.node_id = 1;
         rpc_response_encode(&out, RPC_OP_HELLO, &resp);
-        send_all(fd, &out);
+        send_all(peer, &out);
         rpc_buf_free(&out);
+        pthread_mutex_lock(&f->mu);
+        int stall_ms = f->stall_ms;
+        f->stall_ms = 0;
+        pthread_mutex_unlock(&f->mu);
+        if (stall_ms > 0) {
+            usleep((useconds_t)stall_ms * 1000); /* the client's writes pile up */
+        }
         return 0;
     }
     if (q->op == RPC_OP_WRITE) {
         pthread_mutex_lock(&f->mu);
+        f->total_writes++;
         if (f->n_writes < 64) {
             f->types[f->n_writes] = q->u.write.type;
             memcpy(f->ids[f->n_writes], q->u.write.request_id, 16);
@@ -666,27 +768,34 @@ static int fake_request(struct fake *f, int fd, struct rpc_request *q, struct rp
         if (f->mode == FAKE_REVERSE) {
             held[(*n_held)++] = *q;
             if (*n_held == f->batch) {
-                fake_flush(fd, held, n_held);
+                fake_flush(peer, held, n_held);
             }
         }
     }
     return 0;
 }
 
-static void fake_serve(struct fake *f, int fd)
+static void fake_serve(struct fake *f, const struct peer *peer)
 {
     struct rpc_framer fr;
-    static struct rpc_request held[64];
+    struct rpc_request *held = calloc(64, sizeof(*held));
     int n_held = 0;
+    if (held == NULL) {
+        return;
+    }
     rpc_framer_init(&fr, RPC_FRAME_MAX);
     while (!fake_stopping(f)) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int rc = poll(&p, 1, 50);
-        if (rc == 0) {
-            continue;
+        /* Records OpenSSL already took off the socket are not signalled by poll(). */
+        if (peer->ssl == NULL || SSL_pending(peer->ssl) == 0) {
+            struct pollfd p = {.fd = peer->fd, .events = POLLIN};
+            int rc = poll(&p, 1, 50);
+            if (rc == 0) {
+                continue;
+            }
         }
         uint8_t chunk[4096];
-        ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+        ssize_t n = peer->ssl != NULL ? SSL_read(peer->ssl, chunk, sizeof(chunk))
+                                      : recv(peer->fd, chunk, sizeof(chunk), 0);
         if (n <= 0 || rpc_framer_feed(&fr, chunk, (size_t)n) != 0) {
             break;
         }
@@ -697,7 +806,7 @@ static void fake_serve(struct fake *f, int fd)
             struct rpc_request q;
             char why[RPC_MESSAGE_MAX + 1];
             if (rpc_request_decode(body, len, &q, NULL, why) != 0 ||
-                fake_request(f, fd, &q, held, &n_held) != 0) {
+                fake_request(f, peer, &q, held, &n_held) != 0) {
                 close_it = 1;
             }
         }
@@ -706,30 +815,122 @@ static void fake_serve(struct fake *f, int fd)
         }
     }
     rpc_framer_free(&fr);
-    close(fd);
+    free(held);
+}
+
+/* The TLS side of an accepted connection: 0, or -1 if the handshake failed. */
+static int fake_tls_accept(struct fake *f, struct peer *p)
+{
+    p->ssl = SSL_new(f->tls);
+    int ok = p->ssl != NULL && SSL_set_fd(p->ssl, p->fd) == 1 && SSL_accept(p->ssl) == 1;
+    ERR_clear_error();
+    pthread_mutex_lock(&f->mu);
+    if (ok) {
+        f->handshakes_ok++;
+        X509 *cert = SSL_get1_peer_certificate(p->ssl);
+        f->peer_subject[0] = '\0';
+        if (cert != NULL) {
+            X509_NAME_oneline(X509_get_subject_name(cert), f->peer_subject,
+                              sizeof(f->peer_subject));
+        }
+        X509_free(cert);
+    } else {
+        f->handshakes_failed++;
+    }
+    pthread_mutex_unlock(&f->mu);
+    return ok ? 0 : -1;
+}
+
+struct fake_conn {
+    struct fake *f;
+    struct peer peer;
+    pthread_t thread;
+    int done; /* under f->mu */
+};
+
+/* One accepted connection, on a thread of its own. */
+static void *fake_conn_main(void *arg)
+{
+    struct fake_conn *fc = arg;
+    if (fc->f->tls == NULL || fake_tls_accept(fc->f, &fc->peer) == 0) {
+        fake_serve(fc->f, &fc->peer);
+    }
+    SSL_free(fc->peer.ssl);
+    close(fc->peer.fd);
+    pthread_mutex_lock(&fc->f->mu);
+    fc->done = 1;
+    pthread_mutex_unlock(&fc->f->mu);
+    return NULL;
+}
+
+/* Join the connection threads that ended (all of them with `all`). */
+static void fake_reap(struct fake *f, int all)
+{
+    int kept = 0;
+    for (int i = 0; i < f->n_conns; i++) {
+        struct fake_conn *fc = f->conns[i];
+        pthread_mutex_lock(&f->mu);
+        int done = fc->done;
+        pthread_mutex_unlock(&f->mu);
+        if (done || all) {
+            pthread_join(fc->thread, NULL);
+            free(fc);
+        } else {
+            f->conns[kept++] = fc;
+        }
+    }
+    f->n_conns = kept;
 }
 
 static void *fake_main(void *arg)
 {
     struct fake *f = arg;
+    /* A client gone mid-write must not kill the test: SIGPIPE stays pending on the fake's
+     * threads (which inherit this mask). */
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
     while (!fake_stopping(f)) {
         struct pollfd p = {.fd = f->listen_fd, .events = POLLIN};
         if (poll(&p, 1, 50) <= 0) {
             continue;
         }
         int fd = accept(f->listen_fd, NULL, NULL);
-        if (fd >= 0) {
-            fake_serve(f, fd);
+        if (fd < 0) {
+            continue;
         }
+        /* Blocking I/O, but never stuck for good on a client that went quiet. */
+        struct timeval tv = {.tv_sec = 3};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        fake_reap(f, 0);
+        struct fake_conn *fc = calloc(1, sizeof(*fc));
+        if (fc == NULL || f->n_conns == (int)(sizeof(f->conns) / sizeof(f->conns[0]))) {
+            free(fc);
+            close(fd);
+            continue;
+        }
+        fc->f = f;
+        fc->peer.fd = fd;
+        if (pthread_create(&fc->thread, NULL, fake_conn_main, fc) != 0) {
+            free(fc);
+            close(fd);
+            continue;
+        }
+        f->conns[f->n_conns++] = fc;
     }
+    fake_reap(f, 1);
     return NULL;
 }
 
-static void fake_start(struct fake *f, int mode, int batch)
+/* Start a fake node in `mode`; over TLS with `tls` (owned by the fake from now on). */
+static void fake_start_tls(struct fake *f, int mode, int batch, SSL_CTX *tls)
 {
     memset(f, 0, sizeof(*f));
     f->mode = mode;
     f->batch = batch;
+    f->tls = tls;
     pthread_mutex_init(&f->mu, NULL);
     f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -742,6 +943,11 @@ static void fake_start(struct fake *f, int mode, int batch)
     REQUIRE(pthread_create(&f->thread, NULL, fake_main, f) == 0);
 }
 
+static void fake_start(struct fake *f, int mode, int batch)
+{
+    fake_start_tls(f, mode, batch, NULL);
+}
+
 static void fake_stop(struct fake *f)
 {
     pthread_mutex_lock(&f->mu);
@@ -750,6 +956,7 @@ static void fake_stop(struct fake *f)
     pthread_join(f->thread, NULL);
     close(f->listen_fd);
     pthread_mutex_destroy(&f->mu);
+    SSL_CTX_free(f->tls);
 }
 
 static void refused_token_ends_calls_with_eauth(void)
@@ -873,6 +1080,443 @@ static void unanswered_reserve_is_voided_in_the_background(void)
     fake_stop(&f);
 }
 
+/* ---- TLS. ---- */
+
+/* Test certificates (PEM files in a temp dir), made with the OpenSSL API. */
+struct pki {
+    char ca[300];            /* the cluster's CA */
+    char server_cert[300];   /* signed by ca: DNS:localhost, IP:127.0.0.1 */
+    char server_key[300];    /* also the key of the two server certificates below */
+    char dns_only_cert[300]; /* signed by ca: DNS:localhost only */
+    char rogue_cert[300];    /* signed by a CA the client does not trust */
+    char client_cert[300];   /* signed by ca: OU=admin, CN=ops */
+    char client_key[300];
+    char garbage[300]; /* not PEM */
+};
+
+static EVP_PKEY *pki_key(void)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    REQUIRE(key != NULL);
+    return key;
+}
+
+static void pki_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    REQUIRE(ext != NULL);
+    REQUIRE(X509_add_ext(cert, ext, -1) == 1);
+    X509_EXTENSION_free(ext);
+}
+
+/* A certificate of `key` named OU=`ou` (may be NULL), CN=`cn`, signed by `issuer` with
+ * `issuer_key` (self-signed CA when issuer is NULL). `san` NULL makes a CA. */
+static X509 *pki_cert(EVP_PKEY *key, const char *ou, const char *cn, const char *san, X509 *issuer,
+                      EVP_PKEY *issuer_key)
+{
+    static long serial = 1;
+    X509 *x = X509_new();
+    REQUIRE(x != NULL);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    REQUIRE(X509_set_pubkey(x, key) == 1);
+    X509_NAME *name = X509_get_subject_name(x);
+    if (ou != NULL) {
+        X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_ASC, (const unsigned char *)ou, -1, -1, 0);
+    }
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, issuer != NULL ? X509_get_subject_name(issuer) : name);
+    X509 *signer = issuer != NULL ? issuer : x;
+    if (san == NULL) {
+        pki_ext(x, signer, NID_basic_constraints, "critical,CA:TRUE");
+        pki_ext(x, signer, NID_key_usage, "critical,keyCertSign,cRLSign");
+    } else {
+        pki_ext(x, signer, NID_basic_constraints, "CA:FALSE");
+        pki_ext(x, signer, NID_subject_alt_name, san);
+    }
+    REQUIRE(X509_sign(x, issuer_key != NULL ? issuer_key : key, EVP_sha256()) > 0);
+    return x;
+}
+
+static void pki_write(const char *path, X509 *cert, EVP_PKEY *key)
+{
+    FILE *f = fopen(path, "w");
+    REQUIRE(f != NULL);
+    int ok = cert != NULL ? PEM_write_X509(f, cert)
+                          : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+    REQUIRE(ok == 1);
+}
+
+static void pki_make(struct pki *p)
+{
+    const char *dir = test_tmpdir();
+    snprintf(p->ca, sizeof(p->ca), "%s/ca.pem", dir);
+    snprintf(p->server_cert, sizeof(p->server_cert), "%s/server.pem", dir);
+    snprintf(p->server_key, sizeof(p->server_key), "%s/server.key", dir);
+    snprintf(p->dns_only_cert, sizeof(p->dns_only_cert), "%s/dns-only.pem", dir);
+    snprintf(p->rogue_cert, sizeof(p->rogue_cert), "%s/rogue.pem", dir);
+    snprintf(p->client_cert, sizeof(p->client_cert), "%s/client.pem", dir);
+    snprintf(p->client_key, sizeof(p->client_key), "%s/client.key", dir);
+    snprintf(p->garbage, sizeof(p->garbage), "%s/garbage.pem", dir);
+    EVP_PKEY *ca_key = pki_key(), *rogue_key = pki_key(), *server_key = pki_key();
+    EVP_PKEY *client_key = pki_key();
+    X509 *ca = pki_cert(ca_key, NULL, "tally test CA", NULL, NULL, NULL);
+    X509 *rogue = pki_cert(rogue_key, NULL, "rogue CA", NULL, NULL, NULL);
+    X509 *server = pki_cert(server_key, NULL, "node", "DNS:localhost,IP:127.0.0.1", ca, ca_key);
+    X509 *dns_only = pki_cert(server_key, NULL, "node", "DNS:localhost", ca, ca_key);
+    X509 *rogue_server =
+        pki_cert(server_key, NULL, "node", "DNS:localhost,IP:127.0.0.1", rogue, rogue_key);
+    X509 *client = pki_cert(client_key, "admin", "ops", "DNS:ops", ca, ca_key);
+    pki_write(p->ca, ca, NULL);
+    pki_write(p->server_cert, server, NULL);
+    pki_write(p->server_key, NULL, server_key);
+    pki_write(p->dns_only_cert, dns_only, NULL);
+    pki_write(p->rogue_cert, rogue_server, NULL);
+    pki_write(p->client_cert, client, NULL);
+    pki_write(p->client_key, NULL, client_key);
+    FILE *f = fopen(p->garbage, "w");
+    REQUIRE(f != NULL);
+    fputs("not a certificate\n", f);
+    fclose(f);
+    X509_free(ca);
+    X509_free(rogue);
+    X509_free(server);
+    X509_free(dns_only);
+    X509_free(rogue_server);
+    X509_free(client);
+    EVP_PKEY_free(ca_key);
+    EVP_PKEY_free(rogue_key);
+    EVP_PKEY_free(server_key);
+    EVP_PKEY_free(client_key);
+}
+
+/* A server context presenting `cert` (key: the pki's server key); with `client_ca`, a
+ * client certificate is optional but must verify against it (as tallyd does). */
+static SSL_CTX *server_ctx(const struct pki *p, const char *cert, const char *client_ca)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    REQUIRE(ctx != NULL);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    REQUIRE(SSL_CTX_use_certificate_chain_file(ctx, cert) == 1);
+    REQUIRE(SSL_CTX_use_PrivateKey_file(ctx, p->server_key, SSL_FILETYPE_PEM) == 1);
+    if (client_ca != NULL) {
+        REQUIRE(SSL_CTX_load_verify_locations(ctx, client_ca, NULL) == 1);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    }
+    return ctx;
+}
+
+/* The TLS fields of a configuration (NULL: unset). */
+struct tls_opts {
+    const char *ca, *cert, *key, *server_name;
+    const char *token;
+    int64_t connect_timeout_ms;
+};
+
+static int open_tls(struct tally **out, uint16_t port, const struct tls_opts *o, char *errmsg)
+{
+    char endpoints[64];
+    struct tally_config cfg;
+    tally_config_init(&cfg);
+    snprintf(endpoints, sizeof(endpoints), "127.0.0.1:%u", port);
+    cfg.endpoints = endpoints;
+    cfg.token = o->token;
+    cfg.connect_timeout_ms = o->connect_timeout_ms != 0 ? o->connect_timeout_ms : 200;
+    cfg.void_deadline_ms = 1000;
+    cfg.tls_ca_file = o->ca;
+    cfg.tls_cert_file = o->cert;
+    cfg.tls_key_file = o->key;
+    cfg.tls_server_name = o->server_name;
+    *out = NULL;
+    return tally_open(out, &cfg, errmsg);
+}
+
+static struct tally *open_tls_ok(uint16_t port, const struct tls_opts *o)
+{
+    char errmsg[TALLY_ERRMSG_SIZE] = "";
+    struct tally *c;
+    int rc = open_tls(&c, port, o, errmsg);
+    if (rc != 0) {
+        fprintf(stderr, "  tally_open: %s\n", errmsg);
+    }
+    REQUIRE(rc == 0 && c != NULL);
+    return c;
+}
+
+static void tls_round_trip_is_verified_and_pipelined(void)
+{
+    enum { N = 8 };
+    struct pki pki;
+    struct fake f;
+    pki_make(&pki);
+    fake_start_tls(&f, FAKE_REVERSE, N, server_ctx(&pki, pki.server_cert, NULL));
+    f.list_name_len = 120; /* 512 of them: an answer of many TLS records */
+    struct tls_opts o = {.ca = pki.ca, .token = "secret-token"};
+    struct tally *c = open_tls_ok(f.port, &o); /* server name: "127.0.0.1" (IP SAN) */
+    pthread_t threads[N];
+    struct pipelined p[N];
+    for (int i = 0; i < N; i++) {
+        p[i].c = c;
+        p[i].estimate_micros = 2000 + i;
+        REQUIRE(pthread_create(&threads[i], NULL, pipelined_main, &p[i]) == 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    for (int i = 0; i < N; i++) {
+        CHECK_EQ_INT(p[i].rc, 0);
+        CHECK_EQ_INT(p[i].res.outcome, i % 2 == 1 ? TALLY_DENIED : TALLY_GRANTED);
+        CHECK_EQ_INT(p[i].res.remaining, p[i].estimate_micros);
+    }
+
+    static struct tally_account accounts[TALLY_LIST_MAX];
+    struct tally_result res;
+    uint32_t n = 0;
+    uint64_t next = 1;
+    CHECK_EQ_INT(tally_account_list(c, NULL, 0, TALLY_LIST_MAX, 0, 2000, accounts, &n, &next, &res),
+                 0);
+    CHECK_EQ_INT(n, TALLY_LIST_MAX);
+    CHECK_EQ_INT(next, 0);
+    CHECK_EQ_INT(strlen(accounts[TALLY_LIST_MAX - 1].name), 120);
+    CHECK(strncmp(accounts[TALLY_LIST_MAX - 1].name, "a511-xx", 7) == 0);
+
+    struct tally_node_status status;
+    char endpoint[32];
+    snprintf(endpoint, sizeof(endpoint), "127.0.0.1:%u", f.port);
+    CHECK_EQ_INT(tally_status(c, endpoint, 2000, &status, &res), 0);
+    CHECK_EQ_INT(status.node_id, 7);
+    CHECK_EQ_INT(status.raft_state, TALLY_RAFT_LEADER);
+
+    struct tally_stats st;
+    tally_stats(c, &st);
+    CHECK_EQ_INT(st.connects, 1);
+    CHECK_EQ_INT(st.requests_sent, N + 1);
+    tally_close(c);
+    fake_stop(&f);
+    CHECK_EQ_INT(f.handshakes_ok, 2); /* the client's connection and tally_status()'s */
+    CHECK_EQ_INT(f.handshakes_failed, 0);
+    CHECK_EQ_INT(f.hellos, 2);
+    CHECK_EQ_STR(f.token, "secret-token");
+    CHECK_EQ_STR(f.peer_subject, "");
+}
+
+static void tls_client_certificate_stands_for_the_token(void)
+{
+    struct pki pki;
+    struct fake f;
+    pki_make(&pki);
+    fake_start_tls(&f, FAKE_REVERSE, 1, server_ctx(&pki, pki.server_cert, pki.ca));
+    /* token NULL: allowed with a certificate; the name is checked against DNS:localhost. */
+    struct tls_opts o = {
+        .ca = pki.ca, .cert = pki.client_cert, .key = pki.client_key, .server_name = "localhost"};
+    struct tally *c = open_tls_ok(f.port, &o);
+    struct tally_reserve_args a = reserve_args("sk-cert");
+    struct tally_result res;
+    CHECK_EQ_INT(tally_reserve(c, &a, 2000, &res), 0);
+    CHECK_EQ_INT(res.outcome, TALLY_GRANTED);
+    tally_close(c);
+    fake_stop(&f);
+    CHECK_EQ_INT(f.hellos, 1);
+    CHECK_EQ_STR(f.token, "");
+    CHECK(strstr(f.peer_subject, "OU=admin") != NULL);
+    CHECK(strstr(f.peer_subject, "CN=ops") != NULL);
+}
+
+static void tls_write_waits_for_a_node_that_does_not_read(void)
+{
+    enum { N = 600 };
+    struct pki pki;
+    struct fake f;
+    struct async_box box;
+    static uint8_t metadata[TALLY_METADATA_MAX];
+    pki_make(&pki);
+    memset(metadata, 'm', sizeof(metadata));
+    fake_start_tls(&f, FAKE_REVERSE, 1, server_ctx(&pki, pki.server_cert, NULL));
+    f.stall_ms = 400; /* meanwhile ~200 KB of requests fill the socket buffers */
+    /* Loopback's 64 KiB segments let the kernel buffer megabytes; small segments and a
+     * small window (announced when the client connects) make SSL_write wait. */
+    int mss = 536, rcvbuf = 4096;
+    REQUIRE(setsockopt(f.listen_fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss)) == 0);
+    REQUIRE(setsockopt(f.listen_fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) == 0);
+    struct tls_opts o = {.ca = pki.ca, .token = "t"};
+    struct tally *c = open_tls_ok(f.port, &o);
+    async_box_init(&box);
+    struct tally_reserve_args a = reserve_args("sk-stall");
+    a.metadata = metadata;
+    a.metadata_len = sizeof(metadata);
+    int granted = 0;
+    for (int i = 0; i < N; i++) {
+        if (i == N / 2) {
+            usleep(100 * 1000); /* the rest arrives while a write waits: the buffer grows */
+        }
+        a.estimate_micros = 2 * i; /* even: granted */
+        CHECK_EQ_INT(tally_reserve_async(c, &a, 5000, async_cb, &box), 0);
+    }
+    async_box_wait(&box, N);
+    pthread_mutex_lock(&box.mu);
+    CHECK_EQ_INT(box.calls, N);
+    granted = box.last_outcome == TALLY_GRANTED;
+    pthread_mutex_unlock(&box.mu);
+    CHECK(granted);
+    struct tally_stats st;
+    tally_stats(c, &st);
+    CHECK_EQ_INT(st.unavailable, 0);
+    CHECK_EQ_INT(st.connects, 1);
+    CHECK_EQ_INT(st.retries, 0);
+    tally_close(c);
+    fake_stop(&f);
+    CHECK_EQ_INT(f.total_writes, N);
+}
+
+/* A reserve that cannot verify the node ends UNAVAILABLE by its deadline and says why. */
+static void expect_verify_failure(struct tally *c, const char *detail)
+{
+    struct tally_reserve_args a = reserve_args("sk-1");
+    struct tally_result res;
+    int64_t start_ms = now_ms();
+    CHECK_EQ_INT(tally_reserve(c, &a, 500, &res), -TALLY_EUNAVAILABLE);
+    int64_t took_ms = now_ms() - start_ms;
+    CHECK(took_ms >= 480 && took_ms < 1000);
+    CHECK_EQ_INT(res.outcome, TALLY_UNAVAILABLE);
+    CHECK_EQ_INT(res.error, TALLY_EUNAVAILABLE);
+    CHECK_EQ_INT(res.attempts, 0);
+    CHECK(strstr(res.message, "certificate verify failed") != NULL);
+    CHECK(strstr(res.message, detail) != NULL);
+    if (strstr(res.message, detail) == NULL) {
+        fprintf(stderr, "  message: %s\n", res.message);
+    }
+}
+
+static void tls_unknown_ca_is_unavailable_and_says_why(void)
+{
+    struct pki pki;
+    struct fake f;
+    pki_make(&pki);
+    fake_start_tls(&f, FAKE_REVERSE, 1, server_ctx(&pki, pki.rogue_cert, NULL));
+    struct tls_opts o = {.ca = pki.ca, .token = "t"};
+    struct tally *c = open_tls_ok(f.port, &o);
+    expect_verify_failure(c, "unable to get local issuer certificate");
+
+    struct tally_node_status status;
+    struct tally_result res;
+    char endpoint[32];
+    snprintf(endpoint, sizeof(endpoint), "127.0.0.1:%u", f.port);
+    CHECK_EQ_INT(tally_status(c, endpoint, 500, &status, &res), -TALLY_EUNAVAILABLE);
+    CHECK_EQ_INT(res.outcome, TALLY_UNAVAILABLE);
+    CHECK(strstr(res.message, "certificate verify failed") != NULL);
+    tally_close(c);
+    fake_stop(&f);
+    CHECK(f.handshakes_failed >= 2); /* retried until the deadline */
+    CHECK_EQ_INT(f.handshakes_ok, 0);
+    CHECK_EQ_INT(f.hellos, 0);
+}
+
+static void tls_wrong_server_name_is_unavailable_and_says_why(void)
+{
+    struct pki pki;
+    struct fake f;
+    pki_make(&pki);
+    fake_start_tls(&f, FAKE_REVERSE, 1, server_ctx(&pki, pki.dns_only_cert, NULL));
+    /* The default name is the endpoint's host, 127.0.0.1: not in DNS:localhost. */
+    struct tls_opts o = {.ca = pki.ca, .token = "t"};
+    struct tally *c = open_tls_ok(f.port, &o);
+    expect_verify_failure(c, "IP address mismatch");
+    tally_close(c);
+    /* A configured name must match too. */
+    o.server_name = "wrong.example";
+    c = open_tls_ok(f.port, &o);
+    expect_verify_failure(c, "hostname mismatch (expected \"wrong.example\")");
+    struct tally_node_status status;
+    struct tally_result res;
+    char endpoint[32];
+    snprintf(endpoint, sizeof(endpoint), "127.0.0.1:%u", f.port);
+    CHECK_EQ_INT(tally_status(c, endpoint, 500, &status, &res), -TALLY_EUNAVAILABLE);
+    CHECK(strstr(res.message, "hostname mismatch") != NULL);
+    tally_close(c);
+    /* And "localhost" is the name it carries. */
+    o.server_name = "localhost";
+    c = open_tls_ok(f.port, &o);
+    CHECK_EQ_INT(tally_status(c, endpoint, 2000, &status, &res), 0);
+    tally_close(c);
+    fake_stop(&f);
+    CHECK(f.hellos >= 1); /* tally_status(); the I/O thread's own connection may say HELLO */
+}
+
+static void tls_to_a_plain_node_times_out_within_the_connect_timeout(void)
+{
+    struct pki pki;
+    struct fake f;
+    pki_make(&pki);
+    fake_start(&f, FAKE_SILENT, 0); /* reads the ClientHello as a frame, answers nothing */
+    struct tls_opts o = {.ca = pki.ca, .token = "t", .connect_timeout_ms = 150};
+    struct tally *c = open_tls_ok(f.port, &o);
+    struct tally_reserve_args a = reserve_args("sk-1");
+    struct tally_result res;
+    int64_t start_ms = now_ms();
+    CHECK_EQ_INT(tally_reserve(c, &a, 400, &res), -TALLY_EUNAVAILABLE);
+    CHECK(now_ms() - start_ms < 800);
+    CHECK(strstr(res.message, "no TLS handshake within 150 ms") != NULL);
+    struct tally_node_status status;
+    char endpoint[32];
+    snprintf(endpoint, sizeof(endpoint), "127.0.0.1:%u", f.port);
+    start_ms = now_ms();
+    CHECK_EQ_INT(tally_status(c, endpoint, 200, &status, &res), -TALLY_EUNAVAILABLE);
+    CHECK(now_ms() - start_ms < 500);
+    CHECK(strstr(res.message, "TLS handshake") != NULL);
+    tally_close(c);
+    fake_stop(&f);
+    CHECK_EQ_INT(f.hellos, 0);
+}
+
+static void tls_open_checks_its_files(void)
+{
+    struct pki pki;
+    struct tally *c;
+    char errmsg[TALLY_ERRMSG_SIZE];
+    char missing[320];
+    char long_name[300];
+    pki_make(&pki);
+    snprintf(missing, sizeof(missing), "%s.missing", pki.ca);
+    memset(long_name, 'n', sizeof(long_name) - 1);
+    long_name[sizeof(long_name) - 1] = '\0';
+    struct {
+        struct tls_opts o;
+        const char *says;
+    } cases[] = {
+        {{.ca = missing, .token = "t"}, "No such file"},
+        {{.ca = pki.garbage, .token = "t"}, "tls_ca_file"},
+        {{.ca = pki.ca, .cert = pki.client_cert, .token = "t"}, "both or neither"},
+        {{.ca = pki.ca, .key = pki.client_key, .token = "t"}, "both or neither"},
+        {{.ca = pki.ca, .cert = missing, .key = pki.client_key, .token = "t"}, "tls_cert_file"},
+        {{.ca = pki.ca, .cert = pki.garbage, .key = pki.client_key, .token = "t"}, "tls_cert_file"},
+        {{.ca = pki.ca, .cert = pki.client_cert, .key = pki.garbage, .token = "t"}, "tls_key_file"},
+        {{.ca = pki.ca, .cert = pki.client_cert, .key = pki.server_key, .token = "t"},
+         "does not match tls_cert_file"},
+        {{.cert = pki.client_cert, .key = pki.client_key, .token = "t"}, "need tls_ca_file"},
+        {{.server_name = "localhost", .token = "t"}, "need tls_ca_file"},
+        {{.ca = pki.ca, .server_name = long_name, .token = "t"}, "tls_server_name"},
+        {{.ca = pki.ca}, "token"}, /* without a certificate the token is required */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        errmsg[0] = '\0';
+        CHECK_EQ_INT(open_tls(&c, 7000, &cases[i].o, errmsg), -TALLY_EINVAL);
+        CHECK(c == NULL);
+        if (strstr(errmsg, cases[i].says) == NULL) {
+            fprintf(stderr, "  case %zu: errmsg \"%s\" lacks \"%s\"\n", i, errmsg, cases[i].says);
+            CHECK(0);
+        }
+    }
+    struct tls_opts good = {.ca = pki.ca, .cert = pki.client_cert, .key = pki.client_key};
+    CHECK_EQ_INT(open_tls(&c, 7000, &good, errmsg), 0);
+    tally_close(c);
+}
+
 int main(void)
 {
     TEST_MAIN_BEGIN;
@@ -895,5 +1539,12 @@ int main(void)
     TEST(refused_token_ends_calls_with_eauth);
     TEST(out_of_order_answers_reach_their_callers);
     TEST(unanswered_reserve_is_voided_in_the_background);
+    TEST(tls_round_trip_is_verified_and_pipelined);
+    TEST(tls_client_certificate_stands_for_the_token);
+    TEST(tls_write_waits_for_a_node_that_does_not_read);
+    TEST(tls_unknown_ca_is_unavailable_and_says_why);
+    TEST(tls_wrong_server_name_is_unavailable_and_says_why);
+    TEST(tls_to_a_plain_node_times_out_within_the_connect_timeout);
+    TEST(tls_open_checks_its_files);
     TEST_MAIN_END;
 }
