@@ -72,6 +72,9 @@ enum opt_id {
     OPT_TOKEN,
     OPT_TOKEN_FILE,
     OPT_TLS_CA,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_TLS_SERVER_NAME,
     OPT_JSON,
     OPT_TIMEOUT,
     OPT_HELP,
@@ -108,7 +111,8 @@ enum opt_id {
 
 #define BIT(o) (UINT64_C(1) << (o))
 #define GLOBAL_OPTS                                                                                \
-    (BIT(OPT_ENDPOINTS) | BIT(OPT_TOKEN) | BIT(OPT_TOKEN_FILE) | BIT(OPT_TLS_CA) | BIT(OPT_JSON) | \
+    (BIT(OPT_ENDPOINTS) | BIT(OPT_TOKEN) | BIT(OPT_TOKEN_FILE) | BIT(OPT_TLS_CA) |                 \
+     BIT(OPT_TLS_CERT) | BIT(OPT_TLS_KEY) | BIT(OPT_TLS_SERVER_NAME) | BIT(OPT_JSON) |             \
      BIT(OPT_TIMEOUT) | BIT(OPT_HELP))
 #define LIMIT_OPTS                                                                                 \
     (BIT(OPT_BUDGET) | BIT(OPT_SOFT_BUDGET) | BIT(OPT_PERIOD) | BIT(OPT_RPM) |                     \
@@ -125,6 +129,9 @@ static const struct opt_spec opt_specs[OPT_COUNT] = {
     [OPT_TOKEN] = {"token", true},
     [OPT_TOKEN_FILE] = {"token-file", true},
     [OPT_TLS_CA] = {"tls-ca", true},
+    [OPT_TLS_CERT] = {"tls-cert", true},
+    [OPT_TLS_KEY] = {"tls-key", true},
+    [OPT_TLS_SERVER_NAME] = {"tls-server-name", true},
     [OPT_JSON] = {"json", false},
     [OPT_TIMEOUT] = {"timeout", true},
     [OPT_HELP] = {"help", false},
@@ -315,7 +322,8 @@ static int call_failed(struct ctx *x, const char *subject, int rc, const struct 
         message = text;
     }
     if ((rc == -TALLY_EAUTH) && hint == NULL && !x->token_given) {
-        hint = "no token was given: use --token, --token-file, TALLY_TOKEN or TALLY_TOKEN_FILE";
+        hint = "no token was given: use --token, --token-file, TALLY_TOKEN or TALLY_TOKEN_FILE "
+               "(or a client certificate with --tls-cert and --tls-key)";
     }
     say_error(what, "%s%s%s%s%s", tally_strerror(rc), message[0] != '\0' ? ": " : "", message,
               hint != NULL ? "; " : "", hint != NULL ? hint : "");
@@ -1223,6 +1231,13 @@ static int resolve_token(struct ctx *x)
     return 0;
 }
 
+/* The value of option `o`, else of environment variable `env`, else NULL ("" is NULL). */
+static const char *option_or_env(const struct ctx *x, int o, const char *env)
+{
+    const char *v = x->a->given[o] ? x->a->value[o] : getenv(env);
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
 /* Open the client (once) from --endpoints / TALLY_ENDPOINTS and the token. Call only after
  * the command's input is checked. Returns 0 or an exit code (after printing why). */
 static int ctx_client(struct ctx *x)
@@ -1245,6 +1260,12 @@ static int ctx_client(struct ctx *x)
     tally_config_init(&cfg);
     cfg.endpoints = endpoints;
     cfg.token = x->token;
+    /* TLS: flags, else TALLYCTL_TLS_* (not TALLY_TLS_*, which tallyd reads for its own
+     * certificate and may be set in the same shell). */
+    cfg.tls_ca_file = option_or_env(x, OPT_TLS_CA, "TALLYCTL_TLS_CA");
+    cfg.tls_cert_file = option_or_env(x, OPT_TLS_CERT, "TALLYCTL_TLS_CERT");
+    cfg.tls_key_file = option_or_env(x, OPT_TLS_KEY, "TALLYCTL_TLS_KEY");
+    cfg.tls_server_name = option_or_env(x, OPT_TLS_SERVER_NAME, "TALLYCTL_TLS_SERVER_NAME");
     if (x->timeout_ms > 0) {
         cfg.deadline_ms = x->timeout_ms;
         if (x->timeout_ms < 1000) {
@@ -3045,6 +3066,7 @@ static const struct command commands[] = {
 static void usage(FILE *f)
 {
     fputs("usage: tallyctl [--endpoints A,B,C] [--token T | --token-file F] [--json]\n"
+          "                [--tls-ca F [--tls-cert F --tls-key F] [--tls-server-name N]]\n"
           "                [--timeout MS] COMMAND ...\n"
           "\n"
           "commands:\n",
@@ -3063,7 +3085,8 @@ static void usage(FILE *f)
           "or UTC ISO-8601 (2026-11-01, 2026-11-01T10:00:00Z). Money in micros (10^-6).\n"
           "Options may appear anywhere; '--' ends them.\n"
           "\n"
-          "environment: TALLY_ENDPOINTS, TALLY_TOKEN, TALLY_TOKEN_FILE (options win)\n"
+          "environment: TALLY_ENDPOINTS, TALLY_TOKEN, TALLY_TOKEN_FILE, TALLYCTL_TLS_CA,\n"
+          "        TALLYCTL_TLS_CERT, TALLYCTL_TLS_KEY, TALLYCTL_TLS_SERVER_NAME (options win)\n"
           "exit status: 0 done/granted, 1 denied, 2 unavailable, 3 bad input or refused\n",
           f);
 }
@@ -3197,10 +3220,6 @@ int main(int argc, char **argv)
     if (a.given[OPT_HELP]) {
         usage(stdout);
         return CTL_OK;
-    }
-    if (a.given[OPT_TLS_CA]) {
-        say_error(NULL, "TLS is not supported by this build");
-        return CTL_USAGE;
     }
     const struct command *cmd = find_command(&a, &consumed);
     if (cmd == NULL) {

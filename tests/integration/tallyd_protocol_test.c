@@ -2,12 +2,13 @@
  * tallyd_protocol_test.c: hostile and unauthorized input against a real three-node tallyd
  * cluster, over raw sockets.
  *
- *   tallyd_protocol_test <path to tallyd> [tls]
+ *   tallyd_protocol_test <path to tallyd> [tls [<path to tallyctl>]]
  *
  * With `tls` the cluster serves TLS with a client CA, and the test also shows: token
  * auth over TLS; a client certificate naming a role (OU) authenticating without a token;
  * a gateway certificate refused admin work; a certificate from another CA, and a plain
- * TCP client, both cut off without affecting anybody else.
+ * TCP client, both cut off without affecting anybody else. Given tallyctl, it also runs
+ * tallyctl over TLS, with a token and with the admin client certificate.
  *
  * Each bad input must get an error answer or a closed connection (or both), and the
  * node must go on serving everybody else: after every case a fresh connection still
@@ -379,11 +380,27 @@ static void case_tls(void)
     still_serving("TLS refusals");
 }
 
+/* tallyctl over TLS against the cluster: `auth` is the authentication options. */
+static void tallyctl_over_tls(const char *tallyctl, const char *auth)
+{
+    char endpoints[256], cmd[4096];
+    cl_endpoints(endpoints, sizeof(endpoints));
+    snprintf(cmd, sizeof(cmd),
+             "%s --endpoints %s --tls-ca %s/tls/ca.pem %s --json account show proto-root "
+             "> %s/tallyctl.out 2>&1",
+             tallyctl, endpoints, h_dir, auth, h_dir);
+    int rv = system(cmd);
+    if (rv != 0) {
+        H_FAIL("tallyctl over TLS (%s) exited %d: see %s/tallyctl.out", auth, rv, h_dir);
+    }
+    h_say("tallyctl over TLS with %s: ok", auth);
+}
+
 int main(int argc, char **argv)
 {
-    bool tls = argc == 3 && strcmp(argv[2], "tls") == 0;
-    if (argc != 2 && !tls) {
-        fprintf(stderr, "usage: %s <tallyd> [tls]\n", argv[0]);
+    bool tls = argc >= 3 && strcmp(argv[2], "tls") == 0;
+    if (argc != 2 && !(tls && argc <= 4)) {
+        fprintf(stderr, "usage: %s <tallyd> [tls [<tallyctl>]]\n", argv[0]);
         return 2;
     }
     h_init("tally-protocol-test", 150);
@@ -409,6 +426,13 @@ int main(int argc, char **argv)
     case_pipelined();
     if (tls) {
         case_tls();
+    }
+    if (tls && argc == 4) {
+        char auth[PATH_MAX + 64];
+        tallyctl_over_tls(argv[3], "--token " CL_ADMIN_TOKEN);
+        snprintf(auth, sizeof(auth), "--tls-cert %s/tls/admin.pem --tls-key %s/tls/admin.key",
+                 h_dir, h_dir);
+        tallyctl_over_tls(argv[3], auth);
     }
     char hash[65];
     cl_converged(20000, 0, hash);
