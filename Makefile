@@ -3,7 +3,7 @@
 #   make demo    the ledger alone, in one process
 #   make test    install what is missing, build (normal and ASan+UBSan), run every test
 #   make bench   ledger throughput benchmark
-#   make fuzz    run the batch decoder fuzzer (FUZZ_SECONDS, default 60)
+#   make fuzz    run the batch and wire-protocol decoder fuzzers (FUZZ_SECONDS each, default 60)
 #   make sim SEEDS=N  the deterministic Raft simulation over more seeds
 #   make model-long   the randomized model test with MODEL_STEPS (default 2,000,000)
 

@@ -82,6 +82,9 @@ int rpc_role_parse(const char *name)
 
 bool rpc_role_allows(int role, int op, int cmd_type)
 {
+    if (role < RPC_ROLE_READER || role > RPC_ROLE_ADMIN) {
+        return op == RPC_OP_HELLO; /* unauthenticated, or not a role at all */
+    }
     switch (op) {
     case RPC_OP_HELLO:
         return true;
@@ -186,9 +189,11 @@ static int frame_abort(struct frame *f)
     return -1;
 }
 
-static void pack_str(msgpack_packer *pk, const char *s)
+/* A string field of a fixed array: at most `max` bytes are read even if the array is
+ * not terminated (the decoder refuses longer strings, so the frame stays valid). */
+static void pack_str(msgpack_packer *pk, const char *s, size_t max)
 {
-    size_t n = strlen(s);
+    size_t n = strnlen(s, max);
     msgpack_pack_str(pk, n);
     msgpack_pack_str_body(pk, s, n);
 }
@@ -220,7 +225,7 @@ int rpc_request_encode(struct rpc_buf *out, const struct rpc_request *req)
         msgpack_pack_uint64(pk, req->seq);
         msgpack_pack_uint8(pk, req->op);
         msgpack_pack_uint32(pk, req->u.hello.version);
-        pack_str(pk, req->u.hello.token);
+        pack_str(pk, req->u.hello.token, RPC_TOKEN_MAX);
         break;
     case RPC_OP_WRITE:
         if (!ledger_cmd_encodable(&req->u.write)) {
@@ -238,7 +243,7 @@ int rpc_request_encode(struct rpc_buf *out, const struct rpc_request *req)
         msgpack_pack_array(pk, 4);
         msgpack_pack_uint64(pk, req->seq);
         msgpack_pack_uint8(pk, req->op);
-        pack_str(pk, req->u.get.name);
+        pack_str(pk, req->u.get.name, LEDGER_NAME_MAX);
         msgpack_pack_uint32(pk, req->u.get.flags);
         break;
     case RPC_OP_RESV_GET:
@@ -265,7 +270,7 @@ int rpc_request_encode(struct rpc_buf *out, const struct rpc_request *req)
         msgpack_pack_array(pk, req->op == RPC_OP_JOURNAL ? 8 : 6);
         msgpack_pack_uint64(pk, req->seq);
         msgpack_pack_uint8(pk, req->op);
-        pack_str(pk, req->u.list.filter);
+        pack_str(pk, req->u.list.filter, LEDGER_NAME_MAX);
         if (req->op == RPC_OP_JOURNAL) {
             msgpack_pack_int64(pk, req->u.list.since_ms);
             msgpack_pack_int64(pk, req->u.list.until_ms);
@@ -281,7 +286,8 @@ int rpc_request_encode(struct rpc_buf *out, const struct rpc_request *req)
         msgpack_pack_uint8(pk, req->op);
         break;
     case RPC_OP_MEMBERSHIP:
-        if (!str_fits(req->u.membership.address, RPC_ADDRESS_MAX)) {
+        if (!str_fits(req->u.membership.address, RPC_ADDRESS_MAX) ||
+            req->u.membership.kind < RPC_MEMBER_ADD || req->u.membership.kind > RPC_MEMBER_TRANSFER) {
             return frame_abort(&f);
         }
         msgpack_pack_array(pk, 5);
@@ -289,7 +295,7 @@ int rpc_request_encode(struct rpc_buf *out, const struct rpc_request *req)
         msgpack_pack_uint8(pk, req->op);
         msgpack_pack_uint8(pk, req->u.membership.kind);
         msgpack_pack_uint64(pk, req->u.membership.id);
-        pack_str(pk, req->u.membership.address);
+        pack_str(pk, req->u.membership.address, RPC_ADDRESS_MAX);
         break;
     default:
         return frame_abort(&f);
@@ -452,7 +458,7 @@ static void pack_result(msgpack_packer *pk, const struct ledger_result *x)
     msgpack_pack_uint8(pk, x->deny_reason);
     msgpack_pack_uint16(pk, x->flags);
     pack_bin(pk, x->request_id, LEDGER_REQUEST_ID_SIZE);
-    pack_str(pk, x->account);
+    pack_str(pk, x->account, LEDGER_NAME_MAX);
     msgpack_pack_int64(pk, x->remaining);
     msgpack_pack_int64(pk, x->retry_after_ms);
     msgpack_pack_int64(pk, x->charged_micros);
@@ -483,8 +489,8 @@ static void pack_account(msgpack_packer *pk, const struct ledger_account_info *a
 {
     msgpack_pack_array(pk, ACCOUNT_FIELDS);
     msgpack_pack_uint64(pk, a->id);
-    pack_str(pk, a->name);
-    pack_str(pk, a->parent);
+    pack_str(pk, a->name, LEDGER_NAME_MAX);
+    pack_str(pk, a->parent, LEDGER_NAME_MAX);
     msgpack_pack_uint32(pk, a->depth);
     pack_limits(pk, &a->limits);
     msgpack_pack_int64(pk, a->created_ms);
@@ -526,8 +532,8 @@ static void pack_resv(msgpack_packer *pk, const struct ledger_reservation_info *
     msgpack_pack_array(pk, RESV_FIELDS);
     pack_bin(pk, v->request_id, LEDGER_REQUEST_ID_SIZE);
     msgpack_pack_uint8(pk, v->state);
-    pack_str(pk, v->account);
-    pack_str(pk, v->model);
+    pack_str(pk, v->account, LEDGER_NAME_MAX);
+    pack_str(pk, v->model, LEDGER_MODEL_MAX);
     msgpack_pack_int64(pk, v->estimate_micros);
     msgpack_pack_uint64(pk, v->estimate_tokens);
     msgpack_pack_int64(pk, v->created_ms);
@@ -562,13 +568,13 @@ static void pack_entry(msgpack_packer *pk, const struct ledger_journal_entry *e)
     msgpack_pack_int64(pk, e->ts_ms);
     msgpack_pack_uint8(pk, e->kind);
     msgpack_pack_uint8(pk, e->cmd_type);
-    pack_str(pk, e->account);
-    pack_str(pk, e->actor);
+    pack_str(pk, e->account, LEDGER_NAME_MAX);
+    pack_str(pk, e->actor, LEDGER_ACTOR_MAX);
     pack_bin(pk, e->request_id, LEDGER_REQUEST_ID_SIZE);
     msgpack_pack_int64(pk, e->amount_micros);
     msgpack_pack_uint64(pk, e->tokens);
     msgpack_pack_int64(pk, e->period_start_ms);
-    pack_str(pk, e->model);
+    pack_str(pk, e->model, LEDGER_MODEL_MAX);
     pack_bin(pk, e->admin_hash, sizeof(e->admin_hash));
     msgpack_pack_uint8(pk, 0); /* reserved */
 }
@@ -594,7 +600,7 @@ static void pack_status(msgpack_packer *pk, const struct rpc_node_status *s)
     msgpack_pack_uint8(pk, s->raft_state);
     msgpack_pack_uint8(pk, s->serving);
     msgpack_pack_uint64(pk, s->leader_id);
-    pack_str(pk, s->leader_address);
+    pack_str(pk, s->leader_address, RPC_ADDRESS_MAX);
     msgpack_pack_uint64(pk, s->commit_index);
     msgpack_pack_uint64(pk, s->applied_index);
     msgpack_pack_int64(pk, s->ledger_now_ms);
@@ -603,8 +609,8 @@ static void pack_status(msgpack_packer *pk, const struct rpc_node_status *s)
         const struct rpc_member *m = &s->members[i];
         msgpack_pack_array(pk, MEMBER_FIELDS);
         msgpack_pack_uint64(pk, m->id);
-        pack_str(pk, m->peer_address);
-        pack_str(pk, m->client_address);
+        pack_str(pk, m->peer_address, RPC_ADDRESS_MAX);
+        pack_str(pk, m->client_address, RPC_ADDRESS_MAX);
         msgpack_pack_uint8(pk, m->role);
     }
     msgpack_pack_uint8(pk, 0); /* reserved */
@@ -650,9 +656,9 @@ int rpc_error_encode(struct rpc_buf *out, uint64_t seq, int status, const char *
     msgpack_pack_array(&f.pk, 5);
     msgpack_pack_uint64(&f.pk, seq);
     msgpack_pack_int32(&f.pk, status);
-    pack_str(&f.pk, msg);
+    pack_str(&f.pk, msg, RPC_MESSAGE_MAX);
     msgpack_pack_uint64(&f.pk, leader_id);
-    pack_str(&f.pk, addr);
+    pack_str(&f.pk, addr, RPC_ADDRESS_MAX);
     return frame_end(&f);
 }
 
@@ -714,7 +720,7 @@ int rpc_response_encode(struct rpc_buf *out, int op, const struct rpc_response *
         pack_resv(pk, &resp->u.reservation);
         break;
     case RPC_OP_KEY_GET:
-        pack_str(pk, resp->u.key.account);
+        pack_str(pk, resp->u.key.account, LEDGER_NAME_MAX);
         msgpack_pack_uint8(pk, resp->u.key.revoked);
         break;
     case RPC_OP_HASH:

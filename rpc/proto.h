@@ -250,7 +250,8 @@ void rpc_response_free(struct rpc_response *resp);
 /*
  * Incremental frame reader over a byte stream. Feed bytes with rpc_framer_feed(); take
  * each complete body with rpc_framer_next(). A length over `max_body` is refused before
- * any allocation; the framer's memory never exceeds max_body + one read.
+ * any allocation; the framer's memory stays within about twice (max_body + one read), as
+ * its buffer grows by doubling.
  */
 struct rpc_framer {
     uint8_t *buf;

@@ -3,7 +3,8 @@
  *
  * Every request op and every response op is encoded, cut out of its frame by the framer
  * and decoded again, with every field at a distinct value near the top (or the bottom) of
- * its type and every string at its bound, so a field dropped, swapped or narrowed shows.
+ * its type and every string at its bound (or empty), so a field dropped, swapped or
+ * narrowed shows.
  * Encoders must refuse what is out of range and leave the caller's buffer exactly as it
  * was. Decoders are fed hostile input: every prefix of every valid body, trailing bytes,
  * array counts one off, every scalar wrapped in an array or replaced by nil, strings
@@ -481,8 +482,8 @@ static void check_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd 
         CHECK_EQ_INT(a->u.reserve.ttl_ms, b->u.reserve.ttl_ms);
         CHECK_EQ_INT(a->u.reserve.metadata_len, b->u.reserve.metadata_len);
         if (a->u.reserve.metadata_len == b->u.reserve.metadata_len) {
-            CHECK(memcmp(a->u.reserve.metadata, b->u.reserve.metadata,
-                         a->u.reserve.metadata_len) == 0);
+            size_t n = a->u.reserve.metadata_len;
+            CHECK(memcmp(a->u.reserve.metadata, b->u.reserve.metadata, n) == 0);
         }
         break;
     case LEDGER_CMD_SETTLE:
@@ -641,8 +642,7 @@ static void check_status_equal(const struct rpc_node_status *a, const struct rpc
     }
 }
 
-static void check_response_equal(int op, const struct rpc_response *a,
-                                 const struct rpc_response *b)
+static void check_response_equal(int op, const struct rpc_response *a, const struct rpc_response *b)
 {
     CHECK(a->seq == b->seq);
     CHECK_EQ_INT(a->status, b->status);
@@ -1431,8 +1431,7 @@ static void check_request_encode_refused(const struct rpc_request *req, const ch
     rpc_buf_free(&e);
 }
 
-static void check_response_encode_refused(int op, const struct rpc_response *resp,
-                                          const char *what)
+static void check_response_encode_refused(int op, const struct rpc_response *resp, const char *what)
 {
     struct rpc_buf b = {0};
     struct rpc_response first = response_of(RPC_OP_HELLO, true);
@@ -2065,11 +2064,23 @@ static void decode_refuses_array_counts_one_off_in_every_message(void)
                 continue;
             }
             uint8_t h[5];
-            /* One element more (a 0 appended): refused by every array, fixed or not. */
+            /* A count one off with the elements left as they are. */
             size_t hl = array_header(h, a->count + 1);
+            struct bytes d = splice(s->body.p, s->body.len, a->off, a->hdr, h, hl, NULL, 0);
+            check_refused(s, d.p, d.len, "array count one more than its elements", a->off);
+            free(d.p);
+            if (a->count > 0) {
+                hl = array_header(h, a->count - 1);
+                d = splice(s->body.p, s->body.len, a->off, a->hdr, h, hl, NULL, 0);
+                check_refused(s, d.p, d.len, "array count one less than its elements", a->off);
+                free(d.p);
+            }
+            /* One element more (a 0 appended): refused by every array, fixed or not. */
+            hl = array_header(h, a->count + 1);
             struct bytes b = splice(s->body.p, s->body.len, a->off, a->len, h, hl,
                                     s->body.p + a->off + a->hdr, a->len - a->hdr);
-            struct bytes c = splice(b.p, b.len, a->off + hl + a->len - a->hdr, 0, &zero, 1, NULL, 0);
+            struct bytes c =
+                splice(b.p, b.len, a->off + hl + a->len - a->hdr, 0, &zero, 1, NULL, 0);
             check_refused(s, c.p, c.len, "array with an element appended", a->off);
             free(b.p);
             free(c.p);
@@ -2453,9 +2464,9 @@ static void unhex_accepts_upper_and_lower_case(void)
 
 static void unhex_rejects_wrong_length_and_non_hex_characters(void)
 {
-    static const char *const bad[] = {"",     "a",    "abc",  "abcde", "abcdef", "0x12",
-                                      "ab c", "abcg", "zz00", "-1ab",  "ab\n0",  " abc",
-                                      "abc ", "+0ab", "\xff\xff" "00"};
+    static const char *const bad[] = {"",      "a",    "abc",  "abcde", "abcdef",
+                                      "0x12",  "ab c", "abcg", "zz00",  "-1ab",
+                                      "ab\n0", " abc", "abc ", "+0ab",  "\377\37700"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint8_t out[2];
         int rv = rpc_unhex(bad[i], out, 2);
