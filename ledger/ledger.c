@@ -1855,6 +1855,16 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     return 0;
 }
 
+int ledger_sync(struct ledger *l)
+{
+    int rc = mdb_env_sync(l->env, 1);
+    if (rc != 0) {
+        snprintf(l->errmsg, sizeof(l->errmsg), "sync: %s", mdb_strerror(rc));
+        return -LEDGER_EIO;
+    }
+    return 0;
+}
+
 void ledger_close(struct ledger *l)
 {
     if (l == NULL) {

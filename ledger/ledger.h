@@ -286,6 +286,10 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
 /* Close the ledger and free it. NULL is accepted. */
 void ledger_close(struct ledger *l);
 
+/* Flush every committed transaction to disk (fsync), for a ledger opened with
+ * LEDGER_OPEN_NOSYNC. 0 or -LEDGER_EIO. */
+int ledger_sync(struct ledger *l);
+
 /* The message of the last error of this ledger ("" if none). */
 const char *ledger_errmsg(const struct ledger *l);
 
