@@ -138,7 +138,7 @@ static void pack_bin(msgpack_packer *pk, const void *b, size_t n)
     msgpack_pack_bin_body(pk, b, n);
 }
 
-static void pack_limits(msgpack_packer *pk, const struct ledger_limits *l)
+void ledger_pack_limits(msgpack_packer *pk, const struct ledger_limits *l)
 {
     msgpack_pack_array(pk, LIMITS_FIELDS);
     msgpack_pack_uint32(pk, l->set);
@@ -186,11 +186,11 @@ void ledger_pack_cmd(msgpack_packer *pk, const struct ledger_cmd *c)
     case LEDGER_CMD_ACCOUNT_CREATE:
         pack_str(pk, c->u.create.name);
         pack_str(pk, c->u.create.parent);
-        pack_limits(pk, &c->u.create.limits);
+        ledger_pack_limits(pk, &c->u.create.limits);
         break;
     case LEDGER_CMD_ACCOUNT_UPDATE:
         pack_str(pk, c->u.update.name);
-        pack_limits(pk, &c->u.update.limits);
+        ledger_pack_limits(pk, &c->u.update.limits);
         msgpack_pack_uint32(pk, c->u.update.clear);
         msgpack_pack_uint8(pk, c->u.update.set_parent);
         pack_str(pk, c->u.update.parent);
@@ -321,7 +321,7 @@ int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len)
 
 /* ---- Decoding. ---- */
 
-static bool read_limits(struct mp_reader *r, struct ledger_limits *l)
+bool ledger_read_limits(struct mp_reader *r, struct ledger_limits *l)
 {
     uint32_t n;
     if (!mp_read_array(r, LIMITS_FIELDS, &n) || n != LIMITS_FIELDS) {
@@ -364,10 +364,10 @@ static bool read_fields(struct mp_reader *r, struct ledger_cmd *c)
     case LEDGER_CMD_ACCOUNT_CREATE:
         mp_read_text(r, c->u.create.name, LEDGER_NAME_MAX);
         mp_read_text(r, c->u.create.parent, LEDGER_NAME_MAX);
-        return read_limits(r, &c->u.create.limits);
+        return ledger_read_limits(r, &c->u.create.limits);
     case LEDGER_CMD_ACCOUNT_UPDATE:
         mp_read_text(r, c->u.update.name, LEDGER_NAME_MAX);
-        read_limits(r, &c->u.update.limits);
+        ledger_read_limits(r, &c->u.update.limits);
         mp_read_u32(r, &c->u.update.clear);
         mp_read_u8(r, &c->u.update.set_parent);
         return mp_read_text(r, c->u.update.parent, LEDGER_NAME_MAX);

@@ -20,6 +20,11 @@ bool ledger_cmd_encodable(const struct ledger_cmd *c);
 /* Read one command in the pack_cmd form (bounded, non-allocating). false: malformed. */
 bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c);
 
+/* An account's limits as the fixed 13-field array both the log and the wire use, and
+ * back (bounded; false: malformed). */
+void ledger_pack_limits(msgpack_packer *pk, const struct ledger_limits *l);
+bool ledger_read_limits(struct mp_reader *r, struct ledger_limits *l);
+
 /* Encode one command alone (for the admin journal). *buf is malloc'd, caller frees. */
 int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len);
 

@@ -147,6 +147,11 @@ static int buf_write(void *data, const char *p, size_t n)
     return 0;
 }
 
+int rpc_buf_append(struct rpc_buf *b, const void *data, size_t n)
+{
+    return buf_write(b, data, n);
+}
+
 /* A frame under construction: the header is reserved first and filled in at the end. */
 struct frame {
     struct rpc_buf *out;
@@ -414,41 +419,10 @@ int rpc_request_decode(const void *body, size_t len, struct rpc_request *req, ui
 
 #define RESULT_FIELDS 11
 #define ACCOUNT_FIELDS 20
-#define LIMITS_FIELDS 13
 #define RESV_FIELDS 10
 #define ENTRY_FIELDS 13
 #define MEMBER_FIELDS 4
 #define STATUS_FIELDS 11
-
-static void pack_limits(msgpack_packer *pk, const struct ledger_limits *l)
-{
-    msgpack_pack_array(pk, LIMITS_FIELDS);
-    msgpack_pack_uint32(pk, l->set);
-    msgpack_pack_uint8(pk, l->period_kind);
-    msgpack_pack_uint8(pk, l->blocked);
-    msgpack_pack_uint8(pk, l->expiry_policy);
-    msgpack_pack_int64(pk, l->budget_micros);
-    msgpack_pack_int64(pk, l->soft_budget_micros);
-    msgpack_pack_int64(pk, l->period_ms);
-    msgpack_pack_uint64(pk, l->rpm);
-    msgpack_pack_uint64(pk, l->rpm_burst);
-    msgpack_pack_uint64(pk, l->tpm);
-    msgpack_pack_uint64(pk, l->tpm_burst);
-    msgpack_pack_uint64(pk, l->max_parallel);
-    msgpack_pack_int64(pk, l->expires_at_ms);
-}
-
-static bool read_limits(struct mp_reader *r, struct ledger_limits *l)
-{
-    uint32_t n;
-    return mp_read_array(r, LIMITS_FIELDS, &n) && n == LIMITS_FIELDS && mp_read_u32(r, &l->set) &&
-           mp_read_u8(r, &l->period_kind) && mp_read_u8(r, &l->blocked) &&
-           mp_read_u8(r, &l->expiry_policy) && mp_read_i64(r, &l->budget_micros) &&
-           mp_read_i64(r, &l->soft_budget_micros) && mp_read_i64(r, &l->period_ms) &&
-           mp_read_u64(r, &l->rpm) && mp_read_u64(r, &l->rpm_burst) && mp_read_u64(r, &l->tpm) &&
-           mp_read_u64(r, &l->tpm_burst) && mp_read_u64(r, &l->max_parallel) &&
-           mp_read_i64(r, &l->expires_at_ms);
-}
 
 static void pack_result(msgpack_packer *pk, const struct ledger_result *x)
 {
@@ -492,7 +466,7 @@ static void pack_account(msgpack_packer *pk, const struct ledger_account_info *a
     pack_str(pk, a->name, LEDGER_NAME_MAX);
     pack_str(pk, a->parent, LEDGER_NAME_MAX);
     msgpack_pack_uint32(pk, a->depth);
-    pack_limits(pk, &a->limits);
+    ledger_pack_limits(pk, &a->limits);
     msgpack_pack_int64(pk, a->created_ms);
     msgpack_pack_int64(pk, a->spent_micros);
     msgpack_pack_int64(pk, a->held_micros);
@@ -517,7 +491,7 @@ static bool read_account(struct mp_reader *r, struct ledger_account_info *a)
     uint64_t reserved;
     return mp_read_array(r, ACCOUNT_FIELDS, &n) && n == ACCOUNT_FIELDS && mp_read_u64(r, &a->id) &&
            mp_read_text(r, a->name, LEDGER_NAME_MAX) && mp_read_text(r, a->parent, LEDGER_NAME_MAX) &&
-           mp_read_u32(r, &a->depth) && read_limits(r, &a->limits) &&
+           mp_read_u32(r, &a->depth) && ledger_read_limits(r, &a->limits) &&
            mp_read_i64(r, &a->created_ms) && mp_read_i64(r, &a->spent_micros) &&
            mp_read_i64(r, &a->held_micros) && mp_read_i64(r, &a->remaining_micros) &&
            mp_read_i64(r, &a->lifetime_spent_micros) && mp_read_i64(r, &a->overrun_micros) &&

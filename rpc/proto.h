@@ -221,6 +221,10 @@ struct rpc_buf {
 
 void rpc_buf_free(struct rpc_buf *b);
 
+/* Append `n` bytes (at most RPC_FRAME_LIMIT at once). 0, or -1 on allocation failure
+ * (then `failed` is set and every later append fails too). */
+int rpc_buf_append(struct rpc_buf *b, const void *data, size_t n);
+
 /*
  * Append one frame holding `req` (or `resp`, answering an `op`) to `out`. Returns 0,
  * -1 if the request is out of range (a bad command, a too-long string), -2 on

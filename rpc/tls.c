@@ -114,27 +114,6 @@ void rpc_tls_free(struct rpc_tls *t)
     }
 }
 
-/* Append n bytes to b; -1 on allocation failure. */
-static int buf_append(struct rpc_buf *b, const void *data, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap != 0 ? b->cap : 4096;
-        while (cap < b->len + n) {
-            cap *= 2;
-        }
-        uint8_t *p = realloc(b->data, cap);
-        if (p == NULL) {
-            b->failed = true;
-            return -1;
-        }
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, data, n);
-    b->len += n;
-    return 0;
-}
-
 /* Hand `pending` plaintext to SSL_write as far as it takes it. 0 or -1. */
 static int flush_pending(struct rpc_tls *t)
 {
@@ -168,7 +147,7 @@ int rpc_tls_input(struct rpc_tls *t, const void *data, size_t n, struct rpc_buf 
     for (;;) {
         int got = SSL_read(t->ssl, chunk, sizeof(chunk));
         if (got > 0) {
-            if (buf_append(plain, chunk, (size_t)got) != 0) {
+            if (rpc_buf_append(plain, chunk, (size_t)got) != 0) {
                 return -1;
             }
             continue;
@@ -185,7 +164,7 @@ int rpc_tls_input(struct rpc_tls *t, const void *data, size_t n, struct rpc_buf 
 
 int rpc_tls_write(struct rpc_tls *t, const void *data, size_t n)
 {
-    if (buf_append(&t->pending, data, n) != 0) {
+    if (rpc_buf_append(&t->pending, data, n) != 0) {
         return -1;
     }
     return flush_pending(t);
@@ -196,7 +175,7 @@ int rpc_tls_take_output(struct rpc_tls *t, struct rpc_buf *out)
     char chunk[PLAIN_CHUNK];
     int n;
     while ((n = BIO_read(t->out, chunk, sizeof(chunk))) > 0) {
-        if (buf_append(out, chunk, (size_t)n) != 0) {
+        if (rpc_buf_append(out, chunk, (size_t)n) != 0) {
             return -1;
         }
     }
