@@ -122,4 +122,8 @@ while :; do
             alive[$i]=""
         fi
     done
+    # All three gone (Ctrl-C reaches the nodes too): nothing left to run.
+    if [ -z "${alive[0]}${alive[1]}${alive[2]}" ]; then
+        stop_all
+    fi
 done
