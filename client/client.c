@@ -643,43 +643,44 @@ static int error_of_status(int status)
 
 /* ---- Copying between the wire's structs and the public ones. ---- */
 
+/*
+ * The fields the public limits and the ledger's share, by name: all of struct tally_limits
+ * and struct ledger_limits, and of struct tally_model_limits and struct ledger_model_limits.
+ * COPY_FIELD(f) copies field f from `in` to `out`, the names every converter here uses.
+ */
+#define LIMITS_FIELDS(X)                                                                           \
+    X(set)                                                                                         \
+    X(period_kind)                                                                                 \
+    X(blocked)                                                                                     \
+    X(expiry_policy)                                                                               \
+    X(budget_micros)                                                                               \
+    X(soft_budget_micros)                                                                          \
+    X(period_ms)                                                                                   \
+    X(rpm)                                                                                         \
+    X(rpm_burst)                                                                                   \
+    X(tpm)                                                                                         \
+    X(tpm_burst)                                                                                   \
+    X(max_parallel)                                                                                \
+    X(expires_at_ms)
+#define MODEL_LIMITS_FIELDS(X) X(set) X(budget_micros) X(rpm) X(rpm_burst) X(tpm) X(tpm_burst)
+#define COPY_FIELD(f) out->f = in->f;
+_Static_assert(sizeof(struct tally_limits) == sizeof(struct ledger_limits), "limits fields");
+_Static_assert(sizeof(struct tally_model_limits) == sizeof(struct ledger_model_limits),
+               "model limits fields");
+
+/* `in` (NULL: no limits) as the wire's limits. */
 static void limits_to_wire(const struct tally_limits *in, struct ledger_limits *out)
 {
     memset(out, 0, sizeof(*out));
-    if (in == NULL) {
-        return;
+    if (in != NULL) {
+        LIMITS_FIELDS(COPY_FIELD)
     }
-    out->set = in->set;
-    out->period_kind = in->period_kind;
-    out->blocked = in->blocked;
-    out->expiry_policy = in->expiry_policy;
-    out->budget_micros = in->budget_micros;
-    out->soft_budget_micros = in->soft_budget_micros;
-    out->period_ms = in->period_ms;
-    out->rpm = in->rpm;
-    out->rpm_burst = in->rpm_burst;
-    out->tpm = in->tpm;
-    out->tpm_burst = in->tpm_burst;
-    out->max_parallel = in->max_parallel;
-    out->expires_at_ms = in->expires_at_ms;
 }
 
 static void limits_from_wire(const struct ledger_limits *in, struct tally_limits *out)
 {
     memset(out, 0, sizeof(*out));
-    out->set = in->set;
-    out->period_kind = in->period_kind;
-    out->blocked = in->blocked;
-    out->expiry_policy = in->expiry_policy;
-    out->budget_micros = in->budget_micros;
-    out->soft_budget_micros = in->soft_budget_micros;
-    out->period_ms = in->period_ms;
-    out->rpm = in->rpm;
-    out->rpm_burst = in->rpm_burst;
-    out->tpm = in->tpm;
-    out->tpm_burst = in->tpm_burst;
-    out->max_parallel = in->max_parallel;
-    out->expires_at_ms = in->expires_at_ms;
+    LIMITS_FIELDS(COPY_FIELD)
 }
 
 static void account_from_wire(const struct ledger_account_info *in, struct tally_account *out)
@@ -2632,6 +2633,17 @@ static int call_write(struct call *call, uint8_t type, const uint8_t *request_id
                : TALLY_EINTERNAL;
 }
 
+/* The hash of a key into `out`: `key_hash` when given, else the hash of `key_secret`. */
+static void key_hash_of(const char *key_secret, const uint8_t *key_hash,
+                        uint8_t out[LEDGER_KEY_HASH_SIZE])
+{
+    if (key_hash != NULL) {
+        memcpy(out, key_hash, LEDGER_KEY_HASH_SIZE);
+    } else {
+        tally_key_hash(key_secret, out);
+    }
+}
+
 /* Validate a reserve's arguments. Returns 0 or a positive code with `msg`. */
 static int reserve_check(const struct tally_reserve_args *a, const char **msg)
 {
@@ -2700,10 +2712,8 @@ static struct call *reserve_call(struct tally *c, const struct tally_reserve_arg
     if (a->account != NULL) {
         cmd->u.reserve.by_account = 1;
         copy_text(cmd->u.reserve.account, sizeof(cmd->u.reserve.account), a->account);
-    } else if (a->key_hash != NULL) {
-        memcpy(cmd->u.reserve.key_hash, a->key_hash, LEDGER_KEY_HASH_SIZE);
     } else {
-        tally_key_hash(a->key_secret, cmd->u.reserve.key_hash);
+        key_hash_of(a->key_secret, a->key_hash, cmd->u.reserve.key_hash);
     }
     cmd->u.reserve.estimate_micros = a->estimate_micros;
     cmd->u.reserve.estimate_tokens = a->estimate_tokens;
@@ -2716,34 +2726,35 @@ static struct call *reserve_call(struct tally *c, const struct tally_reserve_arg
     return call;
 }
 
-int tally_reserve(struct tally *c, const struct tally_reserve_args *args, int64_t deadline_ms,
-                  struct tally_result *res)
+/* A reserve, blocking (`cb` NULL: the answer in `res`) or asynchronous (`cb` runs). */
+static int reserve_run(struct tally *c, const struct tally_reserve_args *args, int64_t deadline_ms,
+                       struct tally_result *res, tally_cb cb, void *arg)
 {
     int code;
     const char *msg;
+    struct call *call = reserve_call(c, args, deadline_ms, cb == NULL, &code, &msg);
+    if (call == NULL) {
+        return cb != NULL ? -code : fail_early(res, code, msg);
+    }
+    return run(c, call, res, cb, arg);
+}
+
+int tally_reserve(struct tally *c, const struct tally_reserve_args *args, int64_t deadline_ms,
+                  struct tally_result *res)
+{
     if (res == NULL) {
         return -TALLY_EINVAL;
     }
-    struct call *call = reserve_call(c, args, deadline_ms, true, &code, &msg);
-    if (call == NULL) {
-        return fail_early(res, code, msg);
-    }
-    return run_blocking(c, call, res);
+    return reserve_run(c, args, deadline_ms, res, NULL, NULL);
 }
 
 int tally_reserve_async(struct tally *c, const struct tally_reserve_args *args, int64_t deadline_ms,
                         tally_cb cb, void *arg)
 {
-    int code;
-    const char *msg;
     if (cb == NULL) {
         return -TALLY_EINVAL;
     }
-    struct call *call = reserve_call(c, args, deadline_ms, false, &code, &msg);
-    if (call == NULL) {
-        return -code;
-    }
-    return run_async(c, call, cb, arg);
+    return reserve_run(c, args, deadline_ms, NULL, cb, arg);
 }
 
 /* Build a settle, void or extend of reservation `request_id`. */
@@ -2867,44 +2878,48 @@ static struct call *blocking_call(struct tally *c, uint8_t op, int64_t deadline_
     return call;
 }
 
-/* An admin write of `type`; the command's fields are filled by the caller afterwards. */
-static struct call *admin_call(struct tally *c, uint8_t type, const uint8_t *request_id,
-                               int64_t deadline_ms, struct tally_result *res, int *rc)
+/*
+ * Run an admin write of command `type`, whose fields are those of `cmd` (borrowed, copied;
+ * only its `u` is read), as a blocking call with `request_id` (NULL: a fresh one). The
+ * typed admin calls below check their arguments, fill a zeroed command and end here.
+ */
+static int admin_run(struct tally *c, uint8_t type, const struct ledger_cmd *cmd,
+                     const uint8_t *request_id, int64_t deadline_ms, struct tally_result *res)
 {
-    struct call *call = blocking_call(c, RPC_OP_WRITE, deadline_ms, res, rc);
-    if (call != NULL && call_write(call, type, request_id) != 0) {
-        free(call);
-        *rc = fail_early(res, TALLY_EINTERNAL, "getrandom failed");
-        return NULL;
+    int rc;
+    struct call *call = blocking_call(c, RPC_OP_WRITE, deadline_ms, res, &rc);
+    if (call == NULL) {
+        return rc;
     }
-    return call;
+    if (call_write(call, type, request_id) != 0) {
+        free(call);
+        return fail_early(res, TALLY_EINTERNAL, "getrandom failed");
+    }
+    call->req.u.write.u = cmd->u;
+    return run(c, call, res, NULL, NULL);
 }
 
 int tally_account_create(struct tally *c, const char *name, const char *parent,
                          const struct tally_limits *limits, const uint8_t *request_id,
                          int64_t deadline_ms, struct tally_result *res)
 {
-    int rc;
+    struct ledger_cmd cmd;
     if (!name_valid(name, TALLY_NAME_MAX) ||
         (!is_empty(parent) && !name_valid(parent, TALLY_NAME_MAX))) {
         return fail_early(res, TALLY_ENAME, "not a valid account name");
     }
-    struct call *call = admin_call(c, LEDGER_CMD_ACCOUNT_CREATE, request_id, deadline_ms, res, &rc);
-    if (call == NULL) {
-        return rc;
-    }
-    struct ledger_cmd *cmd = &call->req.u.write;
-    copy_text(cmd->u.create.name, sizeof(cmd->u.create.name), name);
-    copy_text(cmd->u.create.parent, sizeof(cmd->u.create.parent), parent);
-    limits_to_wire(limits, &cmd->u.create.limits);
-    return run(c, call, res, NULL, NULL);
+    memset(&cmd, 0, sizeof(cmd));
+    copy_text(cmd.u.create.name, sizeof(cmd.u.create.name), name);
+    copy_text(cmd.u.create.parent, sizeof(cmd.u.create.parent), parent);
+    limits_to_wire(limits, &cmd.u.create.limits);
+    return admin_run(c, LEDGER_CMD_ACCOUNT_CREATE, &cmd, request_id, deadline_ms, res);
 }
 
 int tally_account_update(struct tally *c, const char *name, const struct tally_limits *limits,
                          uint32_t clear, const char *new_parent, const uint8_t *request_id,
                          int64_t deadline_ms, struct tally_result *res)
 {
-    int rc;
+    struct ledger_cmd cmd;
     if (!name_valid(name, TALLY_NAME_MAX) ||
         (!is_empty(new_parent) && !name_valid(new_parent, TALLY_NAME_MAX))) {
         return fail_early(res, TALLY_ENAME, "not a valid account name");
@@ -2913,26 +2928,22 @@ int tally_account_update(struct tally *c, const char *name, const struct tally_l
         (limits != NULL && (limits->set & ~(uint32_t)TALLY_LIM_ALL) != 0)) {
         return fail_early(res, TALLY_EINVAL, "unknown limit bits");
     }
-    struct call *call = admin_call(c, LEDGER_CMD_ACCOUNT_UPDATE, request_id, deadline_ms, res, &rc);
-    if (call == NULL) {
-        return rc;
-    }
-    struct ledger_cmd *cmd = &call->req.u.write;
-    copy_text(cmd->u.update.name, sizeof(cmd->u.update.name), name);
-    limits_to_wire(limits, &cmd->u.update.limits);
-    cmd->u.update.clear = clear;
+    memset(&cmd, 0, sizeof(cmd));
+    copy_text(cmd.u.update.name, sizeof(cmd.u.update.name), name);
+    limits_to_wire(limits, &cmd.u.update.limits);
+    cmd.u.update.clear = clear;
     if (new_parent != NULL) {
-        cmd->u.update.set_parent = 1;
-        copy_text(cmd->u.update.parent, sizeof(cmd->u.update.parent), new_parent);
+        cmd.u.update.set_parent = 1;
+        copy_text(cmd.u.update.parent, sizeof(cmd.u.update.parent), new_parent);
     }
-    return run(c, call, res, NULL, NULL);
+    return admin_run(c, LEDGER_CMD_ACCOUNT_UPDATE, &cmd, request_id, deadline_ms, res);
 }
 
 int tally_key_add(struct tally *c, const char *account, const char *key_secret,
                   const uint8_t *key_hash, const uint8_t *request_id, int64_t deadline_ms,
                   struct tally_result *res)
 {
-    int rc;
+    struct ledger_cmd cmd;
     if (!name_valid(account, TALLY_NAME_MAX)) {
         return fail_early(res, TALLY_ENAME, "not a valid account name");
     }
@@ -2940,40 +2951,29 @@ int tally_key_add(struct tally *c, const char *account, const char *key_secret,
         (key_secret != NULL && key_secret[0] == '\0')) {
         return fail_early(res, TALLY_EINVAL, "give exactly one of key_secret and key_hash");
     }
-    struct call *call = admin_call(c, LEDGER_CMD_KEY_ADD, request_id, deadline_ms, res, &rc);
-    if (call == NULL) {
-        return rc;
-    }
-    struct ledger_cmd *cmd = &call->req.u.write;
-    copy_text(cmd->u.key.account, sizeof(cmd->u.key.account), account);
-    if (key_hash != NULL) {
-        memcpy(cmd->u.key.key_hash, key_hash, LEDGER_KEY_HASH_SIZE);
-    } else {
-        tally_key_hash(key_secret, cmd->u.key.key_hash);
-    }
-    return run(c, call, res, NULL, NULL);
+    memset(&cmd, 0, sizeof(cmd));
+    copy_text(cmd.u.key.account, sizeof(cmd.u.key.account), account);
+    key_hash_of(key_secret, key_hash, cmd.u.key.key_hash);
+    return admin_run(c, LEDGER_CMD_KEY_ADD, &cmd, request_id, deadline_ms, res);
 }
 
 int tally_key_revoke(struct tally *c, const uint8_t key_hash[TALLY_KEY_HASH_SIZE],
                      const uint8_t *request_id, int64_t deadline_ms, struct tally_result *res)
 {
-    int rc;
+    struct ledger_cmd cmd;
     if (key_hash == NULL) {
         return fail_early(res, TALLY_EINVAL, "key_hash is NULL");
     }
-    struct call *call = admin_call(c, LEDGER_CMD_KEY_REVOKE, request_id, deadline_ms, res, &rc);
-    if (call == NULL) {
-        return rc;
-    }
-    memcpy(call->req.u.write.u.key.key_hash, key_hash, LEDGER_KEY_HASH_SIZE);
-    return run(c, call, res, NULL, NULL);
+    memset(&cmd, 0, sizeof(cmd));
+    memcpy(cmd.u.key.key_hash, key_hash, LEDGER_KEY_HASH_SIZE);
+    return admin_run(c, LEDGER_CMD_KEY_REVOKE, &cmd, request_id, deadline_ms, res);
 }
 
 int tally_model_limit_set(struct tally *c, const char *account, const char *model,
                           const struct tally_model_limits *limits, const uint8_t *request_id,
                           int64_t deadline_ms, struct tally_result *res)
 {
-    int rc;
+    struct ledger_cmd cmd;
     if (!name_valid(account, TALLY_NAME_MAX) || !name_valid(model, TALLY_MODEL_MAX)) {
         return fail_early(res, TALLY_ENAME, "not a valid account or model name");
     }
@@ -2981,39 +2981,27 @@ int tally_model_limit_set(struct tally *c, const char *account, const char *mode
     if (limits != NULL && (limits->set & ~allowed) != 0) {
         return fail_early(res, TALLY_EINVAL, "model limits take only budget, rpm and tpm");
     }
-    struct call *call =
-        admin_call(c, LEDGER_CMD_MODEL_LIMIT_SET, request_id, deadline_ms, res, &rc);
-    if (call == NULL) {
-        return rc;
-    }
-    struct ledger_cmd *cmd = &call->req.u.write;
-    copy_text(cmd->u.model_limit.account, sizeof(cmd->u.model_limit.account), account);
-    copy_text(cmd->u.model_limit.model, sizeof(cmd->u.model_limit.model), model);
+    memset(&cmd, 0, sizeof(cmd));
+    copy_text(cmd.u.model_limit.account, sizeof(cmd.u.model_limit.account), account);
+    copy_text(cmd.u.model_limit.model, sizeof(cmd.u.model_limit.model), model);
     if (limits != NULL) {
-        struct ledger_model_limits *m = &cmd->u.model_limit.limits;
-        m->set = limits->set;
-        m->budget_micros = limits->budget_micros;
-        m->rpm = limits->rpm;
-        m->rpm_burst = limits->rpm_burst;
-        m->tpm = limits->tpm;
-        m->tpm_burst = limits->tpm_burst;
+        const struct tally_model_limits *in = limits;
+        struct ledger_model_limits *out = &cmd.u.model_limit.limits;
+        MODEL_LIMITS_FIELDS(COPY_FIELD)
     }
-    return run(c, call, res, NULL, NULL);
+    return admin_run(c, LEDGER_CMD_MODEL_LIMIT_SET, &cmd, request_id, deadline_ms, res);
 }
 
 int tally_retention_set(struct tally *c, int64_t retention_ms, const uint8_t *request_id,
                         int64_t deadline_ms, struct tally_result *res)
 {
-    int rc;
+    struct ledger_cmd cmd;
     if (retention_ms < 1 || retention_ms > RETENTION_MAX_MS) {
         return fail_early(res, TALLY_EINVAL, "retention_ms must be 1 ms .. 90 days");
     }
-    struct call *call = admin_call(c, LEDGER_CMD_CONFIG_SET, request_id, deadline_ms, res, &rc);
-    if (call == NULL) {
-        return rc;
-    }
-    call->req.u.write.u.config.retention_ms = retention_ms;
-    return run(c, call, res, NULL, NULL);
+    memset(&cmd, 0, sizeof(cmd));
+    cmd.u.config.retention_ms = retention_ms;
+    return admin_run(c, LEDGER_CMD_CONFIG_SET, &cmd, request_id, deadline_ms, res);
 }
 
 /* ---- Queries. ---- */

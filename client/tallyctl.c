@@ -592,6 +592,38 @@ static void jw_null(struct jw *w, const char *key)
     fputs("null", w->f);
 }
 
+/* `v`, or null when it is not `present` (a limit not set, an unlimited value). */
+static void jw_i64_or_null(struct jw *w, const char *key, bool present, int64_t v)
+{
+    if (present) {
+        jw_i64(w, key, v);
+    } else {
+        jw_null(w, key);
+    }
+}
+
+static void jw_u64_or_null(struct jw *w, const char *key, bool present, uint64_t v)
+{
+    if (present) {
+        jw_u64(w, key, v);
+    } else {
+        jw_null(w, key);
+    }
+}
+
+/* Start a top-level JSON object on stdout; jw_object_end() ends it and its line. */
+static void jw_object_begin(struct jw *w)
+{
+    jw_init(w, stdout);
+    jw_open(w, NULL, '{');
+}
+
+static void jw_object_end(struct jw *w)
+{
+    jw_close(w, '}');
+    jw_line(w);
+}
+
 /* `n` (<= TALLY_METADATA_MAX) bytes as a lower-case hex string. */
 static void jw_hex(struct jw *w, const char *key, const uint8_t *bytes, size_t n)
 {
@@ -600,11 +632,14 @@ static void jw_hex(struct jw *w, const char *key, const uint8_t *bytes, size_t n
     jw_str(w, key, hex(bytes, n, text));
 }
 
-/* `ms` as an ISO-8601 string. */
-static void jw_time(struct jw *w, const char *key, int64_t ms)
+/* The time `ms` as two fields, "<name>_ms" (the number) and "<name>" (ISO-8601); both null
+ * when it is not `present`. */
+static void jw_time_pair(struct jw *w, const char *name, bool present, int64_t ms)
 {
-    char text[TIME_TEXT];
-    jw_str(w, key, fmt_time(ms, text));
+    char key[32], text[TIME_TEXT];
+    snprintf(key, sizeof(key), "%s_ms", name);
+    jw_i64_or_null(w, key, present, ms);
+    jw_str_or_null(w, name, present ? fmt_time(ms, text) : ""); /* fmt_time() is never "" */
 }
 
 /* ---- Human output: key-value lines and tables. ---- */
@@ -790,22 +825,30 @@ static int parse_int(struct ctx *x, const char *label, const char *s, int64_t mi
     return 0;
 }
 
-/* The value of option `o` as an unsigned integer in [min, max] (see parse_uint). */
+#define OPT_LABEL_SIZE 32
+
+/* "--name" of option `o` into `buf` (OPT_LABEL_SIZE bytes), to name it in messages.
+ * Returns buf. */
+static const char *opt_label(enum opt_id o, char *buf)
+{
+    snprintf(buf, OPT_LABEL_SIZE, "--%s", opt_specs[o].name);
+    return buf;
+}
+
+/* The value of option `o` (given) as an unsigned integer in [min, max] (see parse_uint). */
 static int opt_uint(struct ctx *x, enum opt_id o, uint64_t min, uint64_t max, uint64_t *out)
 {
-    char label[32];
+    char label[OPT_LABEL_SIZE];
     assert(x->a->given[o]);
-    snprintf(label, sizeof(label), "--%s", opt_specs[o].name);
-    return parse_uint(x, label, x->a->value[o], min, max, out);
+    return parse_uint(x, opt_label(o, label), x->a->value[o], min, max, out);
 }
 
 /* opt_uint() into an int64_t (see parse_int). */
 static int opt_int(struct ctx *x, enum opt_id o, int64_t min, int64_t max, int64_t *out)
 {
-    char label[32];
+    char label[OPT_LABEL_SIZE];
     assert(x->a->given[o]);
-    snprintf(label, sizeof(label), "--%s", opt_specs[o].name);
-    return parse_int(x, label, x->a->value[o], min, max, out);
+    return parse_int(x, opt_label(o, label), x->a->value[o], min, max, out);
 }
 
 /* Check that `s` is a name of 1..max bytes of [A-Za-z0-9._:/@-] (accounts, models). */
@@ -826,6 +869,15 @@ static int check_name(struct ctx *x, const char *label, const char *s, size_t ma
         }
     }
     return 0;
+}
+
+/* The value of option `o` as a name of 1..max bytes (see check_name) into *out (borrowed
+ * from argv), or NULL when the option is not given. */
+static int opt_name(struct ctx *x, enum opt_id o, size_t max, const char **out)
+{
+    char label[OPT_LABEL_SIZE];
+    *out = x->a->given[o] ? x->a->value[o] : NULL;
+    return *out != NULL ? check_name(x, opt_label(o, label), *out, max) : 0;
 }
 
 /* Parse exactly 2n hex digits (either case) in `s` into `out`. */
@@ -951,6 +1003,14 @@ static int parse_time(struct ctx *x, const char *label, const char *s, int64_t *
     return 0;
 }
 
+/* The value of option `o` (given) as a time (see parse_time). */
+static int opt_time(struct ctx *x, enum opt_id o, int64_t *out_ms)
+{
+    char label[OPT_LABEL_SIZE];
+    assert(x->a->given[o]);
+    return parse_time(x, opt_label(o, label), x->a->value[o], out_ms);
+}
+
 /*
  * Parse a budget period: "none", "day", "week", "month" (calendar, UTC), or a fixed
  * duration NUMBER UNIT with unit ms, s, m, h or d ("1h", "7d", "30d"), 1 s .. 366 d.
@@ -1015,12 +1075,33 @@ static int opt_request_id(struct ctx *x, uint8_t buf[TALLY_REQUEST_ID_SIZE], con
     return 0;
 }
 
-/* The limits given as options (LIMIT_OPTS) into *lim; lim->set says which. A burst needs
- * its rate, since the ledger sets both under one bit. */
+/*
+ * A rate limit from option `rate` (1 .. RATE_MAX) and its optional burst option `burst`
+ * (0 .. RATE_MAX) into *per_minute and *burst_size, adding `bit` to *set when the rate is
+ * given. A burst needs its rate, since the ledger sets both under one bit.
+ */
+static int rate_from_opts(struct ctx *x, enum opt_id rate, enum opt_id burst, uint64_t *per_minute,
+                          uint64_t *burst_size, uint32_t bit, uint32_t *set)
+{
+    const bool *given = x->a->given;
+    if (given[burst] && !given[rate]) {
+        return usage_error(x, "--%s needs --%s", opt_specs[burst].name, opt_specs[rate].name), -1;
+    }
+    if (!given[rate]) {
+        return 0;
+    }
+    if (opt_uint(x, rate, 1, RATE_MAX, per_minute) != 0 ||
+        (given[burst] && opt_uint(x, burst, 0, RATE_MAX, burst_size) != 0)) {
+        return -1;
+    }
+    *set |= bit;
+    return 0;
+}
+
+/* The limits given as options (LIMIT_OPTS) into *lim; lim->set says which. */
 static int limits_from_opts(struct ctx *x, struct tally_limits *lim)
 {
     const bool *given = x->a->given;
-    uint64_t u;
     memset(lim, 0, sizeof(*lim));
     if (given[OPT_BUDGET]) {
         if (opt_int(x, OPT_BUDGET, 0, AMOUNT_MAX, &lim->budget_micros) != 0) {
@@ -1040,35 +1121,20 @@ static int limits_from_opts(struct ctx *x, struct tally_limits *lim)
         }
         lim->set |= TALLY_LIM_PERIOD;
     }
-    if (given[OPT_RPM_BURST] && !given[OPT_RPM]) {
-        return usage_error(x, "--rpm-burst needs --rpm"), -1;
-    }
-    if (given[OPT_RPM]) {
-        if (opt_uint(x, OPT_RPM, 1, RATE_MAX, &lim->rpm) != 0 ||
-            (given[OPT_RPM_BURST] && opt_uint(x, OPT_RPM_BURST, 0, RATE_MAX, &lim->rpm_burst))) {
-            return -1;
-        }
-        lim->set |= TALLY_LIM_RPM;
-    }
-    if (given[OPT_TPM_BURST] && !given[OPT_TPM]) {
-        return usage_error(x, "--tpm-burst needs --tpm"), -1;
-    }
-    if (given[OPT_TPM]) {
-        if (opt_uint(x, OPT_TPM, 1, RATE_MAX, &lim->tpm) != 0 ||
-            (given[OPT_TPM_BURST] && opt_uint(x, OPT_TPM_BURST, 0, RATE_MAX, &lim->tpm_burst))) {
-            return -1;
-        }
-        lim->set |= TALLY_LIM_TPM;
+    if (rate_from_opts(x, OPT_RPM, OPT_RPM_BURST, &lim->rpm, &lim->rpm_burst, TALLY_LIM_RPM,
+                       &lim->set) != 0 ||
+        rate_from_opts(x, OPT_TPM, OPT_TPM_BURST, &lim->tpm, &lim->tpm_burst, TALLY_LIM_TPM,
+                       &lim->set) != 0) {
+        return -1;
     }
     if (given[OPT_MAX_PARALLEL]) {
-        if (opt_uint(x, OPT_MAX_PARALLEL, 0, PARALLEL_MAX, &u) != 0) {
+        if (opt_uint(x, OPT_MAX_PARALLEL, 0, PARALLEL_MAX, &lim->max_parallel) != 0) {
             return -1;
         }
-        lim->max_parallel = u;
         lim->set |= TALLY_LIM_PARALLEL;
     }
     if (given[OPT_EXPIRES_AT]) {
-        if (parse_time(x, "--expires-at", x->a->value[OPT_EXPIRES_AT], &lim->expires_at_ms) != 0) {
+        if (opt_time(x, OPT_EXPIRES_AT, &lim->expires_at_ms) != 0) {
             return -1;
         }
         lim->set |= TALLY_LIM_EXPIRES;
@@ -1244,12 +1310,11 @@ static int ctx_client(struct ctx *x)
 {
     struct tally_config cfg;
     char errmsg[TALLY_ERRMSG_SIZE] = "";
-    const char *endpoints =
-        x->a->given[OPT_ENDPOINTS] ? x->a->value[OPT_ENDPOINTS] : getenv("TALLY_ENDPOINTS");
+    const char *endpoints = option_or_env(x, OPT_ENDPOINTS, "TALLY_ENDPOINTS");
     if (x->c != NULL) {
         return 0;
     }
-    if (endpoints == NULL || endpoints[0] == '\0') {
+    if (endpoints == NULL) {
         return usage_error(x, "no endpoints: give --endpoints HOST:PORT,... or set "
                               "TALLY_ENDPOINTS");
     }
@@ -1283,32 +1348,6 @@ static int ctx_client(struct ctx *x)
 
 /* ---- Output shared by several commands. ---- */
 
-/* Print the answer to an admin write on `subject` ("acme"): human "account acme: created"
- * (`label` "account"), or a JSON object with the subject under `kind` ("account"). */
-static int print_write_done(struct ctx *x, const char *label, const char *kind, const char *subject,
-                            const char *action, const struct tally_result *res)
-{
-    bool replayed = (res->flags & TALLY_RESULT_REPLAYED) != 0;
-    char id[REQUEST_ID_HEX + 1];
-    if (x->json) {
-        struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '{');
-        jw_bool(&w, "ok", true);
-        jw_str(&w, "action", action);
-        jw_str(&w, kind, subject);
-        jw_str(&w, "request_id", hex(res->request_id, TALLY_REQUEST_ID_SIZE, id));
-        jw_u64(&w, "index", res->index);
-        jw_bool(&w, "replayed", replayed);
-        jw_close(&w, '}');
-        jw_line(&w);
-    } else {
-        printf("%s %s: %s%s\n", label, subject, action,
-               replayed ? " (replayed: this request id was answered before)" : "");
-    }
-    return CTL_OK;
-}
-
 /* Report a failed admin write; after UNAVAILABLE, say how to retry it safely. */
 static int write_failed(struct ctx *x, const char *subject, int rc, const struct tally_result *res)
 {
@@ -1322,58 +1361,53 @@ static int write_failed(struct ctx *x, const char *subject, int rc, const struct
     return call_failed(x, subject, rc, res, NULL);
 }
 
+/*
+ * Print the answer to an admin write on `subject` ("acme") that returned `rc`: a failure as
+ * write_failed() does; else human "account acme: created" (`label` "account"), or a JSON
+ * object with the subject under `kind` ("account"). Returns the exit code.
+ */
+static int write_answer(struct ctx *x, const char *label, const char *kind, const char *subject,
+                        const char *action, int rc, const struct tally_result *res)
+{
+    bool replayed = (res->flags & TALLY_RESULT_REPLAYED) != 0;
+    char id[REQUEST_ID_HEX + 1];
+    if (rc < 0) {
+        return write_failed(x, subject, rc, res);
+    }
+    if (x->json) {
+        struct jw w;
+        jw_object_begin(&w);
+        jw_bool(&w, "ok", true);
+        jw_str(&w, "action", action);
+        jw_str(&w, kind, subject);
+        jw_str(&w, "request_id", hex(res->request_id, TALLY_REQUEST_ID_SIZE, id));
+        jw_u64(&w, "index", res->index);
+        jw_bool(&w, "replayed", replayed);
+        jw_object_end(&w);
+    } else {
+        printf("%s %s: %s%s\n", label, subject, action,
+               replayed ? " (replayed: this request id was answered before)" : "");
+    }
+    return CTL_OK;
+}
+
 /* Write the limits `l` as a JSON object under `key`: every field always present, null
  * when that limit is not set. */
 static void json_limits(struct jw *w, const char *key, const struct tally_limits *l)
 {
     uint32_t set = l->set;
+    bool period = (set & TALLY_LIM_PERIOD) != 0;
     jw_open(w, key, '{');
-    if (set & TALLY_LIM_BUDGET) {
-        jw_i64(w, "budget_micros", l->budget_micros);
-    } else {
-        jw_null(w, "budget_micros");
-    }
-    if (set & TALLY_LIM_SOFT_BUDGET) {
-        jw_i64(w, "soft_budget_micros", l->soft_budget_micros);
-    } else {
-        jw_null(w, "soft_budget_micros");
-    }
-    if (set & TALLY_LIM_PERIOD) {
-        jw_str(w, "period", tally_period_name(l->period_kind));
-    } else {
-        jw_null(w, "period");
-    }
-    if ((set & TALLY_LIM_PERIOD) && l->period_kind == TALLY_PERIOD_FIXED) {
-        jw_i64(w, "period_ms", l->period_ms);
-    } else {
-        jw_null(w, "period_ms");
-    }
-    if (set & TALLY_LIM_RPM) {
-        jw_u64(w, "rpm", l->rpm);
-        jw_u64(w, "rpm_burst", l->rpm_burst);
-    } else {
-        jw_null(w, "rpm");
-        jw_null(w, "rpm_burst");
-    }
-    if (set & TALLY_LIM_TPM) {
-        jw_u64(w, "tpm", l->tpm);
-        jw_u64(w, "tpm_burst", l->tpm_burst);
-    } else {
-        jw_null(w, "tpm");
-        jw_null(w, "tpm_burst");
-    }
-    if (set & TALLY_LIM_PARALLEL) {
-        jw_u64(w, "max_parallel", l->max_parallel);
-    } else {
-        jw_null(w, "max_parallel");
-    }
-    if (set & TALLY_LIM_EXPIRES) {
-        jw_i64(w, "expires_at_ms", l->expires_at_ms);
-        jw_time(w, "expires_at", l->expires_at_ms);
-    } else {
-        jw_null(w, "expires_at_ms");
-        jw_null(w, "expires_at");
-    }
+    jw_i64_or_null(w, "budget_micros", set & TALLY_LIM_BUDGET, l->budget_micros);
+    jw_i64_or_null(w, "soft_budget_micros", set & TALLY_LIM_SOFT_BUDGET, l->soft_budget_micros);
+    jw_str_or_null(w, "period", period ? tally_period_name(l->period_kind) : "");
+    jw_i64_or_null(w, "period_ms", period && l->period_kind == TALLY_PERIOD_FIXED, l->period_ms);
+    jw_u64_or_null(w, "rpm", set & TALLY_LIM_RPM, l->rpm);
+    jw_u64_or_null(w, "rpm_burst", set & TALLY_LIM_RPM, l->rpm_burst);
+    jw_u64_or_null(w, "tpm", set & TALLY_LIM_TPM, l->tpm);
+    jw_u64_or_null(w, "tpm_burst", set & TALLY_LIM_TPM, l->tpm_burst);
+    jw_u64_or_null(w, "max_parallel", set & TALLY_LIM_PARALLEL, l->max_parallel);
+    jw_time_pair(w, "expires_at", set & TALLY_LIM_EXPIRES, l->expires_at_ms);
     jw_bool(w, "blocked", (set & TALLY_LIM_BLOCKED) && l->blocked);
     jw_str(w, "expiry_policy",
            expiry_policy_name((set & TALLY_LIM_EXPIRY_POLICY) ? l->expiry_policy
@@ -1381,48 +1415,29 @@ static void json_limits(struct jw *w, const char *key, const struct tally_limits
     jw_close(w, '}');
 }
 
-/* Write account `a` as a JSON object (`key` NULL in an array). Unlimited values
- * (remaining without a budget, availability without a rate, the end of no period) are
- * null. */
-static void json_account(struct jw *w, const char *key, const struct tally_account *a)
+/* Write `item`, a struct tally_account, as a JSON object (a value in an array or at the top
+ * level). Unlimited values (remaining without a budget, availability without a rate, the
+ * end of no period) are null. */
+static void json_account(struct jw *w, const void *item)
 {
-    jw_open(w, key, '{');
+    const struct tally_account *a = item;
+    jw_open(w, NULL, '{');
     jw_str(w, "name", a->name);
     jw_u64(w, "id", a->id);
     jw_str_or_null(w, "parent", a->parent);
     jw_u64(w, "depth", a->depth);
-    jw_i64(w, "created_ms", a->created_ms);
-    jw_time(w, "created", a->created_ms);
+    jw_time_pair(w, "created", true, a->created_ms);
     json_limits(w, "limits", &a->limits);
     jw_i64(w, "spent_micros", a->spent_micros);
     jw_i64(w, "held_micros", a->held_micros);
-    if (a->remaining_micros == INT64_MAX) {
-        jw_null(w, "remaining_micros");
-    } else {
-        jw_i64(w, "remaining_micros", a->remaining_micros);
-    }
+    jw_i64_or_null(w, "remaining_micros", a->remaining_micros != INT64_MAX, a->remaining_micros);
     jw_i64(w, "lifetime_spent_micros", a->lifetime_spent_micros);
     jw_i64(w, "overrun_micros", a->overrun_micros);
     jw_u64(w, "inflight", a->inflight);
-    jw_i64(w, "period_start_ms", a->period_start_ms);
-    jw_time(w, "period_start", a->period_start_ms);
-    if (a->period_end_ms == INT64_MAX) {
-        jw_null(w, "period_end_ms");
-        jw_null(w, "period_end");
-    } else {
-        jw_i64(w, "period_end_ms", a->period_end_ms);
-        jw_time(w, "period_end", a->period_end_ms);
-    }
-    if (a->rpm_available == UINT64_MAX) {
-        jw_null(w, "rpm_available");
-    } else {
-        jw_u64(w, "rpm_available", a->rpm_available);
-    }
-    if (a->tpm_available == UINT64_MAX) {
-        jw_null(w, "tpm_available");
-    } else {
-        jw_u64(w, "tpm_available", a->tpm_available);
-    }
+    jw_time_pair(w, "period_start", true, a->period_start_ms);
+    jw_time_pair(w, "period_end", a->period_end_ms != INT64_MAX, a->period_end_ms);
+    jw_u64_or_null(w, "rpm_available", a->rpm_available != UINT64_MAX, a->rpm_available);
+    jw_u64_or_null(w, "tpm_available", a->tpm_available != UINT64_MAX, a->tpm_available);
     jw_u64(w, "keys", a->n_keys);
     jw_close(w, '}');
 }
@@ -1433,6 +1448,19 @@ static const char *fmt_micros(int64_t micros, char *buf)
     char money[MONEY_TEXT];
     snprintf(buf, 64, "%" PRId64 " (%s)", micros, fmt_money(micros, money));
     return buf;
+}
+
+/* The budget period of `l`: "-" when none is set, a fixed one's duration ("7d", written
+ * into `buf`, 32 bytes), else its name ("month"). */
+static const char *fmt_period(const struct tally_limits *l, char *buf)
+{
+    if (!(l->set & TALLY_LIM_PERIOD)) {
+        return "-";
+    }
+    if (l->period_kind == TALLY_PERIOD_FIXED) {
+        return fmt_duration(l->period_ms, buf);
+    }
+    return tally_period_name(l->period_kind);
 }
 
 /* Print account `a` as key-value lines. */
@@ -1449,13 +1477,8 @@ static void print_account(const struct tally_account *a)
     kv("budget", "%s", (l->set & TALLY_LIM_BUDGET) ? fmt_micros(l->budget_micros, b1) : "-");
     kv("soft budget", "%s",
        (l->set & TALLY_LIM_SOFT_BUDGET) ? fmt_micros(l->soft_budget_micros, b1) : "-");
-    if (!(l->set & TALLY_LIM_PERIOD)) {
-        kv("period", "-");
-    } else if (l->period_kind == TALLY_PERIOD_FIXED) {
-        kv("period", "fixed %s", fmt_duration(l->period_ms, dur));
-    } else {
-        kv("period", "%s", tally_period_name(l->period_kind));
-    }
+    bool fixed = (l->set & TALLY_LIM_PERIOD) && l->period_kind == TALLY_PERIOD_FIXED;
+    kv("period", "%s%s", fixed ? "fixed " : "", fmt_period(l, dur));
     if (l->set & TALLY_LIM_RPM) {
         kv("rpm", "%" PRIu64 " (burst %" PRIu64 ")", l->rpm, l->rpm_burst ? l->rpm_burst : l->rpm);
     } else {
@@ -1498,28 +1521,112 @@ static void print_account(const struct tally_account *a)
     kv("keys", "%" PRIu32 " active", a->n_keys);
 }
 
-/* Write reservation `r` as a JSON object (`key` NULL in an array). */
-static void json_reservation(struct jw *w, const char *key, const struct tally_reservation *r)
+/* Write `item`, a struct tally_reservation, as a JSON object (a value in an array or at the
+ * top level). */
+static void json_reservation(struct jw *w, const void *item)
 {
+    const struct tally_reservation *r = item;
     char id[REQUEST_ID_HEX + 1];
     size_t mlen = r->metadata_len <= TALLY_METADATA_MAX ? r->metadata_len : TALLY_METADATA_MAX;
-    jw_open(w, key, '{');
+    jw_open(w, NULL, '{');
     jw_str(w, "request_id", hex(r->request_id, TALLY_REQUEST_ID_SIZE, id));
     jw_str(w, "state", tally_resv_state_name(r->state));
     jw_str(w, "account", r->account);
     jw_str_or_null(w, "model", r->model);
     jw_i64(w, "estimate_micros", r->estimate_micros);
     jw_u64(w, "estimate_tokens", r->estimate_tokens);
-    jw_i64(w, "created_ms", r->created_ms);
-    jw_time(w, "created", r->created_ms);
-    jw_i64(w, "expires_at_ms", r->expires_at_ms);
-    jw_time(w, "expires_at", r->expires_at_ms);
+    jw_time_pair(w, "created", true, r->created_ms);
+    jw_time_pair(w, "expires_at", true, r->expires_at_ms);
     jw_i64(w, "charged_micros", r->charged_micros);
     jw_hex(w, "metadata_hex", r->metadata, mlen);
     jw_close(w, '}');
 }
 
 /* ---- Paged listings. ---- */
+
+/* The flags of a query: TALLY_READ_STALE with --stale, else a linearizable read. */
+static unsigned read_flags(const struct ctx *x)
+{
+    return x->a->given[OPT_STALE] ? TALLY_READ_STALE : 0;
+}
+
+/* What a listing asks for: the account it is limited to (NULL: all; for accounts, the
+ * parent, NULL: the roots), the journal's time range [since, until), the read flags. */
+struct list_query {
+    const char *name;
+    int64_t since_ms, until_ms;
+    unsigned flags;
+};
+
+/*
+ * Fetch the page of `q` that starts at `cursor` (0: the first) into `items`, which has room
+ * for TALLY_LIST_MAX; the contract of libtally's list calls (*got items, *next the cursor of
+ * the next page, 0 after the last).
+ */
+typedef int (*fetch_fn)(struct ctx *x, const struct list_query *q, uint64_t cursor, void *items,
+                        uint32_t *got, uint64_t *next, struct tally_result *res);
+
+static int fetch_accounts(struct ctx *x, const struct list_query *q, uint64_t cursor, void *items,
+                          uint32_t *got, uint64_t *next, struct tally_result *res)
+{
+    return tally_account_list(x->c, q->name, cursor, TALLY_LIST_MAX, q->flags, x->timeout_ms, items,
+                              got, next, res);
+}
+
+static int fetch_reservations(struct ctx *x, const struct list_query *q, uint64_t cursor,
+                              void *items, uint32_t *got, uint64_t *next, struct tally_result *res)
+{
+    return tally_reservation_list(x->c, q->name, cursor, TALLY_LIST_MAX, q->flags, x->timeout_ms,
+                                  items, got, next, res);
+}
+
+static int fetch_journal(struct ctx *x, const struct list_query *q, uint64_t cursor, void *items,
+                         uint32_t *got, uint64_t *next, struct tally_result *res)
+{
+    return tally_journal_list(x->c, q->name, q->since_ms, q->until_ms, cursor, TALLY_LIST_MAX,
+                              q->flags, x->timeout_ms, items, got, next, res);
+}
+
+/* A walk through the pages of a listing: set `fetch` and `q`, the rest zero, then call
+ * pager_next() until `done`. */
+struct pager {
+    fetch_fn fetch;
+    const struct list_query *q; /* borrowed */
+    int page;                   /* pages fetched so far */
+    uint64_t cursor;            /* where the next page starts */
+    bool done;                  /* the last page was fetched */
+};
+
+/*
+ * Fetch the next page of `p` into `items` (room for TALLY_LIST_MAX): *got items. Refuses a
+ * malformed page (more than the page size, a cursor that does not move on) and gives up
+ * after PAGES_MAX pages, so a loop until `done` is bounded. Returns 0, or an exit code after
+ * printing why; `later_hint` (may be NULL) goes with a call that fails after the first page.
+ */
+static int pager_next(struct ctx *x, struct pager *p, void *items, uint32_t *got,
+                      const char *later_hint)
+{
+    struct tally_result res = {0};
+    uint64_t next = 0;
+    assert(!p->done && p->page < PAGES_MAX);
+    *got = 0;
+    int rc = p->fetch(x, p->q, p->cursor, items, got, &next, &res);
+    if (rc < 0) {
+        return call_failed(x, p->q->name, rc, &res, p->page > 0 ? later_hint : NULL);
+    }
+    if (*got > TALLY_LIST_MAX || (next != 0 && next == p->cursor)) {
+        say_error(x->what, "protocol: the server answered a malformed page");
+        return CTL_UNAVAILABLE;
+    }
+    if (p->page + 1 >= PAGES_MAX && next != 0) {
+        say_error(x->what, "more than %d pages: giving up", PAGES_MAX);
+        return CTL_UNAVAILABLE;
+    }
+    p->page++;
+    p->cursor = next;
+    p->done = next == 0;
+    return 0;
+}
 
 /*
  * Grow `*items` (of `size`-byte elements, capacity *cap) to hold at least `need`. Returns
@@ -1543,106 +1650,85 @@ static int grow(void **items, size_t *cap, size_t need, size_t size)
     return 0;
 }
 
-/*
- * Check one page's answer: at most the page size, and a cursor that moves on. Returns 0 or
- * an exit code (after printing why).
- */
-static int check_page(struct ctx *x, int page, uint32_t n, uint64_t cursor, uint64_t next)
+/* Every item of `q` (all pages, `size` bytes each) into a new array *out of *n items (the
+ * caller frees it). Returns 0 or an exit code. */
+static int list_all(struct ctx *x, fetch_fn fetch, const struct list_query *q, size_t size,
+                    void **out, size_t *n)
 {
-    if (n > TALLY_LIST_MAX || (next != 0 && next == cursor)) {
-        say_error(x->what, "protocol: the server answered a malformed page");
-        return CTL_UNAVAILABLE;
-    }
-    if (page + 1 >= PAGES_MAX && next != 0) {
-        say_error(x->what, "more than %d pages: giving up", PAGES_MAX);
-        return CTL_UNAVAILABLE;
-    }
-    return 0;
-}
-
-/* Every account under `parent` (NULL: the roots), all pages, into a new array *out (*n
- * entries; the caller frees it). Returns 0 or an exit code. */
-static int list_accounts(struct ctx *x, const char *parent, unsigned flags,
-                         struct tally_account **out, size_t *n)
-{
-    struct tally_account *all = NULL;
+    struct pager p = {.fetch = fetch, .q = q};
+    void *all = NULL;
     size_t cap = 0, count = 0;
-    uint64_t cursor = 0;
-    for (int page = 0; page < PAGES_MAX; page++) {
-        struct tally_result res = {0};
-        uint32_t got = 0;
-        uint64_t next = 0;
-        if (grow((void **)&all, &cap, count + TALLY_LIST_MAX, sizeof(*all)) != 0) {
+    while (!p.done) {
+        uint32_t got;
+        if (grow(&all, &cap, count + TALLY_LIST_MAX, size) != 0) {
             free(all);
             say_error(x->what, "out of memory");
             return CTL_UNAVAILABLE;
         }
-        int rc = tally_account_list(x->c, parent, cursor, TALLY_LIST_MAX, flags, x->timeout_ms,
-                                    all + count, &got, &next, &res);
-        if (rc < 0) {
-            free(all);
-            return call_failed(x, parent, rc, &res, NULL);
-        }
-        if ((rc = check_page(x, page, got, cursor, next)) != 0) {
+        int rc = pager_next(x, &p, (char *)all + count * size, &got, NULL);
+        if (rc != 0) {
             free(all);
             return rc;
         }
         count += got;
-        if (next == 0) {
-            break;
-        }
-        cursor = next;
     }
     *out = all;
     *n = count;
     return 0;
 }
 
-/* Every open reservation whose chain holds `account` (NULL: all), all pages, into a new
- * array *out (*n entries; the caller frees it). Returns 0 or an exit code. */
-static int list_reservations(struct ctx *x, const char *account, unsigned flags,
-                             struct tally_reservation **out, size_t *n)
+/* A listing command: the option naming its account, how its pages are fetched, and how one
+ * item is printed as JSON and as a row of its table. */
+struct listing {
+    enum opt_id filter; /* --parent, --account */
+    fetch_fn fetch;
+    size_t item_size;
+    void (*json_item)(struct jw *w, const void *item);
+    const char *align; /* the table's columns, as table_init() takes them */
+    const char *const *headers;
+    void (*table_row)(struct table *t, const void *item);
+};
+
+/* Run listing `l`: check its filter option, fetch every page, print the items as a JSON
+ * array or an aligned table. Returns the exit code. */
+static int run_listing(struct ctx *x, const struct listing *l)
 {
-    struct tally_reservation *all = NULL;
-    size_t cap = 0, count = 0;
-    uint64_t cursor = 0;
-    for (int page = 0; page < PAGES_MAX; page++) {
-        struct tally_result res = {0};
-        uint32_t got = 0;
-        uint64_t next = 0;
-        if (grow((void **)&all, &cap, count + TALLY_LIST_MAX, sizeof(*all)) != 0) {
-            free(all);
-            say_error(x->what, "out of memory");
-            return CTL_UNAVAILABLE;
-        }
-        int rc = tally_reservation_list(x->c, account, cursor, TALLY_LIST_MAX, flags, x->timeout_ms,
-                                        all + count, &got, &next, &res);
-        if (rc < 0) {
-            free(all);
-            return call_failed(x, account, rc, &res, NULL);
-        }
-        if ((rc = check_page(x, page, got, cursor, next)) != 0) {
-            free(all);
-            return rc;
-        }
-        count += got;
-        if (next == 0) {
-            break;
-        }
-        cursor = next;
+    struct list_query q = {.flags = read_flags(x)};
+    void *all = NULL;
+    size_t n = 0;
+    if (opt_name(x, l->filter, TALLY_NAME_MAX, &q.name) != 0) {
+        return CTL_USAGE;
     }
-    *out = all;
-    *n = count;
-    return 0;
+    int rc = ctx_client(x);
+    if (rc != 0) {
+        return rc;
+    }
+    if ((rc = list_all(x, l->fetch, &q, l->item_size, &all, &n)) != 0) {
+        return rc;
+    }
+    const char *items = all;
+    if (x->json) {
+        struct jw w;
+        jw_init(&w, stdout);
+        jw_open(&w, NULL, '[');
+        for (size_t i = 0; i < n; i++) {
+            l->json_item(&w, items + i * l->item_size);
+        }
+        jw_close(&w, ']');
+        jw_line(&w);
+        free(all);
+        return CTL_OK;
+    }
+    struct table t;
+    table_init(&t, l->align, l->headers);
+    for (size_t i = 0; i < n; i++) {
+        l->table_row(&t, items + i * l->item_size);
+    }
+    free(all);
+    return table_finish(x, &t);
 }
 
 /* ---- Commands: accounts. ---- */
-
-/* The flags of a query: TALLY_READ_STALE with --stale, else a linearizable read. */
-static unsigned read_flags(const struct ctx *x)
-{
-    return x->a->given[OPT_STALE] ? TALLY_READ_STALE : 0;
-}
 
 /* account create NAME [--parent P] [limits] [--id HEX] */
 static int cmd_account_create(struct ctx *x)
@@ -1651,16 +1737,9 @@ static int cmd_account_create(struct ctx *x)
     struct tally_limits lim;
     uint8_t idbuf[TALLY_REQUEST_ID_SIZE];
     const uint8_t *id;
-    if (check_name(x, "NAME", name, TALLY_NAME_MAX) != 0) {
-        return CTL_USAGE;
-    }
-    if (x->a->given[OPT_PARENT]) {
-        parent = x->a->value[OPT_PARENT];
-        if (check_name(x, "--parent", parent, TALLY_NAME_MAX) != 0) {
-            return CTL_USAGE;
-        }
-    }
-    if (limits_from_opts(x, &lim) != 0 || opt_request_id(x, idbuf, &id) != 0) {
+    if (check_name(x, "NAME", name, TALLY_NAME_MAX) != 0 ||
+        opt_name(x, OPT_PARENT, TALLY_NAME_MAX, &parent) != 0 || limits_from_opts(x, &lim) != 0 ||
+        opt_request_id(x, idbuf, &id) != 0) {
         return CTL_USAGE;
     }
     int rc = ctx_client(x);
@@ -1669,10 +1748,7 @@ static int cmd_account_create(struct ctx *x)
     }
     struct tally_result res = {0};
     rc = tally_account_create(x->c, name, parent, lim.set ? &lim : NULL, id, x->timeout_ms, &res);
-    if (rc < 0) {
-        return write_failed(x, name, rc, &res);
-    }
-    return print_write_done(x, "account", "account", name, "created", &res);
+    return write_answer(x, "account", "account", name, "created", rc, &res);
 }
 
 /* account update NAME [limits] [--parent P | --root] [--clear LIST] [--id HEX] */
@@ -1689,16 +1765,12 @@ static int cmd_account_update(struct ctx *x)
     if (x->a->given[OPT_PARENT] && x->a->given[OPT_ROOT]) {
         return usage_error(x, "give --parent or --root, not both");
     }
-    if (x->a->given[OPT_PARENT]) {
-        new_parent = x->a->value[OPT_PARENT];
-        if (check_name(x, "--parent", new_parent, TALLY_NAME_MAX) != 0) {
-            return CTL_USAGE;
-        }
-    } else if (x->a->given[OPT_ROOT]) {
-        new_parent = "";
-    }
-    if (limits_from_opts(x, &lim) != 0 || opt_request_id(x, idbuf, &id) != 0) {
+    if (opt_name(x, OPT_PARENT, TALLY_NAME_MAX, &new_parent) != 0 ||
+        limits_from_opts(x, &lim) != 0 || opt_request_id(x, idbuf, &id) != 0) {
         return CTL_USAGE;
+    }
+    if (x->a->given[OPT_ROOT]) {
+        new_parent = "";
     }
     if (x->a->given[OPT_CLEAR] && parse_clear(x, x->a->value[OPT_CLEAR], &clear) != 0) {
         return CTL_USAGE;
@@ -1716,10 +1788,7 @@ static int cmd_account_update(struct ctx *x)
     struct tally_result res = {0};
     rc = tally_account_update(x->c, name, lim.set ? &lim : NULL, clear, new_parent, id,
                               x->timeout_ms, &res);
-    if (rc < 0) {
-        return write_failed(x, name, rc, &res);
-    }
-    return print_write_done(x, "account", "account", name, "updated", &res);
+    return write_answer(x, "account", "account", name, "updated", rc, &res);
 }
 
 /* account block|unblock NAME [--id HEX]: set the blocked limit to 1 or 0. */
@@ -1740,10 +1809,7 @@ static int set_blocked(struct ctx *x, bool blocked)
     }
     struct tally_result res = {0};
     rc = tally_account_update(x->c, name, &lim, 0, NULL, id, x->timeout_ms, &res);
-    if (rc < 0) {
-        return write_failed(x, name, rc, &res);
-    }
-    return print_write_done(x, "account", "account", name, blocked ? "blocked" : "unblocked", &res);
+    return write_answer(x, "account", "account", name, blocked ? "blocked" : "unblocked", rc, &res);
 }
 
 static int cmd_account_block(struct ctx *x)
@@ -1777,7 +1843,7 @@ static int cmd_account_show(struct ctx *x)
     if (x->json) {
         struct jw w;
         jw_init(&w, stdout);
-        json_account(&w, NULL, &acct);
+        json_account(&w, &acct);
         jw_line(&w);
     } else {
         print_account(&acct);
@@ -1785,66 +1851,38 @@ static int cmd_account_show(struct ctx *x)
     return CTL_OK;
 }
 
+/* `item`, a struct tally_account, as a row of the account list table. */
+static void account_row(struct table *t, const void *item)
+{
+    const struct tally_account *a = item;
+    const struct tally_limits *l = &a->limits;
+    char m[MONEY_TEXT], dur[32];
+    table_add(t, "%s", a->name);
+    table_add(t, "%s", a->parent[0] ? a->parent : "-");
+    table_add(t, "%s", (l->set & TALLY_LIM_BUDGET) ? fmt_money(l->budget_micros, m) : "-");
+    table_add(t, "%s", fmt_period(l, dur));
+    table_add(t, "%s", fmt_money(a->spent_micros, m));
+    table_add(t, "%s", fmt_money(a->held_micros, m));
+    table_add(t, "%s",
+              a->remaining_micros == INT64_MAX ? "unlimited" : fmt_money(a->remaining_micros, m));
+    table_add(t, "%" PRIu64, a->inflight);
+    table_add(t, "%" PRIu32, a->n_keys);
+    table_add(t, "%s", (l->set & TALLY_LIM_BLOCKED) && l->blocked ? "blocked" : "active");
+}
+
 /* account list [--parent P] [--stale]: the children of P (or the roots), every page. */
 static int cmd_account_list(struct ctx *x)
 {
-    const char *parent = NULL;
-    struct tally_account *all = NULL;
-    size_t n = 0;
-    if (x->a->given[OPT_PARENT]) {
-        parent = x->a->value[OPT_PARENT];
-        if (check_name(x, "--parent", parent, TALLY_NAME_MAX) != 0) {
-            return CTL_USAGE;
-        }
-    }
-    int rc = ctx_client(x);
-    if (rc != 0) {
-        return rc;
-    }
-    if ((rc = list_accounts(x, parent, read_flags(x), &all, &n)) != 0) {
-        return rc;
-    }
-    if (x->json) {
-        struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '[');
-        for (size_t i = 0; i < n; i++) {
-            json_account(&w, NULL, &all[i]);
-        }
-        jw_close(&w, ']');
-        jw_line(&w);
-        free(all);
-        return CTL_OK;
-    }
     static const char *const headers[] = {"NAME", "PARENT",    "BUDGET",   "PERIOD", "SPENT",
                                           "HELD", "REMAINING", "INFLIGHT", "KEYS",   "STATUS"};
-    struct table t;
-    table_init(&t, "llrlrrrrrl", headers);
-    for (size_t i = 0; i < n; i++) {
-        const struct tally_account *a = &all[i];
-        const struct tally_limits *l = &a->limits;
-        char m[MONEY_TEXT], dur[32];
-        table_add(&t, "%s", a->name);
-        table_add(&t, "%s", a->parent[0] ? a->parent : "-");
-        table_add(&t, "%s", (l->set & TALLY_LIM_BUDGET) ? fmt_money(l->budget_micros, m) : "-");
-        if (!(l->set & TALLY_LIM_PERIOD)) {
-            table_add(&t, "-");
-        } else if (l->period_kind == TALLY_PERIOD_FIXED) {
-            table_add(&t, "%s", fmt_duration(l->period_ms, dur));
-        } else {
-            table_add(&t, "%s", tally_period_name(l->period_kind));
-        }
-        table_add(&t, "%s", fmt_money(a->spent_micros, m));
-        table_add(&t, "%s", fmt_money(a->held_micros, m));
-        table_add(&t, "%s",
-                  a->remaining_micros == INT64_MAX ? "unlimited"
-                                                   : fmt_money(a->remaining_micros, m));
-        table_add(&t, "%" PRIu64, a->inflight);
-        table_add(&t, "%" PRIu32, a->n_keys);
-        table_add(&t, "%s", (l->set & TALLY_LIM_BLOCKED) && l->blocked ? "blocked" : "active");
-    }
-    free(all);
-    return table_finish(x, &t);
+    static const struct listing accounts = {.filter = OPT_PARENT,
+                                            .fetch = fetch_accounts,
+                                            .item_size = sizeof(struct tally_account),
+                                            .json_item = json_account,
+                                            .align = "llrlrrrrrl",
+                                            .headers = headers,
+                                            .table_row = account_row};
+    return run_listing(x, &accounts);
 }
 
 /* ---- Commands: keys. ---- */
@@ -1926,22 +1964,16 @@ static int cmd_key_add(struct ctx *x)
     hex(res.request_id, TALLY_REQUEST_ID_SIZE, id_hex);
     if (x->json) {
         struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '{');
+        jw_object_begin(&w);
         jw_bool(&w, "ok", true);
         jw_str(&w, "action", "added");
         jw_str(&w, "account", account);
-        if (generated) {
-            jw_str(&w, "secret", secret);
-        } else {
-            jw_null(&w, "secret");
-        }
+        jw_str_or_null(&w, "secret", secret); /* "" unless generated */
         jw_str(&w, "key_hash", hash_hex);
         jw_str(&w, "request_id", id_hex);
         jw_u64(&w, "index", res.index);
         jw_bool(&w, "replayed", (res.flags & TALLY_RESULT_REPLAYED) != 0);
-        jw_close(&w, '}');
-        jw_line(&w);
+        jw_object_end(&w);
     } else {
         kv("account", "%s", account);
         if (generated) {
@@ -1976,10 +2008,7 @@ static int cmd_key_revoke(struct ctx *x)
     }
     struct tally_result res = {0};
     rc = tally_key_revoke(x->c, hash, id, x->timeout_ms, &res);
-    if (rc < 0) {
-        return write_failed(x, hash_hex, rc, &res);
-    }
-    return print_write_done(x, "key", "key_hash", hash_hex, "revoked", &res);
+    return write_answer(x, "key", "key_hash", hash_hex, "revoked", rc, &res);
 }
 
 /* key show HASH [--stale]: the account a key maps to and whether it is revoked. */
@@ -2004,13 +2033,11 @@ static int cmd_key_show(struct ctx *x)
     account[TALLY_NAME_MAX] = '\0';
     if (x->json) {
         struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '{');
+        jw_object_begin(&w);
         jw_str(&w, "key_hash", hash_hex);
         jw_str(&w, "account", account);
         jw_bool(&w, "revoked", revoked != 0);
-        jw_close(&w, '}');
-        jw_line(&w);
+        jw_object_end(&w);
     } else {
         kv("key hash", "%s", hash_hex);
         kv("account", "%s", account);
@@ -2047,11 +2074,9 @@ static int cmd_key_hash(struct ctx *x)
     hex(hash, sizeof(hash), hash_hex);
     if (x->json) {
         struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '{');
+        jw_object_begin(&w);
         jw_str(&w, "key_hash", hash_hex);
-        jw_close(&w, '}');
-        jw_line(&w);
+        jw_object_end(&w);
     } else {
         printf("%s\n", hash_hex);
     }
@@ -2088,34 +2113,24 @@ static void print_reserve(struct ctx *x, const struct tally_result *res)
     hex(res->request_id, TALLY_REQUEST_ID_SIZE, id);
     if (x->json) {
         struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '{');
+        jw_object_begin(&w);
         jw_str(&w, "outcome", tally_outcome_name(res->outcome));
         jw_str(&w, "request_id", id);
         /* Every field in both outcomes; those of the other outcome are null. */
+        jw_time_pair(&w, "expires_at", granted, res->expires_at_ms);
         if (granted) {
-            jw_i64(&w, "expires_at_ms", res->expires_at_ms);
-            jw_time(&w, "expires_at", res->expires_at_ms);
             jw_bool(&w, "soft_budget", soft);
-            jw_null(&w, "reason");
-            jw_null(&w, "account");
-            jw_null(&w, "remaining");
-            jw_null(&w, "retry_after_ms");
-            jw_null(&w, "message");
         } else {
-            jw_null(&w, "expires_at_ms");
-            jw_null(&w, "expires_at");
             jw_null(&w, "soft_budget");
-            jw_str(&w, "reason", tally_deny_reason_name(res->deny_reason));
-            jw_str_or_null(&w, "account", res->account);
-            jw_i64(&w, "remaining", res->remaining);
-            jw_i64(&w, "retry_after_ms", res->retry_after_ms);
-            jw_str_or_null(&w, "message", res->message);
         }
+        jw_str_or_null(&w, "reason", granted ? "" : tally_deny_reason_name(res->deny_reason));
+        jw_str_or_null(&w, "account", granted ? "" : res->account);
+        jw_i64_or_null(&w, "remaining", !granted, res->remaining);
+        jw_i64_or_null(&w, "retry_after_ms", !granted, res->retry_after_ms);
+        jw_str_or_null(&w, "message", granted ? "" : res->message);
         jw_u64(&w, "index", res->index);
         jw_bool(&w, "replayed", replayed);
-        jw_close(&w, '}');
-        jw_line(&w);
+        jw_object_end(&w);
         return;
     }
     kv("outcome", "%s", granted ? "granted" : "DENIED");
@@ -2169,24 +2184,16 @@ static int cmd_reserve(struct ctx *x)
             return CTL_USAGE;
         }
         ra.key_hash = hash;
-    } else {
-        ra.account = a->value[OPT_ACCOUNT];
-        if (check_name(x, "--account", ra.account, TALLY_NAME_MAX) != 0) {
-            return CTL_USAGE;
-        }
+    } else if (opt_name(x, OPT_ACCOUNT, TALLY_NAME_MAX, &ra.account) != 0) {
+        return CTL_USAGE;
     }
     if (!a->given[OPT_ESTIMATE]) {
         return usage_error(x, "--estimate MICROS is required");
     }
     if (opt_int(x, OPT_ESTIMATE, 0, AMOUNT_MAX, &ra.estimate_micros) != 0 ||
-        (a->given[OPT_TOKENS] && opt_uint(x, OPT_TOKENS, 0, TOKENS_MAX, &ra.estimate_tokens))) {
+        (a->given[OPT_TOKENS] && opt_uint(x, OPT_TOKENS, 0, TOKENS_MAX, &ra.estimate_tokens)) ||
+        opt_name(x, OPT_MODEL, TALLY_MODEL_MAX, &ra.model) != 0) {
         return CTL_USAGE;
-    }
-    if (a->given[OPT_MODEL]) {
-        ra.model = a->value[OPT_MODEL];
-        if (check_name(x, "--model", ra.model, TALLY_MODEL_MAX) != 0) {
-            return CTL_USAGE;
-        }
     }
     ra.ttl_ms = TTL_DEFAULT_MS;
     if (a->given[OPT_TTL] && opt_int(x, OPT_TTL, 1, TTL_MAX_MS, &ra.ttl_ms) != 0) {
@@ -2217,17 +2224,29 @@ static int cmd_reserve(struct ctx *x)
     return res.outcome == TALLY_GRANTED ? CTL_OK : CTL_DENIED;
 }
 
-/* Print the answer to a settle, void or extend of reservation `id_hex`. */
-static void print_resolve(struct ctx *x, const char *action, const char *id_hex,
-                          const struct tally_result *res, bool amounts, bool expiry)
+/* What resolve() does to a reservation. */
+enum resolve_kind {
+    RESOLVE_SETTLE,
+    RESOLVE_VOID,
+    RESOLVE_EXTEND,
+};
+
+/* Print the answer to a settle, void or extend (`kind`) of reservation `id_hex`: the amounts
+ * of a settle or of a late void, the new expiry of an extend. */
+static void print_resolve(struct ctx *x, enum resolve_kind kind, const char *id_hex,
+                          const struct tally_result *res)
 {
+    static const char *const actions[] = {
+        [RESOLVE_SETTLE] = "settled", [RESOLVE_VOID] = "voided", [RESOLVE_EXTEND] = "extended"};
+    const char *action = actions[kind];
     char b[64], t[TIME_TEXT];
     bool late = (res->flags & TALLY_RESULT_LATE) != 0;
     bool replayed = (res->flags & TALLY_RESULT_REPLAYED) != 0;
+    bool amounts = kind == RESOLVE_SETTLE || (kind == RESOLVE_VOID && late);
+    bool expiry = kind == RESOLVE_EXTEND;
     if (x->json) {
         struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '{');
+        jw_object_begin(&w);
         jw_bool(&w, "ok", true);
         jw_str(&w, "action", action);
         jw_str(&w, "request_id", id_hex);
@@ -2236,14 +2255,12 @@ static void print_resolve(struct ctx *x, const char *action, const char *id_hex,
             jw_i64(&w, "overrun_micros", res->overrun_micros);
         }
         if (expiry) {
-            jw_i64(&w, "expires_at_ms", res->expires_at_ms);
-            jw_time(&w, "expires_at", res->expires_at_ms);
+            jw_time_pair(&w, "expires_at", true, res->expires_at_ms);
         }
         jw_bool(&w, "late", late);
         jw_bool(&w, "replayed", replayed);
         jw_u64(&w, "index", res->index);
-        jw_close(&w, '}');
-        jw_line(&w);
+        jw_object_end(&w);
         return;
     }
     kv("outcome", "%s", action);
@@ -2269,20 +2286,42 @@ static int word_request_id(struct ctx *x, uint8_t id[TALLY_REQUEST_ID_SIZE])
     return parse_hex(x, "ID", x->words[0], id, TALLY_REQUEST_ID_SIZE);
 }
 
-/* Report a failed settle/void/extend of `id_hex`: after UNAVAILABLE, retrying is safe. */
-static int resolve_failed(struct ctx *x, const char *id_hex, int rc, const struct tally_result *res)
+/*
+ * Settle (`amount`: the actual micros, with `tokens`), void, or extend (`amount`: the ttl
+ * in ms) reservation `id`, its input already checked, and print the answer. A failure after
+ * UNAVAILABLE says that repeating the command is safe. Returns the exit code.
+ */
+static int resolve(struct ctx *x, enum resolve_kind kind, const uint8_t id[TALLY_REQUEST_ID_SIZE],
+                   int64_t amount, uint64_t tokens)
 {
-    return call_failed(x, id_hex, rc, res,
-                       exit_code_of(rc) == CTL_UNAVAILABLE
-                           ? "nothing is known: repeating the same command is safe"
-                           : NULL);
+    char id_hex[REQUEST_ID_HEX + 1];
+    hex(id, TALLY_REQUEST_ID_SIZE, id_hex);
+    int rc = ctx_client(x);
+    if (rc != 0) {
+        return rc;
+    }
+    struct tally_result res = {0};
+    if (kind == RESOLVE_SETTLE) {
+        rc = tally_settle(x->c, id, amount, tokens, x->timeout_ms, &res);
+    } else if (kind == RESOLVE_VOID) {
+        rc = tally_void(x->c, id, x->timeout_ms, &res);
+    } else {
+        rc = tally_extend(x->c, id, amount, x->timeout_ms, &res);
+    }
+    if (rc < 0) {
+        return call_failed(x, id_hex, rc, &res,
+                           exit_code_of(rc) == CTL_UNAVAILABLE
+                               ? "nothing is known: repeating the same command is safe"
+                               : NULL);
+    }
+    print_resolve(x, kind, id_hex, &res);
+    return CTL_OK;
 }
 
 /* settle ID --actual MICROS [--tokens N] */
 static int cmd_settle(struct ctx *x)
 {
     uint8_t id[TALLY_REQUEST_ID_SIZE];
-    char id_hex[REQUEST_ID_HEX + 1];
     int64_t actual;
     uint64_t tokens = 0;
     if (word_request_id(x, id) != 0) {
@@ -2295,47 +2334,23 @@ static int cmd_settle(struct ctx *x)
         (x->a->given[OPT_TOKENS] && opt_uint(x, OPT_TOKENS, 0, TOKENS_MAX, &tokens) != 0)) {
         return CTL_USAGE;
     }
-    hex(id, sizeof(id), id_hex);
-    int rc = ctx_client(x);
-    if (rc != 0) {
-        return rc;
-    }
-    struct tally_result res = {0};
-    rc = tally_settle(x->c, id, actual, tokens, x->timeout_ms, &res);
-    if (rc < 0) {
-        return resolve_failed(x, id_hex, rc, &res);
-    }
-    print_resolve(x, "settled", id_hex, &res, true, false);
-    return CTL_OK;
+    return resolve(x, RESOLVE_SETTLE, id, actual, tokens);
 }
 
 /* void ID */
 static int cmd_void(struct ctx *x)
 {
     uint8_t id[TALLY_REQUEST_ID_SIZE];
-    char id_hex[REQUEST_ID_HEX + 1];
     if (word_request_id(x, id) != 0) {
         return CTL_USAGE;
     }
-    hex(id, sizeof(id), id_hex);
-    int rc = ctx_client(x);
-    if (rc != 0) {
-        return rc;
-    }
-    struct tally_result res = {0};
-    rc = tally_void(x->c, id, x->timeout_ms, &res);
-    if (rc < 0) {
-        return resolve_failed(x, id_hex, rc, &res);
-    }
-    print_resolve(x, "voided", id_hex, &res, (res.flags & TALLY_RESULT_LATE) != 0, false);
-    return CTL_OK;
+    return resolve(x, RESOLVE_VOID, id, 0, 0);
 }
 
 /* extend ID --ttl MS */
 static int cmd_extend(struct ctx *x)
 {
     uint8_t id[TALLY_REQUEST_ID_SIZE];
-    char id_hex[REQUEST_ID_HEX + 1];
     int64_t ttl_ms;
     if (word_request_id(x, id) != 0) {
         return CTL_USAGE;
@@ -2346,69 +2361,37 @@ static int cmd_extend(struct ctx *x)
     if (opt_int(x, OPT_TTL, 1, TTL_MAX_MS, &ttl_ms) != 0) {
         return CTL_USAGE;
     }
-    hex(id, sizeof(id), id_hex);
-    int rc = ctx_client(x);
-    if (rc != 0) {
-        return rc;
-    }
-    struct tally_result res = {0};
-    rc = tally_extend(x->c, id, ttl_ms, x->timeout_ms, &res);
-    if (rc < 0) {
-        return resolve_failed(x, id_hex, rc, &res);
-    }
-    print_resolve(x, "extended", id_hex, &res, false, true);
-    return CTL_OK;
+    return resolve(x, RESOLVE_EXTEND, id, ttl_ms, 0);
+}
+
+/* `item`, a struct tally_reservation, as a row of the reservations list table. */
+static void reservation_row(struct table *t, const void *item)
+{
+    const struct tally_reservation *r = item;
+    char id[REQUEST_ID_HEX + 1], m[MONEY_TEXT], t1[TIME_TEXT], t2[TIME_TEXT];
+    table_add(t, "%s", hex(r->request_id, TALLY_REQUEST_ID_SIZE, id));
+    table_add(t, "%s", r->account);
+    table_add(t, "%s", r->model[0] ? r->model : "-");
+    table_add(t, "%s", tally_resv_state_name(r->state));
+    table_add(t, "%s", fmt_money(r->estimate_micros, m));
+    table_add(t, "%" PRIu64, r->estimate_tokens);
+    table_add(t, "%s", fmt_time(r->created_ms, t1));
+    table_add(t, "%s", fmt_time(r->expires_at_ms, t2));
 }
 
 /* reservations list [--account A] [--stale]: open reservations, in expiry order. */
 static int cmd_reservations_list(struct ctx *x)
 {
-    const char *account = NULL;
-    struct tally_reservation *all = NULL;
-    size_t n = 0;
-    if (x->a->given[OPT_ACCOUNT]) {
-        account = x->a->value[OPT_ACCOUNT];
-        if (check_name(x, "--account", account, TALLY_NAME_MAX) != 0) {
-            return CTL_USAGE;
-        }
-    }
-    int rc = ctx_client(x);
-    if (rc != 0) {
-        return rc;
-    }
-    if ((rc = list_reservations(x, account, read_flags(x), &all, &n)) != 0) {
-        return rc;
-    }
-    if (x->json) {
-        struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '[');
-        for (size_t i = 0; i < n; i++) {
-            json_reservation(&w, NULL, &all[i]);
-        }
-        jw_close(&w, ']');
-        jw_line(&w);
-        free(all);
-        return CTL_OK;
-    }
     static const char *const headers[] = {"ID",       "ACCOUNT", "MODEL",   "STATE",
                                           "ESTIMATE", "TOKENS",  "CREATED", "EXPIRES"};
-    struct table t;
-    table_init(&t, "llllrrll", headers);
-    for (size_t i = 0; i < n; i++) {
-        const struct tally_reservation *r = &all[i];
-        char id[REQUEST_ID_HEX + 1], m[MONEY_TEXT], t1[TIME_TEXT], t2[TIME_TEXT];
-        table_add(&t, "%s", hex(r->request_id, TALLY_REQUEST_ID_SIZE, id));
-        table_add(&t, "%s", r->account);
-        table_add(&t, "%s", r->model[0] ? r->model : "-");
-        table_add(&t, "%s", tally_resv_state_name(r->state));
-        table_add(&t, "%s", fmt_money(r->estimate_micros, m));
-        table_add(&t, "%" PRIu64, r->estimate_tokens);
-        table_add(&t, "%s", fmt_time(r->created_ms, t1));
-        table_add(&t, "%s", fmt_time(r->expires_at_ms, t2));
-    }
-    free(all);
-    return table_finish(x, &t);
+    static const struct listing reservations = {.filter = OPT_ACCOUNT,
+                                                .fetch = fetch_reservations,
+                                                .item_size = sizeof(struct tally_reservation),
+                                                .json_item = json_reservation,
+                                                .align = "llllrrll",
+                                                .headers = headers,
+                                                .table_row = reservation_row};
+    return run_listing(x, &reservations);
 }
 
 /* reservations show ID [--stale]: one reservation, open or resolved and retained. */
@@ -2434,7 +2417,7 @@ static int cmd_reservations_show(struct ctx *x)
     if (x->json) {
         struct jw w;
         jw_init(&w, stdout);
-        json_reservation(&w, NULL, &r);
+        json_reservation(&w, &r);
         jw_line(&w);
         return CTL_OK;
     }
@@ -2490,8 +2473,7 @@ static void print_journal_entry(const struct tally_journal_entry *e, bool jsonl)
     hex(e->admin_hash, sizeof(e->admin_hash), ah);
     if (jsonl) {
         struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '{');
+        jw_object_begin(&w);
         jw_u64(&w, "seq", e->seq);
         jw_i64(&w, "ts_ms", e->ts_ms);
         jw_str(&w, "time", t);
@@ -2510,8 +2492,7 @@ static void print_journal_entry(const struct tally_journal_entry *e, bool jsonl)
             jw_null(&w, "cmd_type");
             jw_null(&w, "admin_hash");
         }
-        jw_close(&w, '}');
-        jw_line(&w);
+        jw_object_end(&w);
         return;
     }
     printf("%" PRIu64 ",%" PRId64 ",", e->seq, e->ts_ms);
@@ -2539,20 +2520,14 @@ static void print_journal_entry(const struct tally_journal_entry *e, bool jsonl)
 static int cmd_journal_export(struct ctx *x)
 {
     const struct args *a = x->a;
-    const char *account = NULL;
-    int64_t since = 0, until = INT64_MAX;
+    struct list_query q = {.since_ms = 0, .until_ms = INT64_MAX, .flags = read_flags(x)};
     bool jsonl = x->json;
-    if (a->given[OPT_ACCOUNT]) {
-        account = a->value[OPT_ACCOUNT];
-        if (check_name(x, "--account", account, TALLY_NAME_MAX) != 0) {
-            return CTL_USAGE;
-        }
-    }
-    if ((a->given[OPT_SINCE] && parse_time(x, "--since", a->value[OPT_SINCE], &since) != 0) ||
-        (a->given[OPT_UNTIL] && parse_time(x, "--until", a->value[OPT_UNTIL], &until) != 0)) {
+    if (opt_name(x, OPT_ACCOUNT, TALLY_NAME_MAX, &q.name) != 0 ||
+        (a->given[OPT_SINCE] && opt_time(x, OPT_SINCE, &q.since_ms) != 0) ||
+        (a->given[OPT_UNTIL] && opt_time(x, OPT_UNTIL, &q.until_ms) != 0)) {
         return CTL_USAGE;
     }
-    if (since >= until) {
+    if (q.since_ms >= q.until_ms) {
         return usage_error(x, "--since must be before --until");
     }
     if (a->given[OPT_FORMAT]) {
@@ -2573,21 +2548,13 @@ static int cmd_journal_export(struct ctx *x)
         say_error(x->what, "out of memory");
         return CTL_UNAVAILABLE;
     }
-    uint64_t cursor = 0;
-    for (int page = 0; page < PAGES_MAX; page++) {
-        struct tally_result res = {0};
-        uint32_t got = 0;
-        uint64_t next = 0;
-        rc = tally_journal_list(x->c, account, since, until, cursor, TALLY_LIST_MAX, read_flags(x),
-                                x->timeout_ms, page_items, &got, &next, &res);
-        if (rc < 0) {
-            rc = call_failed(x, account, rc, &res, page > 0 ? "the output is incomplete" : NULL);
+    struct pager p = {.fetch = fetch_journal, .q = &q};
+    while (!p.done) {
+        uint32_t got;
+        if ((rc = pager_next(x, &p, page_items, &got, "the output is incomplete")) != 0) {
             break;
         }
-        if ((rc = check_page(x, page, got, cursor, next)) != 0) {
-            break;
-        }
-        if (page == 0 && !jsonl) {
+        if (p.page == 1 && !jsonl) {
             for (size_t i = 0; i < sizeof(journal_columns) / sizeof(journal_columns[0]); i++) {
                 printf("%s%s", i ? "," : "", journal_columns[i]);
             }
@@ -2596,10 +2563,6 @@ static int cmd_journal_export(struct ctx *x)
         for (uint32_t i = 0; i < got; i++) {
             print_journal_entry(&page_items[i], jsonl);
         }
-        if (next == 0) {
-            break;
-        }
-        cursor = next;
     }
     free(page_items);
     return rc;
@@ -2736,11 +2699,7 @@ static void print_status(struct ctx *x, const struct status_row *rows, size_t n)
             const struct status_row *r = &rows[i];
             bool up = r->p != NULL && r->p->rc == 0;
             jw_open(&w, NULL, '{');
-            if (r->id != 0) {
-                jw_u64(&w, "id", r->id);
-            } else {
-                jw_null(&w, "id");
-            }
+            jw_u64_or_null(&w, "id", r->id != 0, r->id);
             jw_str_or_null(&w, "address", r->address);
             jw_str(&w, "role",
                    up     ? tally_raft_state_name(r->p->st.raft_state)
@@ -2756,11 +2715,7 @@ static void print_status(struct ctx *x, const struct status_row *rows, size_t n)
                 jw_u64(&w, "commit", r->p->st.commit_index);
                 jw_u64(&w, "applied", r->p->st.applied_index);
                 jw_bool(&w, "serving", r->p->st.serving != 0);
-                if (r->p->st.leader_id != 0) {
-                    jw_u64(&w, "leader_id", r->p->st.leader_id);
-                } else {
-                    jw_null(&w, "leader_id");
-                }
+                jw_u64_or_null(&w, "leader_id", r->p->st.leader_id != 0, r->p->st.leader_id);
                 jw_i64(&w, "ledger_now_ms", r->p->st.ledger_now_ms);
                 jw_null(&w, "error");
             } else {
@@ -2843,8 +2798,7 @@ static int cmd_cluster_status(struct ctx *x)
     if (rc != 0) {
         return rc;
     }
-    const char *endpoints =
-        x->a->given[OPT_ENDPOINTS] ? x->a->value[OPT_ENDPOINTS] : getenv("TALLY_ENDPOINTS");
+    const char *endpoints = option_or_env(x, OPT_ENDPOINTS, "TALLY_ENDPOINTS");
     for (const char *p = endpoints; *p != '\0';) {
         size_t len = strcspn(p, ",");
         if (probe_add(probes, &n, p, len) != 0) {
@@ -2921,38 +2875,33 @@ static int parse_node_id(struct ctx *x, const char *s, uint64_t *id)
     return parse_uint(x, "ID", s, 1, UINT64_MAX, id);
 }
 
-/* Print the answer to a membership change. */
-static int print_member_done(struct ctx *x, const char *action, uint64_t id)
+/*
+ * Print the answer to a membership change of node `id` (0: none named) that returned `rc`.
+ * These carry no request id, so a failure after UNAVAILABLE says to look before repeating.
+ * Returns the exit code.
+ */
+static int member_answer(struct ctx *x, const char *action, uint64_t id, int rc,
+                         const struct tally_result *res)
 {
+    if (rc < 0) {
+        return call_failed(x, NULL, rc, res,
+                           exit_code_of(rc) == CTL_UNAVAILABLE
+                               ? "check 'tallyctl cluster status' before repeating it"
+                               : NULL);
+    }
     if (x->json) {
         struct jw w;
-        jw_init(&w, stdout);
-        jw_open(&w, NULL, '{');
+        jw_object_begin(&w);
         jw_bool(&w, "ok", true);
         jw_str(&w, "action", action);
-        if (id != 0) {
-            jw_u64(&w, "node_id", id);
-        } else {
-            jw_null(&w, "node_id");
-        }
-        jw_close(&w, '}');
-        jw_line(&w);
+        jw_u64_or_null(&w, "node_id", id != 0, id);
+        jw_object_end(&w);
     } else if (id != 0) {
         printf("node %" PRIu64 ": %s\n", id, action);
     } else {
         printf("%s\n", action);
     }
     return CTL_OK;
-}
-
-/* Report a failed membership change; these carry no request id, so after UNAVAILABLE
- * look before repeating. */
-static int member_failed(struct ctx *x, int rc, const struct tally_result *res)
-{
-    return call_failed(x, NULL, rc, res,
-                       exit_code_of(rc) == CTL_UNAVAILABLE
-                           ? "check 'tallyctl cluster status' before repeating it"
-                           : NULL);
 }
 
 /* cluster transfer [ID]: hand leadership to node ID (none: any). */
@@ -2968,10 +2917,7 @@ static int cmd_cluster_transfer(struct ctx *x)
     }
     struct tally_result res = {0};
     rc = tally_leader_transfer(x->c, id, x->timeout_ms, &res);
-    if (rc < 0) {
-        return member_failed(x, rc, &res);
-    }
-    return print_member_done(x, "leadership transferred", id);
+    return member_answer(x, "leadership transferred", id, rc, &res);
 }
 
 /* cluster add ID PEER_ADDR: add node ID (Raft peer address PEER_ADDR) as a voter. */
@@ -2994,10 +2940,7 @@ static int cmd_cluster_add(struct ctx *x)
     }
     struct tally_result res = {0};
     rc = tally_member_add(x->c, id, peer, x->timeout_ms, &res);
-    if (rc < 0) {
-        return member_failed(x, rc, &res);
-    }
-    return print_member_done(x, "added", id);
+    return member_answer(x, "added", id, rc, &res);
 }
 
 /* cluster remove ID */
@@ -3013,10 +2956,7 @@ static int cmd_cluster_remove(struct ctx *x)
     }
     struct tally_result res = {0};
     rc = tally_member_remove(x->c, id, x->timeout_ms, &res);
-    if (rc < 0) {
-        return member_failed(x, rc, &res);
-    }
-    return print_member_done(x, "removed", id);
+    return member_answer(x, "removed", id, rc, &res);
 }
 
 /* ---- The command table, usage, main. ---- */
