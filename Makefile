@@ -3,6 +3,7 @@
 #   make demo    the ledger alone, in one process
 #   make test    install what is missing, build (normal and ASan+UBSan), run every test
 #   make bench   ledger throughput benchmark
+#   make compare the 3-node cluster against PostgreSQL, Redis and etcd (compare-quick: ~2 min)
 #   make fuzz    run the batch and wire-protocol decoder fuzzers (FUZZ_SECONDS each, default 60)
 #   make sim SEEDS=N  the deterministic Raft simulation over more seeds
 #   make model-long   the randomized model test with MODEL_STEPS (default 2,000,000)
@@ -12,7 +13,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all setup build build-asan run demo test test-fast bench fuzz model-long sim clean
+.PHONY: all setup build build-asan run demo test test-fast bench compare compare-quick fuzz model-long sim clean
 
 all: build
 
@@ -48,6 +49,13 @@ test-fast: build
 
 bench: build
 	./$(BUILD)/bench/ledger-bench
+
+# tally side by side with PostgreSQL, Redis and etcd (installs them; 6-8 minutes).
+compare: build
+	bash bench/compare --build $(BUILD)
+
+compare-quick: build
+	bash bench/compare --quick --build $(BUILD)
 
 FUZZ_SECONDS ?= 60
 fuzz: setup

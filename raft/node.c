@@ -22,6 +22,7 @@
 #include "raft/node.h"
 
 #include "raft/fsm.h"
+#include "raft/transport.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -87,7 +88,7 @@ struct node {
     struct node_config cfg; /* copy; address points at n->address, dir is NULL */
     struct ledger *ledger;
     struct node_fsm fsm;  /* the ledger adapter */
-    struct raft_uv_transport transport;
+    struct node_transport transport; /* TCP with TCP_NODELAY (raft/transport.h) */
     struct raft_io io;
     struct raft raft;
     uv_check_t check;
@@ -242,8 +243,8 @@ void node_config_init(struct node_config *c)
     memset(c, 0, sizeof(*c));
     c->election_timeout_ms = 1000;
     c->heartbeat_ms = 100;
-    c->snapshot_threshold = 1024;
-    c->snapshot_trailing = 128;
+    c->snapshot_threshold = 8192; /* a snapshot copies the whole ledger: not too often */
+    c->snapshot_trailing = 1024;
 }
 
 static int config_check(const struct node_config *c, char *why, size_t size)
@@ -481,18 +482,15 @@ static int node_open_raft(struct node *n, char *why, size_t size)
     if (rv != 0) {
         return rv;
     }
-    /* raft_uv_tcp_init() answers RAFT_INVALID unless the caller set the version first. */
-    memset(&n->transport, 0, sizeof(n->transport));
-    n->transport.version = 1;
-    rv = raft_uv_tcp_init(&n->transport, n->loop);
+    rv = node_transport_init(&n->transport, n->loop);
     if (rv != 0) {
         snprintf(why, size, "raft_uv_tcp_init: %s", raft_strerror(rv));
         return node_from_raft(rv);
     }
-    rv = raft_uv_init(&n->io, n->loop, n->raft_dir, &n->transport);
+    rv = raft_uv_init(&n->io, n->loop, n->raft_dir, &n->transport.outer);
     if (rv != 0) {
         snprintf(why, size, "raft_uv_init %.100s: %.130s", n->raft_dir, n->io.errmsg);
-        raft_uv_tcp_close(&n->transport);
+        node_transport_close(&n->transport);
         return node_from_raft(rv);
     }
     /* A corrupt or truncated segment must stop the node, not be silently dropped. */
@@ -501,7 +499,7 @@ static int node_open_raft(struct node *n, char *why, size_t size)
     if (rv != 0) {
         snprintf(why, size, "raft_init: %s", raft_errmsg(&n->raft));
         raft_uv_close(&n->io);
-        raft_uv_tcp_close(&n->transport);
+        node_transport_close(&n->transport);
         return node_from_raft(rv);
     }
     n->raft.data = n;
@@ -1261,7 +1259,7 @@ static void raft_closed_cb(struct raft *r)
 {
     struct node *n = r->data;
     raft_uv_close(&n->io);
-    raft_uv_tcp_close(&n->transport);
+    node_transport_close(&n->transport);
     /* libraft failed its pending requests while closing; anything left is answered. */
     while (n->inflight_head != NULL) {
         struct node_batch *b = n->inflight_head;

@@ -78,8 +78,8 @@ struct node_config {
     unsigned n_members;           /* typically 3; read only when bootstrapping */
     unsigned election_timeout_ms; /* default 1000 */
     unsigned heartbeat_ms;        /* default 100 */
-    unsigned snapshot_threshold;  /* entries between snapshots, default 1024 */
-    unsigned snapshot_trailing;   /* entries kept after a snapshot, default 128 */
+    unsigned snapshot_threshold;  /* entries between snapshots, default 8192 */
+    unsigned snapshot_trailing;   /* entries kept after a snapshot, default 1024 */
     bool bootstrap;               /* bootstrap `members` if the Raft directory is pristine */
 };
 
