@@ -73,8 +73,8 @@ static void chunks_free(struct node_fsm *f)
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     struct node_fsm *f = fsm->data;
-    if (f->snap != NULL) {
-        return RAFT_BUSY; /* libraft retries later */
+    if (f->snap != NULL || f->chunks != NULL) {
+        return RAFT_BUSY; /* the previous one is not finalized yet: libraft retries later */
     }
     if (ledger_snapshot_begin(f->ledger, &f->snap) != 0) {
         return RAFT_IOERR;
@@ -129,6 +129,13 @@ static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], 
         f->snap = NULL;
         return RAFT_IOERR;
     }
+    /* The buffers hold the whole frozen view now: release the read transaction at once,
+     * not at finalize. libraft writes the buffers to disk in the background and calls
+     * finalize on the loop thread afterwards; a batch applied meanwhile that must grow
+     * the LMDB map waits for open exports, on the loop thread, so holding the view
+     * until finalize would stall the node until that wait gave up. */
+    ledger_snapshot_end(f->snap);
+    f->snap = NULL;
     *bufs = f->chunks;
     *n_bufs = f->n_chunks;
     return 0;
@@ -141,8 +148,10 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
     (void)bufs;
     (void)n_bufs;
     chunks_free(f);
-    ledger_snapshot_end(f->snap);
-    f->snap = NULL;
+    if (f->snap != NULL) {
+        ledger_snapshot_end(f->snap);
+        f->snap = NULL;
+    }
     return 0;
 }
 
