@@ -945,16 +945,21 @@ static int read_cluster_file(const char *path)
         fprintf(stderr, "tally-chaos: %s is incomplete\n", path);
         return -1;
     }
-    ch.endpoints[0] = '\0';
+    /* Local copies: source and destination are both inside `ch` (-Wrestrict). */
+    char dir[PATH_MAX], endpoints[sizeof(ch.endpoints)] = "";
+    snprintf(dir, sizeof(dir), "%s", ch.dir);
     for (int i = 0; i < CH_NODES; i++) {
         struct ch_node *n = &ch.nodes[i];
-        snprintf(n->endpoint, sizeof(n->endpoint), "%s:%d", n->ip, CH_CLIENT_PORT);
-        snprintf(n->clock_file, sizeof(n->clock_file), "%s/clock%d", ch.dir, n->id);
-        snprintf(n->log, sizeof(n->log), "%s/node%d.log", ch.dir, n->id);
+        char ip[sizeof(n->ip)];
+        snprintf(ip, sizeof(ip), "%s", n->ip);
+        snprintf(n->endpoint, sizeof(n->endpoint), "%s:%d", ip, CH_CLIENT_PORT);
+        snprintf(n->clock_file, sizeof(n->clock_file), "%s/clock%d", dir, n->id);
+        snprintf(n->log, sizeof(n->log), "%s/node%d.log", dir, n->id);
         n->member = true;
-        size_t len = strlen(ch.endpoints);
-        snprintf(ch.endpoints + len, sizeof(ch.endpoints) - len, "%s%s", i > 0 ? "," : "",
-                 n->endpoint);
+        size_t len = strlen(endpoints);
+        snprintf(endpoints + len, sizeof(endpoints) - len, "%s%s:%d", i > 0 ? "," : "", ip,
+                 CH_CLIENT_PORT);
+        snprintf(ch.endpoints, sizeof(ch.endpoints), "%s", endpoints);
         struct statvfs vfs;
         tmpfs_mb[i] = statvfs(n->dir, &vfs) == 0
                           ? (int64_t)((uint64_t)vfs.f_blocks * vfs.f_frsize >> 20)
