@@ -7,13 +7,15 @@
 #   make fuzz    run the batch and wire-protocol decoder fuzzers (FUZZ_SECONDS each, default 60)
 #   make sim SEEDS=N  the deterministic Raft simulation over more seeds
 #   make model-long   the randomized model test with MODEL_STEPS (default 2,000,000)
+#   make chaos-smoke  the 2-minute fault-injection run that `make test` includes (root)
+#   make chaos DURATION=1800 [SEED=N]  a long fault-injection run (root; docs/chaos.md)
 
 JOBS ?= $(shell nproc)
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all setup build build-asan run demo test test-fast bench compare compare-quick fuzz model-long sim clean
+.PHONY: all setup build build-asan run demo test test-fast bench compare compare-quick fuzz model-long sim chaos-smoke chaos clean
 
 all: build
 
@@ -69,6 +71,13 @@ SEEDS ?= 20000
 FIRST ?= 1
 sim: build
 	./$(BUILD)/tests/sim/tally-sim --seeds $(SEEDS) --first $(FIRST)
+
+chaos-smoke: build
+	$(SUDO) bash chaos/run.sh --smoke --build $(BUILD) $(if $(SEED),--seed $(SEED))
+
+DURATION ?= 1800
+chaos: build
+	$(SUDO) bash chaos/run.sh --duration $(DURATION) --build $(BUILD) --keep $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

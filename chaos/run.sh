@@ -13,8 +13,8 @@
 #   --keep               keep the run directory even when the run passes
 #   --keep-data          also copy the nodes' data dirs (tmpfs) into it, as data-kept/
 #   --workers N --rate N the workload's size (default 6 workers of ~50 ops/s)
-#   --nemeses LIST       all, or a subset of kill,pause,partition,disk,clock,member
-#                        (default: all; the smoke run leaves member out, see below)
+#   --nemeses LIST       all (the default), or a subset of kill,pause,partition,disk,
+#                        clock,member
 #   --faults SCRIPT      a fixed fault sequence instead of random ones (see runner.c,
 #                        e.g. "member:follower,hold:10000,kill:follower,hold:3000")
 #
@@ -76,11 +76,6 @@ done
 if [ "$MODE" = smoke ]; then
     DURATION=120
     TMPFS_MB=256
-    # The membership nemesis stays out of the CI smoke run until the libraft finding in
-    # docs/chaos.md ("a node that installed a snapshot keeps a stale configuration") is
-    # fixed: with it, most smoke runs end with a node dropped from the configuration.
-    # `--nemeses all` puts it back.
-    NEMESES="${NEMESES:-kill,pause,partition,disk,clock}"
 else
     case "$DURATION" in ''|*[!0-9]*) echo "run.sh: --duration needs seconds" >&2; exit 2 ;; esac
     [ "$DURATION" -ge 30 ] || { echo "run.sh: --duration must be at least 30" >&2; exit 2; }

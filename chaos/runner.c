@@ -20,8 +20,9 @@
  *   partition  drop packets between nodes with `ip rule ... blackhole` on the receiving
  *              side: isolate the leader, isolate a random node (majority/minority), a
  *              bridge (two nodes that see only the third), or take one node's veth down
- *   disk       fill a node's tmpfs data dir; it must stop (exit 74) or keep serving
- *              correctly; then free the space (sometimes remount bigger) and restart it
+ *   disk       shrink a node's tmpfs data dir to what it holds (ENOSPC on its next
+ *              growth); it must stop (exit 74) or keep serving correctly; then give
+ *              the size back (sometimes more) and restart it
  *   clock      shift a node's clock (the leader 60%) by +-3..20 s through its
  *              --debug-clock-offset-file, then back to 0
  *   member     remove a node from the Raft configuration, stop it, wipe its data dir,
@@ -344,9 +345,24 @@ static void fill_path(const struct ch_node *n, char *out, size_t size)
     snprintf(out, size, "%s/chaos-fill", n->dir);
 }
 
-/* Take every free byte of node n's tmpfs. */
+/*
+ * Leave node n's tmpfs no free space: shrink it to what it holds plus 256 KiB (a remount,
+ * instant), so the node's next growth hits ENOSPC. Writing a filler instead would zero
+ * gigabytes of memory on every fault and starve the nodes of CPU; it is only the
+ * fallback if the remount is refused.
+ */
 static void disk_fill(struct ch_node *n)
 {
+    struct statvfs vfs;
+    if (statvfs(n->dir, &vfs) == 0) {
+        uint64_t used = (uint64_t)(vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize;
+        uint64_t size_kib = (used >> 10) + 256;
+        if (sh("mount -o remount,size=%lluk %s", (unsigned long long)size_kib, n->dir) == 0) {
+            ch_hist("N %lld shrunk %d %llu", (long long)ch_now_us(), n->id,
+                    (unsigned long long)size_kib);
+            return;
+        }
+    }
     char path[PATH_MAX + 16];
     fill_path(n, path, sizeof(path));
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -354,26 +370,24 @@ static void disk_fill(struct ch_node *n)
         ch_log("disk fill %s: %s", path, strerror(errno));
         return;
     }
-    struct statvfs vfs;
     off_t size = 0;
     if (fstatvfs(fd, &vfs) == 0) {
-        off_t avail = (off_t)vfs.f_bavail * (off_t)vfs.f_frsize;
-        for (off_t want = avail; want > 0; want -= 1 << 20) {
+        off_t want = (off_t)vfs.f_bavail * (off_t)vfs.f_frsize;
+        for (int attempt = 0; attempt < 8 && want > 0; attempt++, want -= want / 8) {
             if (fallocate(fd, 0, 0, want) == 0) {
                 size = want;
                 break;
             }
         }
     }
-    /* Whatever fallocate left, in small writes. */
     static const char zeros[4096];
     lseek(fd, size, SEEK_SET);
-    while (write(fd, zeros, sizeof(zeros)) > 0) {
+    for (int k = 0; k < 1 << 16 && write(fd, zeros, sizeof(zeros)) > 0; k++) {
     }
-    fsync(fd);
     close(fd);
 }
 
+/* Give node n's tmpfs its size back (64 MiB more when `grow`) and drop any filler. */
 static void disk_free(struct ch_node *n, int i, bool grow)
 {
     char path[PATH_MAX + 16];
@@ -381,8 +395,8 @@ static void disk_free(struct ch_node *n, int i, bool grow)
     unlink(path);
     if (grow && tmpfs_mb[i] < 4096) {
         tmpfs_mb[i] += 64;
-        sh("mount -o remount,size=%lldm %s", (long long)tmpfs_mb[i], n->dir);
     }
+    sh("mount -o remount,size=%lldm %s", (long long)tmpfs_mb[i], n->dir);
 }
 
 static void clock_set(const struct ch_node *n, int64_t offset_ms)

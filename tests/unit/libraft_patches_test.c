@@ -1,0 +1,372 @@
+/*
+ * libraft_patches_test.c: regression tests for the fixes tally applies to libraft 0.22.1
+ * (third_party/libraft/patches/).
+ *
+ * Each test drives libraft's own deterministic raft_fixture (in-memory I/O, fixture time
+ * only) into the state its patch is about, then asserts what the patched library does.
+ * The scenarios are forced, not hoped for: before asserting, each test REQUIREs that it
+ * reached the state the bug needs (a configuration change delivered behind other new
+ * entries; an InstallSnapshot held back by the follower's own snapshot), so a change in
+ * libraft's timing shows as a failed precondition instead of a vacuous pass.
+ *
+ * Against Debian's unpatched libraft0 0.22.1 the first test fails its assertions and the
+ * second crashes inside libraft; it runs in a child process so the crash is reported as a
+ * failure of that test.
+ */
+#include "test.h"
+
+#include <raft.h>
+#include <raft/fixture.h>
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/wait.h>
+
+#define N_SERVERS 3
+#define STEP_BOUND_MS 3000 /* fixture time any single wait may take */
+
+/* ---- A counter FSM: commands are 8-byte numbers, the state is their count and sum. ---- */
+
+struct counter {
+    uint64_t n_applied;
+    uint64_t sum;
+    unsigned n_restores;
+};
+
+static int counter_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    struct counter *c = fsm->data;
+    uint64_t v;
+    if (buf->len != sizeof v) {
+        return RAFT_MALFORMED;
+    }
+    memcpy(&v, buf->base, sizeof v);
+    c->n_applied++;
+    c->sum += v;
+    *result = NULL;
+    return 0;
+}
+
+/* One buffer of 16 bytes; libraft frees both the buffer and the array (no finalize). */
+static int counter_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct counter *c = fsm->data;
+    *bufs = raft_malloc(sizeof **bufs);
+    if (*bufs == NULL) {
+        return RAFT_NOMEM;
+    }
+    (*bufs)[0].len = 2 * sizeof(uint64_t);
+    (*bufs)[0].base = raft_malloc((*bufs)[0].len);
+    if ((*bufs)[0].base == NULL) {
+        raft_free(*bufs);
+        return RAFT_NOMEM;
+    }
+    memcpy((*bufs)[0].base, &c->n_applied, sizeof(uint64_t));
+    memcpy((uint8_t *)(*bufs)[0].base + sizeof(uint64_t), &c->sum, sizeof(uint64_t));
+    *n_bufs = 1;
+    return 0;
+}
+
+/* Takes ownership of buf->base on success. */
+static int counter_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    struct counter *c = fsm->data;
+    if (buf->len != 2 * sizeof(uint64_t)) {
+        return RAFT_MALFORMED;
+    }
+    memcpy(&c->n_applied, buf->base, sizeof(uint64_t));
+    memcpy(&c->sum, (uint8_t *)buf->base + sizeof(uint64_t), sizeof(uint64_t));
+    c->n_restores++;
+    raft_free(buf->base);
+    return 0;
+}
+
+/* ---- The cluster: N_SERVERS voters (ids 1..N_SERVERS), server 0 elected leader. ---- */
+
+/* The fixture's own tracer prints every diagnostic; it is kept only with LIBRAFT_TRACE set. */
+static void quiet_emit(struct raft_tracer *t, int type, const void *data)
+{
+    (void)t;
+    (void)type;
+    (void)data;
+}
+
+static struct raft_tracer quiet_tracer = {.impl = NULL, .version = 2, .emit = quiet_emit};
+
+struct cluster {
+    struct raft_fixture f;
+    struct raft_fsm fsms[N_SERVERS];
+    struct counter counters[N_SERVERS];
+    struct raft_apply applies[32]; /* requests stay alive until the fixture is closed */
+    unsigned n_applies;
+    uint64_t next_value;
+};
+
+static void cluster_start(struct cluster *c)
+{
+    memset(c, 0, sizeof *c);
+    REQUIRE(raft_fixture_init(&c->f) == 0);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        c->fsms[i] = (struct raft_fsm){.version = 1,
+                                       .data = &c->counters[i],
+                                       .apply = counter_apply,
+                                       .snapshot = counter_snapshot,
+                                       .restore = counter_restore};
+        REQUIRE(raft_fixture_grow(&c->f, &c->fsms[i]) == 0);
+        if (getenv("LIBRAFT_TRACE") == NULL) {
+            raft_fixture_get(&c->f, i)->tracer = &quiet_tracer;
+        }
+    }
+    struct raft_configuration conf;
+    REQUIRE(raft_fixture_configuration(&c->f, N_SERVERS, &conf) == 0);
+    int rv = raft_fixture_bootstrap(&c->f, &conf);
+    raft_configuration_close(&conf);
+    REQUIRE(rv == 0);
+    REQUIRE(raft_fixture_start(&c->f) == 0);
+    raft_fixture_elect(&c->f, 0);
+    REQUIRE(raft_state(raft_fixture_get(&c->f, 0)) == RAFT_LEADER);
+}
+
+static void cluster_close(struct cluster *c)
+{
+    raft_fixture_close(&c->f);
+}
+
+static void apply_done(struct raft_apply *req, int status, void *result)
+{
+    (void)req;
+    (void)status;
+    (void)result;
+}
+
+/* Submit one command on the leader (server 0); returns its log index. */
+static raft_index submit(struct cluster *c)
+{
+    REQUIRE(c->n_applies < sizeof c->applies / sizeof c->applies[0]);
+    struct raft *leader = raft_fixture_get(&c->f, 0);
+    struct raft_buffer buf = {.base = raft_malloc(sizeof(uint64_t)), .len = sizeof(uint64_t)};
+    REQUIRE(buf.base != NULL);
+    uint64_t v = ++c->next_value;
+    memcpy(buf.base, &v, sizeof v);
+    int rv = raft_apply(leader, &c->applies[c->n_applies++], &buf, 1, apply_done);
+    if (rv != 0) {
+        raft_free(buf.base);
+    }
+    REQUIRE(rv == 0);
+    return raft_last_index(leader);
+}
+
+static void disconnect_both_ways(struct cluster *c, unsigned i, unsigned j)
+{
+    raft_fixture_disconnect(&c->f, i, j);
+    raft_fixture_disconnect(&c->f, j, i);
+}
+
+static void reconnect_both_ways(struct cluster *c, unsigned i, unsigned j)
+{
+    raft_fixture_reconnect(&c->f, i, j);
+    raft_fixture_reconnect(&c->f, j, i);
+}
+
+/* ---- 0001: a configuration change that is not the first new entry of a batch. ---- */
+
+/* How server 2's last log index moved: the first step that took it past `from`. */
+static struct {
+    raft_index from;
+    raft_index jumped_to; /* 0 until the step that took it past `from` */
+} watch;
+
+static void watch_follower_log(struct raft_fixture *f, struct raft_fixture_event *event)
+{
+    (void)event;
+    raft_index last = raft_last_index(raft_fixture_get(f, 2));
+    if (watch.jumped_to == 0 && last > watch.from) {
+        watch.jumped_to = last;
+    }
+}
+
+/*
+ * Follower 2 misses three commands and a raft_add of server 4, then receives all four in
+ * one AppendEntries, the change as its fourth new entry. Unpatched, the follower records
+ * the change as uncommitted at the index of the first new entry; the commit of the
+ * change never matches it, so the follower's committed configuration stays the bootstrap
+ * one and its uncommitted index stays set forever.
+ */
+static void follower_commits_config_change_not_first_in_batch(void)
+{
+    static struct cluster c;
+    cluster_start(&c);
+    struct raft *leader = raft_fixture_get(&c.f, 0);
+    struct raft *follower = raft_fixture_get(&c.f, 2);
+    raft_term term = leader->current_term;
+
+    REQUIRE(raft_fixture_step_until_applied(&c.f, N_SERVERS, submit(&c), STEP_BOUND_MS));
+    raft_index base = raft_last_index(follower);
+    REQUIRE(base == raft_last_index(leader));
+
+    disconnect_both_ways(&c, 0, 2);
+    submit(&c);
+    submit(&c);
+    submit(&c);
+    struct raft_change add;
+    REQUIRE(raft_add(leader, &add, 4, "4", NULL) == 0);
+    raft_index change_index = raft_last_index(leader);
+    REQUIRE(change_index == base + 4);
+    REQUIRE(raft_fixture_step_until_applied(&c.f, 0, change_index, STEP_BOUND_MS));
+    REQUIRE(leader->configuration_committed_index == change_index);
+    REQUIRE(raft_last_index(follower) == base);
+
+    watch.from = base;
+    watch.jumped_to = 0;
+    raft_fixture_hook(&c.f, watch_follower_log);
+    reconnect_both_ways(&c, 0, 2);
+    REQUIRE(raft_fixture_step_until_applied(&c.f, 2, change_index, STEP_BOUND_MS));
+    raft_fixture_hook(&c.f, NULL);
+
+    /* Preconditions: one leader throughout, and the change reached the follower in one
+     * message together with the three commands before it. */
+    REQUIRE(raft_state(leader) == RAFT_LEADER && leader->current_term == term);
+    REQUIRE(watch.jumped_to == change_index);
+
+    CHECK_EQ_INT(follower->configuration_committed_index, change_index);
+    CHECK_EQ_INT(follower->configuration_uncommitted_index, 0);
+    CHECK_EQ_INT(follower->configuration_committed.n, 4);
+    CHECK_EQ_INT(follower->configuration.n, 4);
+
+    cluster_close(&c);
+}
+
+/* ---- 0002: an InstallSnapshot that waits for the follower's own snapshot. ---- */
+
+static bool own_snapshot_taking(struct raft_fixture *f, void *arg)
+{
+    (void)arg;
+    return raft_fixture_get(f, 2)->legacy.snapshot_taking;
+}
+
+static bool log_reaches(struct raft_fixture *f, void *arg)
+{
+    return raft_last_index(raft_fixture_get(f, 2)) >= *(raft_index *)arg;
+}
+
+static bool leader_compacted_past(struct raft_fixture *f, void *arg)
+{
+    struct raft *leader = raft_fixture_get(f, 0);
+    return leader->trail.snapshot.index > *(raft_index *)arg && !leader->legacy.snapshot_taking;
+}
+
+static bool install_pending_or_own_done(struct raft_fixture *f, void *arg)
+{
+    (void)arg;
+    struct raft *r = raft_fixture_get(f, 2);
+    return r->legacy.snapshot_pending != NULL || !r->legacy.snapshot_taking;
+}
+
+/*
+ * Follower 2 starts its own snapshot with a slow disk (1 s), is cut off while the leader
+ * moves on and compacts its log past the follower's, and on reconnecting is sent an
+ * InstallSnapshot, which libraft holds as pending until the follower's own snapshot is
+ * stored. Unpatched, finishing the own snapshot clears the pending pointer before reading
+ * it and persists a NULL request: a segfault.
+ */
+static void install_snapshot_waits_for_own_snapshot_scenario(void)
+{
+    static struct cluster c;
+    cluster_start(&c);
+    struct raft *leader = raft_fixture_get(&c.f, 0);
+    struct raft *follower = raft_fixture_get(&c.f, 2);
+    raft_term term = leader->current_term;
+
+    submit(&c);
+    submit(&c);
+    REQUIRE(raft_fixture_step_until_applied(&c.f, N_SERVERS, submit(&c), STEP_BOUND_MS));
+    raft_index a = raft_last_index(leader);
+
+    /* The follower snapshots at the next commit; the leader and server 1 only after 8
+     * more, keeping 2 entries, which leaves the follower's whole log behind. */
+    raft_set_snapshot_threshold(follower, (unsigned)a + 1);
+    for (unsigned i = 0; i < 2; i++) {
+        raft_set_snapshot_threshold(raft_fixture_get(&c.f, i), (unsigned)a + 8);
+        raft_set_snapshot_trailing(raft_fixture_get(&c.f, i), 2);
+    }
+
+    /* Entry a+1 reaches the follower at normal disk speed; only the snapshot its commit
+     * then triggers gets the slow disk. */
+    raft_index next = submit(&c);
+    REQUIRE(raft_fixture_step_until(&c.f, log_reaches, &next, STEP_BOUND_MS));
+    REQUIRE(follower->commit_index < next && !follower->legacy.snapshot_taking);
+    raft_fixture_set_disk_latency(&c.f, 2, 1000);
+    REQUIRE(raft_fixture_step_until(&c.f, own_snapshot_taking, NULL, STEP_BOUND_MS));
+    raft_fixture_set_disk_latency(&c.f, 2, 10);
+
+    disconnect_both_ways(&c, 0, 2);
+    raft_index last = 0;
+    for (int i = 0; i < 10; i++) {
+        last = submit(&c);
+    }
+    REQUIRE(raft_fixture_step_until_applied(&c.f, 0, last, STEP_BOUND_MS));
+    raft_index keep_above = next + 2; /* with 2 trailing entries, next is gone */
+    REQUIRE(raft_fixture_step_until(&c.f, leader_compacted_past, &keep_above, STEP_BOUND_MS));
+    REQUIRE(follower->legacy.snapshot_taking);
+
+    reconnect_both_ways(&c, 0, 2);
+    REQUIRE(raft_fixture_step_until(&c.f, install_pending_or_own_done, NULL, STEP_BOUND_MS));
+    /* Precondition: the leader's InstallSnapshot arrived while the own snapshot was being
+     * stored, and is waiting for it. */
+    REQUIRE(follower->legacy.snapshot_taking && follower->legacy.snapshot_pending != NULL);
+
+    /* Unpatched, the follower crashes in here when its own snapshot completes. */
+    REQUIRE(raft_fixture_step_until_applied(&c.f, 2, last, STEP_BOUND_MS));
+
+    CHECK(follower->legacy.snapshot_pending == NULL);
+    CHECK(!follower->legacy.snapshot_taking);
+    CHECK_EQ_INT(c.counters[2].n_restores, 1);
+    CHECK_EQ_INT(c.counters[2].n_applied, c.counters[0].n_applied);
+    CHECK_EQ_INT(c.counters[2].sum, c.counters[0].sum);
+    CHECK_EQ_INT(raft_last_applied(follower), raft_last_applied(leader));
+    CHECK(raft_state(leader) == RAFT_LEADER && leader->current_term == term);
+    CHECK(raft_state(follower) == RAFT_FOLLOWER);
+
+    cluster_close(&c);
+}
+
+/* Run `fn` in a child process, so that a crash inside libraft fails this test instead of
+ * ending the run. The child's CHECK messages go to stderr as usual. It leaves with exit(),
+ * so that in the sanitizer build LeakSanitizer checks it: this scenario has the leader
+ * resend InstallSnapshot while the follower installs one, which leaked without patch 0003. */
+static void run_in_child(void (*fn)(void))
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        test_failures_in_current = 0;
+        if (setjmp(test_abort) == 0) {
+            fn();
+        }
+        fflush(stdout);
+        fflush(stderr);
+        exit(test_failures_in_current == 0 ? 0 : 1);
+    }
+    int status;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    if (WIFSIGNALED(status)) {
+        fprintf(stderr, "  child killed by signal %d (%s)\n", WTERMSIG(status),
+                strsignal(WTERMSIG(status)));
+    }
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void follower_installs_snapshot_that_waited_for_its_own(void)
+{
+    run_in_child(install_snapshot_waits_for_own_snapshot_scenario);
+}
+
+int main(void)
+{
+    TEST_MAIN_BEGIN;
+    TEST(follower_commits_config_change_not_first_in_batch);
+    TEST(follower_installs_snapshot_that_waited_for_its_own);
+    TEST_MAIN_END;
+}
