@@ -567,7 +567,13 @@ struct tally {
     char tls_verify_why[WHY_MAX];
     bool tried_once;
     uint64_t rng;
+    /* Ids this client saw granted, direct-mapped by hash (the last GRANTED_IDS or so):
+     * a later reserve of such an id that ends UNAVAILABLE is a resubmission of a grant
+     * its caller holds, so it must not be voided behind the caller's back. */
+    uint8_t (*granted)[LEDGER_REQUEST_ID_SIZE];
 };
+
+#define GRANTED_IDS 8192 /* 128 KiB per client */
 
 /* ---- Results. ---- */
 
@@ -965,6 +971,27 @@ static int64_t backoff_ms(struct tally *c, uint32_t step)
 
 /* ---- Finishing calls (I/O thread). ---- */
 
+static size_t granted_slot(const uint8_t *id)
+{
+    uint64_t a, b;
+    memcpy(&a, id, 8);
+    memcpy(&b, id + 8, 8);
+    uint64_t h = (a ^ (b * 0x9e3779b97f4a7c15ull)) * 0xbf58476d1ce4e5b9ull;
+    return (size_t)(h >> 32) % GRANTED_IDS;
+}
+
+static void granted_remember(struct tally *c, const uint8_t *id)
+{
+    memcpy(c->granted[granted_slot(id)], id, LEDGER_REQUEST_ID_SIZE);
+}
+
+static bool granted_seen(const struct tally *c, const uint8_t *id)
+{
+    static const uint8_t zero[LEDGER_REQUEST_ID_SIZE];
+    return memcmp(id, zero, sizeof(zero)) != 0 &&
+           memcmp(c->granted[granted_slot(id)], id, LEDGER_REQUEST_ID_SIZE) == 0;
+}
+
 static void bg_void_start(struct tally *c, const struct call *reserve, int64_t now_ms);
 static void conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, const char *why);
 
@@ -987,10 +1014,16 @@ static void finish(struct tally *c, struct call *call, struct tally_result *r, i
         free(call);
         return;
     }
+    const uint8_t *id = call->req.u.write.request_id;
+    if (call->kind == CALL_RESERVE && r->outcome == TALLY_GRANTED) {
+        granted_remember(c, id);
+    }
     if (r->outcome == TALLY_UNAVAILABLE) {
         stat_add(&c->stats.unavailable, 1);
         if (call->kind == CALL_RESERVE && r->error != TALLY_ECLOSED) {
-            if (call->attempts > 0) {
+            if (call->attempts > 0 && granted_seen(c, id)) {
+                stat_add(&c->stats.voids_skipped, 1);
+            } else if (call->attempts > 0) {
                 bg_void_start(c, call, now_ms);
             }
             if (c->fail_open) {
@@ -2293,6 +2326,7 @@ static void client_free(struct tally *c)
     }
     free(c->heap);
     free(c->table);
+    free(c->granted);
     pthread_cond_destroy(&c->room_cond);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -2310,7 +2344,8 @@ static int alloc_tables(struct tally *c)
     c->table_mask = buckets - 1;
     c->heap = calloc(c->heap_cap, sizeof(*c->heap));
     c->table = calloc(buckets, sizeof(*c->table));
-    return c->heap != NULL && c->table != NULL ? 0 : -1;
+    c->granted = calloc(GRANTED_IDS, sizeof(*c->granted));
+    return c->heap != NULL && c->table != NULL && c->granted != NULL ? 0 : -1;
 }
 
 static int init_sync(struct tally *c)

@@ -287,7 +287,10 @@ struct tally_reserve_args {
     size_t metadata_len;      /* 0 .. TALLY_METADATA_MAX */
     /* The request id (TALLY_REQUEST_ID_SIZE bytes), or NULL to let the client make one.
      * It names the reservation for settle, void and extend; it is in res->request_id.
-     * Do not reuse an id after an UNAVAILABLE answer: the client voids it. */
+     * Do not reuse an id after an UNAVAILABLE answer: the client voids it. Resubmitting
+     * an id this client has seen granted is safe (the answer is the stored grant): if
+     * the resubmission ends UNAVAILABLE, the id is not voided (the last 8192 or so
+     * granted ids are remembered; tally_stats().voids_skipped counts these). */
     const uint8_t *request_id;
 };
 
@@ -674,6 +677,7 @@ struct tally_stats {
     uint64_t voids_queued;  /* background voids started */
     uint64_t voids_done;    /* background voids answered (voided, or nothing to void) */
     uint64_t voids_failed;  /* background voids that gave up or were dropped */
+    uint64_t voids_skipped; /* UNAVAILABLE reserves of an id this client saw granted: not voided */
     uint64_t inflight;      /* calls queued or awaiting an answer now */
     uint64_t connected;     /* 1 if a connection is up and authenticated now */
     char endpoint[TALLY_ADDRESS_MAX + 1]; /* the current or last endpoint */

@@ -764,8 +764,9 @@ static int fake_request(struct fake *f, const struct peer *peer, struct rpc_requ
             memcpy(f->ids[f->n_writes], q->u.write.request_id, 16);
             f->n_writes++;
         }
+        int mode = f->mode; /* a test may change it while connected */
         pthread_mutex_unlock(&f->mu);
-        if (f->mode == FAKE_REVERSE) {
+        if (mode == FAKE_REVERSE) {
             held[(*n_held)++] = *q;
             if (*n_held == f->batch) {
                 fake_flush(peer, held, n_held);
@@ -1076,6 +1077,58 @@ static void unanswered_reserve_is_voided_in_the_background(void)
     tally_stats(c, &st);
     CHECK_EQ_INT(st.voids_queued, 1);
     CHECK_EQ_INT(st.failed_open, 1);
+    tally_close(c);
+    fake_stop(&f);
+}
+
+/* Count the VOIDs of `id` the fake has seen. */
+static int fake_voids_of(struct fake *f, const uint8_t *id)
+{
+    int n = 0;
+    pthread_mutex_lock(&f->mu);
+    for (int w = 0; w < f->n_writes; w++) {
+        n += f->types[w] == LEDGER_CMD_VOID && memcmp(f->ids[w], id, 16) == 0;
+    }
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
+
+/* A gateway that resubmits a reserve it holds (same id) must not lose the grant when the
+ * resubmission ends UNAVAILABLE: the client does not void an id it has seen granted.
+ * An id it never saw granted is still voided. */
+static void resubmitted_grant_is_not_voided(void)
+{
+    struct fake f;
+    fake_start(&f, FAKE_REVERSE, 1); /* answers every write at once, granted */
+    struct tally *c = open_at(f.port, 0, 0);
+    struct tally_result res;
+    struct tally_reserve_args a = reserve_args("sk-1");
+    uint8_t held[16], fresh[16];
+    memset(held, 0xa1, sizeof(held));
+    memset(fresh, 0xb2, sizeof(fresh));
+    a.request_id = held;
+    CHECK_EQ_INT(tally_reserve(c, &a, 2000, &res), 0);
+    CHECK_EQ_INT(res.outcome, TALLY_GRANTED);
+
+    pthread_mutex_lock(&f.mu);
+    f.mode = FAKE_SILENT; /* from now on nothing is answered */
+    pthread_mutex_unlock(&f.mu);
+    CHECK_EQ_INT(tally_reserve(c, &a, 150, &res), -TALLY_EUNAVAILABLE);
+    CHECK_EQ_INT(res.outcome, TALLY_UNAVAILABLE);
+    a.request_id = fresh;
+    CHECK_EQ_INT(tally_reserve(c, &a, 150, &res), -TALLY_EUNAVAILABLE);
+
+    /* The fresh id's void goes out; then nothing more may come for the held one. */
+    for (int i = 0; i < 100 && fake_voids_of(&f, fresh) == 0; i++) {
+        usleep(10000);
+    }
+    CHECK_EQ_INT(fake_voids_of(&f, fresh), 1);
+    usleep(100000);
+    CHECK_EQ_INT(fake_voids_of(&f, held), 0);
+    struct tally_stats st;
+    tally_stats(c, &st);
+    CHECK_EQ_INT(st.voids_skipped, 1);
+    CHECK_EQ_INT(st.voids_queued, 1);
     tally_close(c);
     fake_stop(&f);
 }
@@ -1539,6 +1592,7 @@ int main(void)
     TEST(refused_token_ends_calls_with_eauth);
     TEST(out_of_order_answers_reach_their_callers);
     TEST(unanswered_reserve_is_voided_in_the_background);
+    TEST(resubmitted_grant_is_not_voided);
     TEST(tls_round_trip_is_verified_and_pipelined);
     TEST(tls_client_certificate_stands_for_the_token);
     TEST(tls_write_waits_for_a_node_that_does_not_read);
