@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <raft.h>
 #include <raft/uv.h>
 #include <stdarg.h>
@@ -420,6 +421,33 @@ static int ledger_discard(struct node *n, char *why, size_t size)
     return 0;
 }
 
+/*
+ * The ledger writes its LMDB map in place, so a full disk shows up as SIGBUS when a page
+ * needs a block (ledger.h). Make that the same clean stop as any other storage error:
+ * log and exit NODE_EXIT_FATAL. Async-signal-safe: write(2) and _exit only.
+ */
+static void on_storage_fault(int signum)
+{
+    static const char line[] = "level=fatal msg=\"state machine cannot continue\" "
+                               "reason=\"SIGBUS writing the ledger's memory map: no space "
+                               "left on device or an I/O error\"\n";
+    (void)signum;
+    ssize_t ignored = write(STDERR_FILENO, line, sizeof(line) - 1);
+    (void)ignored;
+    _exit(NODE_EXIT_FATAL);
+}
+
+static void trap_storage_faults(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_storage_fault;
+    sigemptyset(&sa.sa_mask);
+    int rv = sigaction(SIGBUS, &sa, NULL);
+    assert(rv == 0);
+    (void)rv;
+}
+
 /* Open the ledger in DIR/ledger and set up the adapter over it. */
 static int node_open_ledger(struct node *n, const char *dir, char *why, size_t size)
 {
@@ -443,6 +471,7 @@ static int node_open_ledger(struct node *n, const char *dir, char *why, size_t s
     if (rv != 0) {
         return rv;
     }
+    trap_storage_faults();
     struct ledger_options opts = {.flags = LEDGER_OPEN_NOSYNC};
     char lerr[LEDGER_ERRMSG_SIZE] = "";
     rv = ledger_open(&n->ledger, path, &opts, lerr);
