@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
@@ -130,6 +131,12 @@ static void node_spawn(struct ch_node *n, bool join)
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        /* A node that crashes leaves a core dump in the run directory, for gdb. */
+        struct rlimit core = {RLIM_INFINITY, RLIM_INFINITY};
+        setrlimit(RLIMIT_CORE, &core);
+        if (chdir(ch.dir) != 0) {
+            _exit(126);
+        }
         execv(ch.tallyd, argv);
         _exit(127);
     }
