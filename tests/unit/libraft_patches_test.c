@@ -320,6 +320,10 @@ static void install_snapshot_waits_for_own_snapshot_scenario(void)
 
     CHECK(follower->legacy.snapshot_pending == NULL);
     CHECK(!follower->legacy.snapshot_taking);
+    /* Its log starts at the leader's snapshot, not at its own older one (which would
+     * leave the log pointing at an index it no longer holds, term 0). */
+    CHECK(follower->trail.snapshot.index > next);
+    CHECK(follower->trail.snapshot.term != 0);
     CHECK_EQ_INT(c.counters[2].n_restores, 1);
     CHECK_EQ_INT(c.counters[2].n_applied, c.counters[0].n_applied);
     CHECK_EQ_INT(c.counters[2].sum, c.counters[0].sum);
