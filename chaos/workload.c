@@ -71,19 +71,30 @@ static int n_leaves;
 
 /* ---- Registry. ---- */
 
+/* The array v (*cap elements, n used) with room for one more, moved if it had to grow;
+ * NULL (v unchanged) if there is no memory. */
+static void *reg_grow(void *v, size_t *cap, size_t n, size_t elem_size)
+{
+    if (n < *cap) {
+        return v;
+    }
+    size_t grown = *cap ? 2 * *cap : 4096;
+    void *p = realloc(v, grown * elem_size);
+    if (p != NULL) {
+        *cap = grown;
+    }
+    return p;
+}
+
 static void register_reserve(const struct op *op, int definite)
 {
     pthread_mutex_lock(&reg_mu);
-    if (n_resv == cap_resv) {
-        size_t cap = cap_resv ? 2 * cap_resv : 4096;
-        void *p = realloc(reg_resv, cap * sizeof(*reg_resv));
-        if (p == NULL) {
-            pthread_mutex_unlock(&reg_mu);
-            return;
-        }
-        reg_resv = p;
-        cap_resv = cap;
+    void *grown = reg_grow(reg_resv, &cap_resv, n_resv, sizeof(*reg_resv));
+    if (grown == NULL) {
+        pthread_mutex_unlock(&reg_mu);
+        return;
     }
+    reg_resv = grown;
     struct wl_reserve *r = &reg_resv[n_resv++];
     memcpy(r->id, op->id, sizeof(r->id));
     r->leaf = op->leaf;
@@ -97,16 +108,12 @@ static void register_reserve(const struct op *op, int definite)
 static void register_resolution(const struct op *op)
 {
     pthread_mutex_lock(&reg_mu);
-    if (n_resol == cap_resol) {
-        size_t cap = cap_resol ? 2 * cap_resol : 4096;
-        void *p = realloc(reg_resol, cap * sizeof(*reg_resol));
-        if (p == NULL) {
-            pthread_mutex_unlock(&reg_mu);
-            return;
-        }
-        reg_resol = p;
-        cap_resol = cap;
+    void *grown = reg_grow(reg_resol, &cap_resol, n_resol, sizeof(*reg_resol));
+    if (grown == NULL) {
+        pthread_mutex_unlock(&reg_mu);
+        return;
     }
+    reg_resol = grown;
     struct wl_resolution *r = &reg_resol[n_resol++];
     memcpy(r->id, op->id, sizeof(r->id));
     r->leaf = op->leaf;

@@ -987,6 +987,7 @@ static void granted_remember(struct tally *c, const uint8_t *id)
 
 static bool granted_seen(const struct tally *c, const uint8_t *id)
 {
+    /* An empty slot is all zeros: an all-zero id must not match it. */
     static const uint8_t zero[LEDGER_REQUEST_ID_SIZE];
     return memcmp(id, zero, sizeof(zero)) != 0 &&
            memcmp(c->granted[granted_slot(id)], id, LEDGER_REQUEST_ID_SIZE) == 0;
@@ -1021,10 +1022,12 @@ static void finish(struct tally *c, struct call *call, struct tally_result *r, i
     if (r->outcome == TALLY_UNAVAILABLE) {
         stat_add(&c->stats.unavailable, 1);
         if (call->kind == CALL_RESERVE && r->error != TALLY_ECLOSED) {
-            if (call->attempts > 0 && granted_seen(c, id)) {
-                stat_add(&c->stats.voids_skipped, 1);
-            } else if (call->attempts > 0) {
-                bg_void_start(c, call, now_ms);
+            if (call->attempts > 0) {
+                if (granted_seen(c, id)) {
+                    stat_add(&c->stats.voids_skipped, 1);
+                } else {
+                    bg_void_start(c, call, now_ms);
+                }
             }
             if (c->fail_open) {
                 r->outcome = TALLY_GRANTED;

@@ -812,9 +812,9 @@ static void scenario_reboot(void)
     stop(victim, SIGKILL);
     fake_machine_crash(victim);
     stream_run(200, 4, NULL);
-    /* The victim takes no snapshot of its own while it installs the leader's: libraft
-     * 0.22.1 dereferences NULL (segfault at 0x48 in its legacy takeSnapshotCb) when a
-     * snapshot of its own finishes while an InstallSnapshot is on hold. */
+    /* The victim takes no snapshot of its own while it installs the leader's, so this
+     * scenario stays about the rebuild: a snapshot of its own finishing while an
+     * InstallSnapshot is on hold is libraft_patches_test's case (patch 0002). */
     snapshot_threshold = 100000;
     spawn(victim);
     verify_all();

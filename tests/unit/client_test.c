@@ -1042,6 +1042,18 @@ static void out_of_order_answers_reach_their_callers(void)
     fake_stop(&f);
 }
 
+/* Count the VOIDs of `id` the fake has seen. */
+static int fake_voids_of(struct fake *f, const uint8_t *id)
+{
+    int n = 0;
+    pthread_mutex_lock(&f->mu);
+    for (int w = 0; w < f->n_writes; w++) {
+        n += f->types[w] == LEDGER_CMD_VOID && memcmp(f->ids[w], id, 16) == 0;
+    }
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
+
 static void unanswered_reserve_is_voided_in_the_background(void)
 {
     struct fake f;
@@ -1057,18 +1069,10 @@ static void unanswered_reserve_is_voided_in_the_background(void)
     CHECK(res.attempts >= 1);
     /* The void goes out on the same (silent) connection or, after the silence time-out,
      * on a new one; either way the node sees a VOID of the reserve's id. */
-    int saw_void = 0;
-    for (int i = 0; i < 100 && !saw_void; i++) {
+    for (int i = 0; i < 100 && fake_voids_of(&f, res.request_id) == 0; i++) {
         usleep(10000);
-        pthread_mutex_lock(&f.mu);
-        for (int w = 0; w < f.n_writes; w++) {
-            if (f.types[w] == LEDGER_CMD_VOID && memcmp(f.ids[w], res.request_id, 16) == 0) {
-                saw_void = 1;
-            }
-        }
-        pthread_mutex_unlock(&f.mu);
     }
-    CHECK(saw_void);
+    CHECK(fake_voids_of(&f, res.request_id) >= 1);
     pthread_mutex_lock(&f.mu);
     CHECK(f.n_writes >= 2);
     CHECK_EQ_INT(f.types[0], LEDGER_CMD_RESERVE);
@@ -1079,18 +1083,6 @@ static void unanswered_reserve_is_voided_in_the_background(void)
     CHECK_EQ_INT(st.failed_open, 1);
     tally_close(c);
     fake_stop(&f);
-}
-
-/* Count the VOIDs of `id` the fake has seen. */
-static int fake_voids_of(struct fake *f, const uint8_t *id)
-{
-    int n = 0;
-    pthread_mutex_lock(&f->mu);
-    for (int w = 0; w < f->n_writes; w++) {
-        n += f->types[w] == LEDGER_CMD_VOID && memcmp(f->ids[w], id, 16) == 0;
-    }
-    pthread_mutex_unlock(&f->mu);
-    return n;
 }
 
 /* A gateway that resubmits a reserve it holds (same id) must not lose the grant when the
