@@ -102,27 +102,6 @@ static void on_alarm(int sig)
     _exit(1);
 }
 
-/*
- * In sanitizer builds, LeakSanitizer makes a child exit 1 at a clean stop if anything
- * leaked. libraft 0.22 leaks the payload of InstallSnapshot messages a follower receives
- * but does not install; children get a suppression for leaks inside libraft unless the
- * caller set LSAN_OPTIONS. Harmless without sanitizers.
- */
-static void lsan_suppress_libraft(void)
-{
-    char path[PATH_MAX + 16];
-    snprintf(path, sizeof(path), "%s/lsan.supp", h_dir);
-    FILE *f = fopen(path, "w");
-    if (f == NULL || fputs("leak:libraft.so\n", f) < 0 || fclose(f) != 0) {
-        H_FAIL("write %s", path);
-    }
-    char opts[PATH_MAX + 64];
-    snprintf(opts, sizeof(opts), "suppressions=%s:print_suppressions=0", path);
-    if (getenv("LSAN_OPTIONS") == NULL && setenv("LSAN_OPTIONS", opts, 1) != 0) {
-        H_FAIL("setenv: %s", strerror(errno));
-    }
-}
-
 void h_init(const char *name, int deadline_s)
 {
     start_ms = h_now_ms();
@@ -136,7 +115,6 @@ void h_init(const char *name, int deadline_s)
         fprintf(stderr, "mkdtemp %s: %s\n", h_dir, strerror(errno));
         exit(1);
     }
-    lsan_suppress_libraft();
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
