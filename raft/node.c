@@ -1023,7 +1023,10 @@ static void track_leadership(struct node *n)
 {
     int state = raft_state(&n->raft);
     if (state == RAFT_UNAVAILABLE) {
-        /* libraft gives up (e.g. a failed disk write or restore) by going unavailable. */
+        /* libraft gives up by going unavailable when a tick or a peer's message fails to
+         * step (libraft patch 0005): a log conflict at a committed index, a term or vote
+         * it could not persist, no memory. Running on would leave a member whose memory
+         * and disk disagree. */
         node_fatal(n, "raft became unavailable", raft_errmsg(&n->raft));
     }
     uint64_t term = raft_current_term(&n->raft);

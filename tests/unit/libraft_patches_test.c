@@ -6,17 +6,21 @@
  * only) into the state its patch is about, then asserts what the patched library does.
  * The scenarios are forced, not hoped for: before asserting, each test REQUIREs that it
  * reached the state the bug needs (a configuration change delivered behind other new
- * entries; an InstallSnapshot held back by the follower's own snapshot), so a change in
- * libraft's timing shows as a failed precondition instead of a vacuous pass.
+ * entries; an InstallSnapshot held back by the follower's own snapshot; a snapshot
+ * decided on while a newer one was being stored), so a change in libraft's timing shows
+ * as a failed precondition instead of a vacuous pass.
  *
  * Against Debian's unpatched libraft0 0.22.1 the first test fails its assertions and the
- * second crashes inside libraft; it runs in a child process so the crash is reported as a
- * failure of that test.
+ * others crash inside libraft; those run in a child process so that a crash is reported
+ * as a failure of that test. (0004's test reads libraft's private progress.h, which only
+ * the source tree has.)
  */
 #include "test.h"
 
 #include <raft.h>
 #include <raft/fixture.h>
+
+#include "progress.h" /* libraft's private header: a leader's per-follower progress */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -334,6 +338,180 @@ static void install_snapshot_waits_for_own_snapshot_scenario(void)
     cluster_close(&c);
 }
 
+/* ---- 0004: an InstallSnapshot whose snapshot was replaced on disk while loading. ---- */
+
+/* The index of the snapshot the leader's raft first decided to send to server 2. */
+static struct {
+    unsigned slot; /* server 2's position in the leader's configuration */
+    raft_index decided;
+} sent;
+
+static void watch_snapshot_decision(struct raft_fixture *f, struct raft_fixture_event *event)
+{
+    (void)event;
+    struct raft *leader = raft_fixture_get(f, 0);
+    if (sent.decided != 0 || raft_state(leader) != RAFT_LEADER) {
+        return;
+    }
+    const struct raft_progress *p = &leader->leader_state.progress[sent.slot];
+    if (p->state == PROGRESS__SNAPSHOT) {
+        sent.decided = p->snapshot.index;
+    }
+}
+
+static bool leader_taking_snapshot(struct raft_fixture *f, void *arg)
+{
+    (void)arg;
+    return raft_fixture_get(f, 0)->legacy.snapshot_taking;
+}
+
+static void isolate(struct cluster *c, unsigned i)
+{
+    for (unsigned j = 0; j < N_SERVERS; j++) {
+        if (j != i) {
+            disconnect_both_ways(c, i, j);
+        }
+    }
+}
+
+static void rejoin(struct cluster *c, unsigned i)
+{
+    for (unsigned j = 0; j < N_SERVERS; j++) {
+        if (j != i) {
+            reconnect_both_ways(c, i, j);
+        }
+    }
+}
+
+/*
+ * The leader compacts to a snapshot S1 in term t1, is re-elected in term t2, and starts a
+ * snapshot S2 in t2 on a slow disk (500 ms). Server 2, cut off since before S1, then
+ * rejoins: the leader's raft decides to send S1, but by the time the load completes S2
+ * is stored, and the load returns S2. Unpatched, the message carries S2's index with
+ * S1's term; the follower installs a snapshot whose term is wrong, the leader's next
+ * AppendEntries conflicts with it at a committed index, and the follower shuts down
+ * (freeing the entries twice).
+ */
+static void install_snapshot_replaced_while_loading_scenario(void)
+{
+    static struct cluster c;
+    cluster_start(&c);
+    struct raft *leader = raft_fixture_get(&c.f, 0);
+    struct raft *follower = raft_fixture_get(&c.f, 2);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        /* An isolated server must not raise its term and depose the leader on rejoining. */
+        raft_set_pre_vote(raft_fixture_get(&c.f, i), true);
+        raft_set_snapshot_trailing(raft_fixture_get(&c.f, i), 2);
+        raft_set_snapshot_threshold(raft_fixture_get(&c.f, i), 1000);
+    }
+    REQUIRE(raft_fixture_step_until_applied(&c.f, N_SERVERS, submit(&c), STEP_BOUND_MS));
+    raft_index base = raft_last_index(follower);
+
+    /* S1, in the first term, covering entries server 2 never got. */
+    isolate(&c, 2);
+    raft_index last = 0;
+    for (int i = 0; i < 4; i++) {
+        last = submit(&c);
+    }
+    REQUIRE(raft_fixture_step_until_applied(&c.f, 0, last, STEP_BOUND_MS));
+    raft_set_snapshot_threshold(leader, 1);
+    last = submit(&c);
+    raft_index keep_above = base + 2;
+    REQUIRE(raft_fixture_step_until(&c.f, leader_compacted_past, &keep_above, STEP_BOUND_MS));
+    raft_set_snapshot_threshold(leader, 1000);
+    raft_index s1_index = leader->trail.snapshot.index;
+    raft_term t1 = leader->trail.snapshot.term;
+
+    /* The same leader, a new term. */
+    raft_fixture_depose(&c.f);
+    raft_fixture_elect(&c.f, 0);
+    raft_term t2 = leader->current_term;
+    REQUIRE(t2 > t1);
+    for (int i = 0; i < 3; i++) {
+        last = submit(&c);
+    }
+    REQUIRE(raft_fixture_step_until_applied(&c.f, 0, last, STEP_BOUND_MS));
+
+    /* S2, in the new term, on a slow disk. */
+    raft_fixture_set_disk_latency(&c.f, 0, 500);
+    raft_set_snapshot_threshold(leader, 1);
+    last = submit(&c);
+    REQUIRE(raft_fixture_step_until(&c.f, leader_taking_snapshot, NULL, STEP_BOUND_MS));
+    raft_set_snapshot_threshold(leader, 1000);
+    raft_index s2_index = leader->commit_index;
+    REQUIRE(s2_index > s1_index);
+
+    sent.decided = 0;
+    sent.slot = N_SERVERS;
+    for (unsigned i = 0; i < leader->configuration.n; i++) {
+        if (leader->configuration.servers[i].id == follower->id) {
+            sent.slot = i;
+        }
+    }
+    REQUIRE(sent.slot < N_SERVERS);
+    raft_fixture_hook(&c.f, watch_snapshot_decision);
+    rejoin(&c, 2);
+    /* Unpatched, the follower crashes in here. */
+    bool caught_up = raft_fixture_step_until_applied(&c.f, 2, last, STEP_BOUND_MS);
+    raft_fixture_hook(&c.f, NULL);
+
+    /* Preconditions: raft decided on S1 while S2 was being stored, and the follower got
+     * S2 (the newer snapshot on disk when the load completed). */
+    REQUIRE(sent.decided == s1_index);
+    REQUIRE(follower->trail.snapshot.index == s2_index);
+    REQUIRE(raft_state(leader) == RAFT_LEADER && leader->current_term == t2);
+
+    CHECK_EQ_INT(follower->trail.snapshot.term, t2);
+    CHECK(caught_up);
+    CHECK(raft_state(follower) == RAFT_FOLLOWER);
+    CHECK_EQ_INT(raft_last_applied(follower), raft_last_applied(leader));
+    CHECK_EQ_INT(c.counters[2].n_applied, c.counters[0].n_applied);
+    CHECK_EQ_INT(c.counters[2].sum, c.counters[0].sum);
+
+    cluster_close(&c);
+}
+
+/* ---- 0005: a message that contradicts the log at a committed index. ---- */
+
+/*
+ * Follower 2's record of its last committed entry's term is altered, as a snapshot
+ * installed with the wrong term (finding F, patch 0004) would leave it; the leader's next
+ * AppendEntries then conflicts with it at a committed index, which raft rejects as
+ * "should never happen". Unpatched, the follower frees the entries twice (a crash), or,
+ * for a heartbeat, ignores the error and never catches up. Patched, it goes unavailable
+ * with the reason in its errmsg, and the others go on.
+ */
+static void follower_gives_up_on_conflict_at_committed_index_scenario(void)
+{
+    static struct cluster c;
+    cluster_start(&c);
+    struct raft *leader = raft_fixture_get(&c.f, 0);
+    struct raft *follower = raft_fixture_get(&c.f, 2);
+    REQUIRE(raft_fixture_step_until_applied(&c.f, N_SERVERS, submit(&c), STEP_BOUND_MS));
+    REQUIRE(follower->commit_index == raft_last_index(follower));
+
+    struct raft_trail *t = &follower->trail;
+    REQUIRE(t->back != t->front);
+    unsigned last_record = (t->back + t->size - 1) % t->size;
+    REQUIRE(t->records[last_record].index == raft_last_index(follower));
+    t->records[last_record].term += 7;
+
+    raft_index next = submit(&c);
+    REQUIRE(raft_fixture_step_until_applied(&c.f, 1, next, STEP_BOUND_MS));
+    CHECK(raft_fixture_step_until_state_is(&c.f, 2, RAFT_UNAVAILABLE, STEP_BOUND_MS));
+    CHECK(strstr(raft_errmsg(follower), "append entries from server 1: conflicts with this server's log at a committed index") != NULL);
+    CHECK(raft_last_applied(follower) < next);
+
+    /* Nothing steps the follower any more; the other two carry on. */
+    raft_fixture_step_until_elapsed(&c.f, 1000);
+    CHECK(raft_state(follower) == RAFT_UNAVAILABLE);
+    next = submit(&c);
+    CHECK(raft_fixture_step_until_applied(&c.f, 1, next, STEP_BOUND_MS));
+    CHECK(raft_state(leader) == RAFT_LEADER);
+
+    cluster_close(&c);
+}
+
 /* Run `fn` in a child process, so that a crash inside libraft fails this test instead of
  * ending the run. The child's CHECK messages go to stderr as usual. It leaves with exit(),
  * so that in the sanitizer build LeakSanitizer checks it: this scenario has the leader
@@ -367,10 +545,22 @@ static void follower_installs_snapshot_that_waited_for_its_own(void)
     run_in_child(install_snapshot_waits_for_own_snapshot_scenario);
 }
 
+static void follower_installs_snapshot_with_the_term_of_its_index(void)
+{
+    run_in_child(install_snapshot_replaced_while_loading_scenario);
+}
+
+static void follower_gives_up_on_conflict_at_committed_index(void)
+{
+    run_in_child(follower_gives_up_on_conflict_at_committed_index_scenario);
+}
+
 int main(void)
 {
     TEST_MAIN_BEGIN;
     TEST(follower_commits_config_change_not_first_in_batch);
     TEST(follower_installs_snapshot_that_waited_for_its_own);
+    TEST(follower_installs_snapshot_with_the_term_of_its_index);
+    TEST(follower_gives_up_on_conflict_at_committed_index);
     TEST_MAIN_END;
 }
