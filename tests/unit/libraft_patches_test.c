@@ -11,9 +11,9 @@
  * as a failed precondition instead of a vacuous pass.
  *
  * Against Debian's unpatched libraft0 0.22.1 the first test fails its assertions and the
- * others crash inside libraft; those run in a child process so that a crash is reported
- * as a failure of that test. (0004's test reads libraft's private progress.h, which only
- * the source tree has.)
+ * others crash inside libraft (the last two with the double frees patch 0005 removes);
+ * those run in a child process so that a crash is reported as a failure of that test.
+ * (0004's test reads libraft's private progress.h, which only the source tree has.)
  */
 #include "test.h"
 
@@ -512,6 +512,60 @@ static void follower_gives_up_on_conflict_at_committed_index_scenario(void)
     cluster_close(&c);
 }
 
+/*
+ * The leader's storage fails (every I/O request of server 0 fails from now on, as on a
+ * full disk), and a command is submitted. Unpatched, libraft frees the command's buffer
+ * before starting the write, raft_apply() returns the error, and the caller's free of
+ * its buffer is a double free; and the leader, whose log can no longer be written, stays
+ * leader and never commits again. Patched, raft_apply() fails with the buffer still the
+ * caller's, the leader goes unavailable with the reason, and the others elect a leader
+ * and go on.
+ */
+static bool another_leader(struct raft_fixture *f, void *arg)
+{
+    (void)arg;
+    return raft_state(raft_fixture_get(f, 1)) == RAFT_LEADER ||
+           raft_state(raft_fixture_get(f, 2)) == RAFT_LEADER;
+}
+
+static void leader_gives_up_when_its_log_cannot_be_written_scenario(void)
+{
+    static struct cluster c;
+    cluster_start(&c);
+    struct raft *leader = raft_fixture_get(&c.f, 0);
+    REQUIRE(raft_fixture_step_until_applied(&c.f, N_SERVERS, submit(&c), STEP_BOUND_MS));
+
+    raft_fixture_io_fault(&c.f, 0, 0, -1);
+    static struct raft_apply req;
+    uint64_t v = 42;
+    struct raft_buffer buf = {.base = raft_malloc(sizeof v), .len = sizeof v};
+    REQUIRE(buf.base != NULL);
+    memcpy(buf.base, &v, sizeof v);
+    int rv = raft_apply(leader, &req, &buf, 1, apply_done);
+    CHECK(rv != 0);
+    if (rv != 0) {
+        raft_free(buf.base); /* the caller's, as raft_apply() promises on failure */
+    }
+    CHECK(raft_state(leader) == RAFT_UNAVAILABLE);
+    CHECK(strstr(raft_errmsg(leader), "write entries") != NULL);
+
+    /* The other two elect a leader among themselves and commit. */
+    REQUIRE(raft_fixture_step_until(&c.f, another_leader, NULL, 10000));
+    unsigned new_leader = raft_state(raft_fixture_get(&c.f, 1)) == RAFT_LEADER ? 1 : 2;
+    struct raft *r = raft_fixture_get(&c.f, new_leader);
+    static struct raft_apply req2;
+    struct raft_buffer buf2 = {.base = raft_malloc(sizeof v), .len = sizeof v};
+    REQUIRE(buf2.base != NULL);
+    memcpy(buf2.base, &v, sizeof v);
+    REQUIRE(raft_apply(r, &req2, &buf2, 1, apply_done) == 0);
+    raft_index index = raft_last_index(r);
+    CHECK(raft_fixture_step_until_applied(&c.f, 1, index, STEP_BOUND_MS));
+    CHECK(raft_fixture_step_until_applied(&c.f, 2, index, STEP_BOUND_MS));
+    CHECK(raft_state(leader) == RAFT_UNAVAILABLE);
+
+    cluster_close(&c);
+}
+
 /* Run `fn` in a child process, so that a crash inside libraft fails this test instead of
  * ending the run. The child's CHECK messages go to stderr as usual. It leaves with exit(),
  * so that in the sanitizer build LeakSanitizer checks it: this scenario has the leader
@@ -555,6 +609,11 @@ static void follower_gives_up_on_conflict_at_committed_index(void)
     run_in_child(follower_gives_up_on_conflict_at_committed_index_scenario);
 }
 
+static void leader_gives_up_when_its_log_cannot_be_written(void)
+{
+    run_in_child(leader_gives_up_when_its_log_cannot_be_written_scenario);
+}
+
 int main(void)
 {
     TEST_MAIN_BEGIN;
@@ -562,5 +621,6 @@ int main(void)
     TEST(follower_installs_snapshot_that_waited_for_its_own);
     TEST(follower_installs_snapshot_with_the_term_of_its_index);
     TEST(follower_gives_up_on_conflict_at_committed_index);
+    TEST(leader_gives_up_when_its_log_cannot_be_written);
     TEST_MAIN_END;
 }
