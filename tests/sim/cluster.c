@@ -249,6 +249,22 @@ static void trace_leader(struct sim *s)
     }
 }
 
+/* A server whose libraft gave up (RAFT_UNAVAILABLE: a write failed, or a message
+ * contradicted its committed log) is stopped for good, as tallyd exits on it. The
+ * fixture cannot restart a server from what it wrote, so it is not revived. */
+static void stop_servers_that_gave_up(struct sim *s)
+{
+    for (unsigned i = 0; i < s->n; i++) {
+        struct raft *r = raft_fixture_get(&s->fx, i);
+        if (!s->down[i] && raft_fixture_alive(&s->fx, i) && raft_state(r) == RAFT_UNAVAILABLE) {
+            sim_trace(s, "server %u gave up (%s): stopped", i, raft_errmsg(r));
+            raft_fixture_kill(&s->fx, i);
+            s->down[i] = true;
+            s->stats.gave_up++;
+        }
+    }
+}
+
 /* The fixture's hook: runs after every step, also inside elect/depose. */
 static void on_step(struct raft_fixture *f, struct raft_fixture_event *event)
 {
@@ -257,6 +273,7 @@ static void on_step(struct raft_fixture *f, struct raft_fixture_event *event)
     sim_digest(s, raft_fixture_time(f));
     sim_digest(s, (uint64_t)raft_fixture_event_type(event) << 8 |
                       raft_fixture_event_server_index(event));
+    stop_servers_that_gave_up(s);
     trace_leader(s);
     sim_check_all(s);
 }
@@ -555,5 +572,6 @@ void sim_stats_add(struct sim_stats *into, const struct sim_stats *from)
     into->hash_checks += from->hash_checks;
     into->grants_verified += from->grants_verified;
     into->misattributed += from->misattributed;
+    into->gave_up += from->gave_up;
     into->violations += from->violations;
 }

@@ -161,7 +161,7 @@ static unsigned pick_server(struct sim *s, bool killed)
     unsigned start = (unsigned)sim_rng_below(&s->rng, s->n);
     for (unsigned k = 0; k < s->n; k++) {
         unsigned i = (start + k) % s->n;
-        if (sim_killed(s, i) == killed) {
+        if (sim_killed(s, i) == killed && !s->down[i]) {
             return i;
         }
     }
@@ -226,9 +226,9 @@ static bool fault_latency(struct sim *s, bool disk)
 /* A stable leader's write fails as it completes (an asynchronous disk error): the
  * fault is armed right after a new batch is proposed and disarmed once a disk event of
  * the leader was stepped. The failing I/O is that write or an earlier one still in
- * flight, or, if a tick or a message comes first, one of the leader's sends. The
- * synchronous failure (inside raft_apply) is not injected here: libraft 0.22.1 does not
- * survive it (see scenarios.c). */
+ * flight, or, if a tick or a message comes first, one of the leader's sends (a lost
+ * message). A failed write makes libraft give up (patch 0005), and the sim stops that
+ * server for good (cluster.c); the synchronous failure has its own scenario. */
 static bool fault_leader_append(struct sim *s)
 {
     unsigned leader = sim_stable_leader(s);
@@ -249,7 +249,8 @@ static bool fault_leader_append(struct sim *s)
     return true;
 }
 
-/* Any I/O of any server fails (hostile mode only: crashes libraft 0.22.1). */
+/* Any I/O of any server fails, after a few more (hostile mode only: faults armed this
+ * way can stop a majority for good, which the liveness check then reports). */
 static void fault_io(struct sim *s)
 {
     unsigned i = (unsigned)sim_rng_below(&s->rng, s->n);
@@ -257,6 +258,16 @@ static void fault_io(struct sim *s)
     int repeat = (int)sim_rng_range(&s->rng, 1, 3);
     raft_fixture_io_fault(&s->fx, i, delay, repeat);
     sim_trace(s, "io fault on %u after %d ops, %d times", i, delay, repeat);
+}
+
+/* Whether one more server may be stopped for good with a majority left. */
+static bool may_lose_a_server(const struct sim *s)
+{
+    unsigned down = 0;
+    for (unsigned i = 0; i < s->n; i++) {
+        down += s->down[i];
+    }
+    return down + 1 <= (s->n - 1) / 2;
 }
 
 static void fault_timeout(struct sim *s)
@@ -297,6 +308,11 @@ static bool inject(struct sim *s, int kind)
     case SIM_F_DISK_LATENCY:
         return fault_latency(s, kind == SIM_F_DISK_LATENCY);
     case SIM_F_IO_FAULT:
+        /* A failed write stops its server for good (it gives up, and the fixture cannot
+         * restart it from its disk): keep a majority able to come back. */
+        if (!may_lose_a_server(s)) {
+            return false;
+        }
         if (!s->cfg.hostile) {
             return fault_leader_append(s);
         }
@@ -341,7 +357,7 @@ void sim_heal(struct sim *s)
         }
     }
     for (unsigned i = 0; i < s->n; i++) {
-        if (sim_killed(s, i)) {
+        if (sim_killed(s, i) && !s->down[i]) {
             sim_revive(s, i);
         }
         /* Disks keep their latency: a faster disk would reorder writes in flight. */

@@ -131,14 +131,16 @@ static void print_summary(const struct sim_stats *st, double seconds)
 {
     printf("sim: seeds=%llu steps=%llu proposed=%llu rejected=%llu acked_batches=%llu "
            "acked_cmds=%llu failed_batches=%llu grants=%llu denials=%llu replays=%llu "
-           "restores=%llu hash_checks=%llu grants_verified=%llu misattributed_acks=%llu\n",
+           "restores=%llu hash_checks=%llu grants_verified=%llu misattributed_acks=%llu "
+           "gave_up=%llu\n",
            (unsigned long long)st->seeds, (unsigned long long)st->steps,
            (unsigned long long)st->proposed, (unsigned long long)st->rejected,
            (unsigned long long)st->acked, (unsigned long long)st->acked_cmds,
            (unsigned long long)st->failed, (unsigned long long)st->grants,
            (unsigned long long)st->denials, (unsigned long long)st->replays,
            (unsigned long long)st->restores, (unsigned long long)st->hash_checks,
-           (unsigned long long)st->grants_verified, (unsigned long long)st->misattributed);
+           (unsigned long long)st->grants_verified, (unsigned long long)st->misattributed,
+           (unsigned long long)st->gave_up);
     printf("sim: faults");
     for (int k = 0; k < SIM_F_MAX; k++) {
         printf(" %s=%llu", sim_fault_name(k), (unsigned long long)st->faults[k]);

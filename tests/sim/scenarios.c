@@ -330,12 +330,10 @@ static void disk_fault_run(struct sim *s, bool sync)
     raft_fixture_set_disk_latency(&s->fx, 0, 10);
     if (sync) {
         EXPECT(s, rv != 0, "check=leader_disk_fault: raft_apply accepted a failed append");
-        /* libraft 0.22.1 cannot go on after this: its core still counts the entry its
-         * log dropped, so the leader stays leader and never commits again (and crashes
-         * on a later raft_apply). A node must stop on a Raft I/O error: fail-stop. */
-        sim_kill(s, 0);
-        s->down[0] = true;
     }
+    /* Either way libraft gives up on the leader (patch 0005; before it, the leader
+     * stayed leader and never committed again), and the sim stops it, as tallyd exits. */
+    EXPECT(s, s->down[0], "check=leader_disk_fault: the leader did not give up on a failed write");
     step_ms(s, 2000);
     /* A failed synchronous append is never acknowledged. A failed completion may be:
      * the followers' copies are a majority; then the grant must be everywhere. */

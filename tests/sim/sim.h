@@ -85,6 +85,7 @@ struct sim_stats {
     uint64_t hash_checks;     /* state hashes compared against another replica's */
     uint64_t grants_verified; /* acknowledged grants found on every replica at the end */
     uint64_t misattributed;   /* acks whose results belonged to another entry */
+    uint64_t gave_up;         /* servers stopped for good because libraft gave up */
     uint64_t violations;
 };
 
@@ -271,7 +272,8 @@ struct sim_options {
     /* Also the faults libraft 0.22.1 (or its fixture) is known not to survive: any I/O
      * failure of any server, small snapshot thresholds, disks that get faster (writes
      * then complete out of order). Off by default: they crash or wedge libraft itself
-     * (see main.c). */
+     * (see main.c). With tally's patches a failed write makes a server give up instead
+     * of crashing, but faults armed ahead can stop a majority for good. */
     bool hostile;
 };
 
