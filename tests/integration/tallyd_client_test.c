@@ -16,13 +16,23 @@
  *           nothing is granted; after the nodes return, none of those ids holds anything.
  * restart:  all three nodes stop (SIGTERM) and start again: the same state hash, and the
  *           cluster serves.
+ * diskfull: (root: it mounts a tmpfs) a follower's data dir fills up while callers
+ *           reserve: that node stops with exit status 74 and a fatal log line, the other
+ *           two keep granting, and once the space is back the node restarts, catches up
+ *           to the same state hash, and every acknowledged grant is held.
  */
 #define _GNU_SOURCE
 #include "client/tally.h"
 #include "cluster.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -521,6 +531,128 @@ static void scenario_restart(void)
     tally_close(admin);
 }
 
+/* ---- diskfull ---- */
+
+#define DF_ESTIMATE_MICROS 3
+
+static char df_mount[PATH_MAX];
+
+static void df_unmount(void)
+{
+    if (df_mount[0] != '\0') {
+        umount2(df_mount, MNT_DETACH);
+        df_mount[0] = '\0';
+    }
+}
+
+/* Fill the file system holding `dir` with one file until it says ENOSPC. */
+static void fill_up(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) {
+        H_FAIL("open %s: %s", path, strerror(errno));
+    }
+    static char chunk[64 * 1024];
+    for (size_t len = sizeof(chunk); len > 0;) {
+        if (write(fd, chunk, len) < 0) {
+            if (errno != ENOSPC) {
+                H_FAIL("write %s: %s", path, strerror(errno));
+            }
+            len /= 2; /* down to the last bytes */
+        }
+    }
+    close(fd);
+}
+
+/* Reserve until node i has exited on its own or deadline_ms has passed; adds the grants
+ * to *granted. Returns the exit status, or -1 if the node still runs. */
+static int reserve_until_exit(struct tally *c, int i, int deadline_ms, int *granted)
+{
+    struct tally_reserve_args args = {.account = "df", .estimate_micros = DF_ESTIMATE_MICROS,
+                                      .ttl_ms = 3600000};
+    int64_t deadline = h_now_ms() + deadline_ms;
+    while (h_now_ms() < deadline) {
+        struct tally_result res;
+        if (tally_reserve(c, &args, 0, &res) == 0 && res.outcome == TALLY_GRANTED) {
+            (*granted)++;
+        }
+        int status;
+        if (i >= 0 && waitpid(cl_nodes[i].p.pid, &status, WNOHANG) == cl_nodes[i].p.pid) {
+            cl_nodes[i].p.pid = 0;
+            return status;
+        }
+    }
+    return -1;
+}
+
+static void scenario_diskfull(void)
+{
+    struct tally *admin = open_admin();
+    create_account(admin, "df", "", 1000000000);
+    int granted = 0;
+    reserve_until_exit(admin, -1, 500, &granted);
+
+    /* Move a follower onto a tmpfs of its own. */
+    int f = (cl_leader(10000) + 1) % CL_NODES;
+    cl_stop(f, SIGTERM);
+    snprintf(df_mount, sizeof(df_mount), "%s/node%d-tmpfs", h_dir, f + 1);
+    if (mkdir(df_mount, 0700) != 0 || mount("tally-test", df_mount, "tmpfs", 0, "size=64m") != 0) {
+        H_FAIL("mount a tmpfs on %s: %s", df_mount, strerror(errno));
+    }
+    atexit(df_unmount);
+    char cmd[3 * PATH_MAX];
+    snprintf(cmd, sizeof(cmd), "cp -a '%s'/. '%s'/", cl_nodes[f].dir, df_mount);
+    if (system(cmd) != 0) {
+        H_FAIL("%s failed", cmd);
+    }
+    snprintf(cl_nodes[f].dir, sizeof(cl_nodes[f].dir), "%s", df_mount);
+    cl_spawn(f);
+    reserve_until_exit(admin, -1, 500, &granted);
+
+    char filler[PATH_MAX + 16];
+    snprintf(filler, sizeof(filler), "%s/filler", df_mount);
+    fill_up(filler);
+    h_say("node %d's file system is full; reserving", f + 1);
+    int status = reserve_until_exit(admin, f, 60000, &granted);
+    if (status == -1) {
+        H_FAIL("node %d still runs on a full disk after 60 s", f + 1);
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 74) {
+        H_FAIL("node %d ended with status 0x%x on a full disk, not exit 74", f + 1, status);
+    }
+    char grep[PATH_MAX + 64];
+    snprintf(grep, sizeof(grep), "grep -q 'level=fatal' '%s'", cl_nodes[f].p.log);
+    if (system(grep) != 0) {
+        H_FAIL("node %d exited 74 without a fatal log line", f + 1);
+    }
+    h_say("node %d stopped with exit 74 on the full disk; %d grants so far", f + 1, granted);
+
+    int before = granted;
+    reserve_until_exit(admin, -1, 1000, &granted);
+    if (granted == before) {
+        H_FAIL("the other two nodes granted nothing while node %d was down", f + 1);
+    }
+
+    if (unlink(filler) != 0) {
+        H_FAIL("unlink %s: %s", filler, strerror(errno));
+    }
+    cl_spawn(f);
+    char hash[65];
+    cl_converged(30000, 0, hash);
+    struct tally_account a = get_account(admin, "df");
+    if (a.held_micros != (int64_t)granted * DF_ESTIMATE_MICROS) {
+        H_FAIL("df holds %lld micros for %d acknowledged grants of %d", (long long)a.held_micros,
+               granted, DF_ESTIMATE_MICROS);
+    }
+    h_say("node %d back with space: same state hash on all three, %d grants all held", f + 1,
+          granted);
+    tally_close(admin);
+    for (int n = 0; n < CL_NODES; n++) {
+        cl_stop(n, SIGTERM);
+    }
+    df_unmount();
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -529,10 +661,14 @@ int main(int argc, char **argv)
     } scenarios[] = {
         {"basic", scenario_basic},       {"exact", scenario_exact},
         {"failover", scenario_failover}, {"minority", scenario_minority},
-        {"restart", scenario_restart},
+        {"restart", scenario_restart},   {"diskfull", scenario_diskfull},
     };
     for (size_t i = 0; argc == 3 && i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
         if (strcmp(argv[2], scenarios[i].name) == 0) {
+            if (scenarios[i].run == scenario_diskfull && geteuid() != 0) {
+                fprintf(stderr, "SKIP: diskfull mounts a tmpfs, which needs root\n");
+                return 77;
+            }
             h_init("tally-client-test", 170);
             cl_start(argv[1]);
             scenarios[i].run();
@@ -545,6 +681,7 @@ int main(int argc, char **argv)
             return 0;
         }
     }
-    fprintf(stderr, "usage: %s <tallyd> basic|exact|failover|minority|restart\n", argv[0]);
+    fprintf(stderr, "usage: %s <tallyd> basic|exact|failover|minority|restart|diskfull\n",
+            argv[0]);
     return 2;
 }
