@@ -493,11 +493,9 @@ int sim_propose(struct sim *s, unsigned i, struct sim_proposal *p)
     p->req.data = p;
     int rv = raft_apply(raft_fixture_get(&s->fx, i), &p->req, &b, 1, apply_cb);
     if (rv != 0) {
-        /* libraft 0.22 frees the buffer once the entry reached its log, which is
-         * where an I/O error comes from; a refusal before that leaves it to us. */
-        if (rv != RAFT_IOERR) {
-            raft_free(b.base);
-        }
+        /* On failure the buffer is ours (libraft patch 0005; unpatched 0.22.1 had freed
+         * it already when the failure was a write's, and tallyd's node freed it again). */
+        raft_free(b.base);
         s->stats.rejected++;
         sim_trace(s, "raft_apply on %u: %s", i, raft_strerror(rv));
         free(p);
