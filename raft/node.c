@@ -77,6 +77,7 @@ struct node_change {
     uint64_t id;
     bool promote;    /* node_add: raft_assign(voter) after raft_add succeeds */
     bool assign_due; /* raft_add done: the check handle submits raft_assign */
+    bool promoting;  /* node_add's raft_assign(voter) is under way */
 };
 
 struct node {
@@ -1070,6 +1071,7 @@ static void change_assign(struct node *n)
     }
     c->assign_due = false;
     c->promote = false;
+    c->promoting = true;
     int rv = raft_assign(&n->raft, &c->req.change, c->id, RAFT_VOTER, change_cb);
     if (rv != 0) {
         node_error(n, -node_from_raft(rv), "raft_assign: %s", raft_errmsg(&n->raft));
@@ -1108,7 +1110,13 @@ static void change_cb(struct raft_change *req, int status)
         c->assign_due = true; /* raft_assign from the check handle, not from here */
         return;
     }
-    if (status != 0) {
+    if (status == RAFT_NOCONNECTION && c->promoting) {
+        /* libraft gave up catching the new server up: it stays a non-voter. */
+        node_error(c->node, NODE_ERAFT,
+                   "server %" PRIu64 " did not catch up (is it running and reachable?); it "
+                   "stays a non-voter: start it and add it again to promote it",
+                   c->id);
+    } else if (status != 0) {
         node_error(c->node, -node_from_raft(status), "membership change: %s",
                    raft_strerror(status));
     }
@@ -1149,6 +1157,18 @@ static int change_submitted(struct node *n, struct node_change *c, int rv, const
     return 0;
 }
 
+/* Server `id` in the current configuration, or NULL. */
+static const struct raft_server *configured_server(const struct node *n, uint64_t id)
+{
+    const struct raft_configuration *c = &n->raft.configuration;
+    for (unsigned i = 0; i < c->n; i++) {
+        if (c->servers[i].id == id) {
+            return &c->servers[i];
+        }
+    }
+    return NULL;
+}
+
 int node_add(struct node *n, uint64_t id, const char *address, node_change_cb cb, void *data)
 {
     struct node_change *c = NULL;
@@ -1159,8 +1179,16 @@ int node_add(struct node *n, uint64_t id, const char *address, node_change_cb cb
     if (rv != 0) {
         return rv;
     }
-    c->promote = true;
     c->req.change.data = c;
+    /* An earlier add whose promotion failed (the server was down or too slow to catch
+     * up) leaves it a non-voter at the same address: adding it again promotes it. */
+    const struct raft_server *s = configured_server(n, id);
+    if (s != NULL && s->role != RAFT_VOTER && strcmp(s->address, address) == 0) {
+        c->promoting = true;
+        rv = raft_assign(&n->raft, &c->req.change, id, RAFT_VOTER, change_cb);
+        return change_submitted(n, c, rv, "raft_assign");
+    }
+    c->promote = true;
     rv = raft_add(&n->raft, &c->req.change, id, address, change_cb);
     return change_submitted(n, c, rv, "raft_add");
 }

@@ -141,7 +141,8 @@ bool node_ready(struct node *node);
 
 /*
  * Membership (leader only): node_add adds server `id` at `address` (copied) and promotes
- * it to voter once it caught up; node_remove removes it; node_transfer hands leadership
+ * it to voter once it caught up (a non-voter already at that address, left by an add
+ * whose promotion failed, is only promoted); node_remove removes it; node_transfer hands leadership
  * to `id` (0: any up-to-date voter). `cb` gets 0 or -NODE_E*; -NODE_EBUSY returned if
  * another change or transfer is in progress. The calls return 0 or an error without
  * calling cb.
