@@ -479,9 +479,9 @@ static bool caught_up(int t, int leader)
  * Add node t back and wait until it is a voter in a *committed* configuration and has
  * caught up. A leader's STATUS shows its newest configuration, committed or not, so a
  * voter seen there is confirmed by a linearizable read (a barrier on the leader, which
- * commits every entry before it) and a second look. A node left a spare (its promotion
- * was lost with a leader) cannot be promoted through tally's API: as an operator would,
- * the runner removes it and adds it again (a `member-stuck-spare` event).
+ * commits every entry before it) and a second look. A node left a non-voter for 10 s
+ * (its promotion was lost with a leader, or it did not catch up in time) is added again,
+ * which promotes it (a `member-stuck-spare` event).
  */
 static bool member_add(int t)
 {
@@ -510,7 +510,13 @@ static bool member_add(int t)
             hold_ms(200);
             continue;
         }
-        if (present == 0) {
+        if (present == 0 || (present == 1 && spare_since != 0 &&
+                             ch_now_us() - spare_since > 10 * 1000000LL)) {
+            if (present == 1) {
+                ch_hist("N %lld member-stuck-spare %d", (long long)ch_now_us(), ch.nodes[t].id);
+                ch_log("node %llu stayed a non-voter for 10 s: adding it again to promote it",
+                       (unsigned long long)id);
+            }
             struct tally_result res;
             int rv = tally_member_add(ctl, id, peer, 10000, &res);
             ch_hist("N %lld member-add-call %d %s", (long long)ch_now_us(), ch.nodes[t].id,
@@ -522,18 +528,9 @@ static bool member_add(int t)
             spare_since = 0;
             continue;
         }
-        if (present == 1) {
+        if (present == 1 && spare_since == 0) {
             /* present, not a voter: the promotion is under way, or it was lost */
-            if (spare_since == 0) {
-                spare_since = ch_now_us();
-            } else if (ch_now_us() - spare_since > 10 * 1000000LL) {
-                ch_hist("N %lld member-stuck-spare %d", (long long)ch_now_us(), ch.nodes[t].id);
-                ch_log("node %llu stayed a non-voter for 10 s: removing it to add it again",
-                       (unsigned long long)id);
-                struct tally_result res;
-                tally_member_remove(ctl, id, 5000, &res);
-                spare_since = 0;
-            }
+            spare_since = ch_now_us();
         }
         hold_ms(300);
     }
