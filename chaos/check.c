@@ -1471,7 +1471,8 @@ static void summary(long acked_grants, long acked_res, long unknown_committed, l
     }
     if (n_stuck_spare > 0) {
         printf("note: %ld times a re-added node stayed a non-voter (its promotion was lost); "
-               "the runner added it again, which promotes it\n", n_stuck_spare);
+               "the runner added it again, which promotes it\n",
+               n_stuck_spare);
     }
     if (n_replay_after_extend > 0) {
         printf("note: %ld replayed reserves answered the expiry as extended since, not the "

@@ -1404,6 +1404,20 @@ void node_stats(struct node *n, struct node_stats *out)
     out->late_results = n->late_results;
     memcpy(out->batch_sizes, n->batch_sizes, sizeof(out->batch_sizes));
     out->state = raft_state(&n->raft);
+    out->last_index = raft_last_index(&n->raft);
+}
+
+int node_peer_match(struct node *n, uint64_t id, uint64_t *match_index)
+{
+    if (raft_state(&n->raft) != RAFT_LEADER) {
+        return -NODE_ENOTLEADER;
+    }
+    raft_index match = 0;
+    if (configured_server(n, id) == NULL || raft_match_index(&n->raft, id, &match) != 0) {
+        return -NODE_EINVAL;
+    }
+    *match_index = match;
+    return 0;
 }
 
 const char *node_errmsg(const struct node *n)

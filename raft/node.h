@@ -196,7 +196,14 @@ struct node_stats {
      * (and more than 2^(i-1)); the last bucket takes everything larger. */
     uint64_t batch_sizes[NODE_BATCH_SIZE_BUCKETS];
     int state;                 /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
+    uint64_t last_index;       /* last entry in this node's log */
 };
+
+/*
+ * Leader only: the highest index server `id` is known to have stored (its match index).
+ * Returns 0, -NODE_ENOTLEADER, or -NODE_EINVAL if `id` is not in the configuration.
+ */
+int node_peer_match(struct node *node, uint64_t id, uint64_t *match_index);
 
 /*
  * Fault injection: add `offset_ms` to the wall clock this node stamps batches with when

@@ -173,6 +173,31 @@ static void put_histogram(struct writer *w, const char *name, const char *help,
 static const char *const raft_roles[] = {"unknown", "follower", "candidate", "leader"};
 #define RAFT_ROLES (int)(sizeof(raft_roles) / sizeof(raft_roles[0]))
 
+/* Leader only: each other server's match index and how many entries it lacks. */
+static void put_peers(struct writer *w, const struct rpc_metrics *m)
+{
+    unsigned n = m->n_peers < RPC_METRICS_PEERS_MAX ? m->n_peers : RPC_METRICS_PEERS_MAX;
+    if (n == 0) {
+        return; /* a family without samples would only say "not the leader" */
+    }
+    char id[24];
+    put_family(w, "tally_raft_peer_match_index", "gauge",
+               "Leader only: highest log index each other server is known to have stored.");
+    for (unsigned i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "%" PRIu64, m->peers[i].id);
+        put_labelled(w, "tally_raft_peer_match_index", "peer", id, m->peers[i].match_index);
+    }
+    put_family(w, "tally_raft_peer_lag_entries", "gauge",
+               "Leader only: log entries each other server lacks (a removal needs a "
+               "caught-up majority of the voters that stay).");
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t match = m->peers[i].match_index;
+        snprintf(id, sizeof(id), "%" PRIu64, m->peers[i].id);
+        put_labelled(w, "tally_raft_peer_lag_entries", "peer", id,
+                     m->last_index > match ? m->last_index - match : 0);
+    }
+}
+
 static void put_raft(struct writer *w, const struct rpc_metrics *m)
 {
     put_u64(w, "tally_node_id", "gauge", "This node's Raft id.", m->node_id);
@@ -192,6 +217,7 @@ static void put_raft(struct writer *w, const struct rpc_metrics *m)
     put_u64(w, "tally_serving", "gauge",
             "1 while this node is leader with its barrier committed (serves writes).",
             m->serving ? 1 : 0);
+    put_peers(w, m);
 }
 
 static void put_traffic(struct writer *w, const struct rpc_metrics *m)

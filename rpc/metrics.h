@@ -23,6 +23,7 @@
 #define RPC_OP_SLOTS 16     /* request counters indexed by enum rpc_op (rpc/proto.h) */
 #define RPC_HIST_BUCKETS 16 /* finite buckets; +Inf is `count` */
 #define RPC_HTTP_STALE_MS 2000 /* /readyz fails when the last publish is older */
+#define RPC_METRICS_PEERS_MAX 16 /* servers in the configuration shown by /metrics */
 
 /* A fixed-bucket histogram: bucket[i] counts observations <= bounds[i] (not cumulative
  * here; the exporter makes them cumulative). `sum` is in the histogram's unit. */
@@ -50,6 +51,13 @@ struct rpc_metrics {
     uint64_t commit_index;
     uint64_t applied_index; /* Raft's last applied */
     bool serving;           /* leader with its barrier committed */
+    /* Leader only (n_peers 0 otherwise): how far each other server has stored the log. */
+    uint64_t last_index; /* the leader's last log index */
+    unsigned n_peers;
+    struct rpc_peer_progress {
+        uint64_t id;
+        uint64_t match_index;
+    } peers[RPC_METRICS_PEERS_MAX];
     /* Client traffic. */
     uint64_t requests[RPC_OP_SLOTS];   /* by op */
     uint64_t writes_ok;                /* write commands answered LEDGER_OK */

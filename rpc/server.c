@@ -1139,6 +1139,19 @@ void rpc_server_metrics(struct rpc_server *s, struct rpc_metrics *m)
     m->commit_index = ns.commit_index;
     m->applied_index = ns.last_applied;
     m->serving = node_ready(s->node);
+    m->last_index = ns.last_index;
+    struct node_member members[RPC_METRICS_PEERS_MAX];
+    int roles[RPC_METRICS_PEERS_MAX];
+    unsigned n = node_members(s->node, members, roles, RPC_METRICS_PEERS_MAX);
+    m->n_peers = 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct rpc_peer_progress *p = &m->peers[m->n_peers];
+        if (members[i].id != m->node_id &&
+            node_peer_match(s->node, members[i].id, &p->match_index) == 0) {
+            p->id = members[i].id;
+            m->n_peers++;
+        }
+    }
     memset(&m->batch_size, 0, sizeof(m->batch_size));
     for (unsigned i = 0; i < NODE_BATCH_SIZE_BUCKETS && i < RPC_HIST_BUCKETS; i++) {
         m->batch_size.bucket[i] = ns.batch_sizes[i];

@@ -216,6 +216,41 @@ void cl_endpoints(char *out, size_t size)
     }
 }
 
+int cl_metric(int i, const char *series, uint64_t *value)
+{
+    static char body[1 << 18]; /* /metrics is a few KiB; more than this is a failure */
+    int fd = h_connect(cl_nodes[i].http_port, 2000);
+    static const char get[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    if (fd < 0 || h_send_all(fd, get, sizeof(get) - 1, 2000) != 0) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof(body) - 1 &&
+           (n = h_recv_some(fd, body + len, sizeof(body) - 1 - len, 2000)) > 0) {
+        len += (size_t)n;
+    }
+    close(fd);
+    body[len] = '\0';
+    size_t want = strlen(series);
+    for (const char *line = body; line != NULL && *line != '\0';) {
+        if (strncmp(line, series, want) == 0 && line[want] == ' ') {
+            unsigned long long v = 0;
+            if (sscanf(line + want + 1, "%llu", &v) != 1) {
+                return -1;
+            }
+            *value = v;
+            return 0;
+        }
+        line = strchr(line, '\n');
+        line = line != NULL ? line + 1 : NULL;
+    }
+    return -1;
+}
+
 /* HASH of node i: 0 with applied index and hex, or -1. */
 static int node_hash(int i, uint64_t *applied, char hex[65])
 {

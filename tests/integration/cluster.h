@@ -53,6 +53,11 @@ int cl_leader(int timeout_ms);
 void cl_endpoint(int i, char *out, size_t size);
 void cl_endpoints(char *out, size_t size);
 
+/* The value of one /metrics series of node i (`series` as it starts its line, labels
+ * included, e.g. "tally_raft_peer_lag_entries{peer=\"2\"}"): 0, or -1 if the node did
+ * not answer or has no such line. */
+int cl_metric(int i, const char *series, uint64_t *value);
+
 /* Wait until every running node reports the same applied index (>= min_index) and state
  * hash; returns that hash in hex (65 bytes). */
 void cl_converged(int timeout_ms, uint64_t min_index, char hash_hex[65]);

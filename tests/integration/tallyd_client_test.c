@@ -348,6 +348,42 @@ static int64_t verify_grants_on(int i)
     return sum;
 }
 
+/*
+ * The leader's /metrics shows each peer's lag: `peer` is behind (by the writes it
+ * missed while dead) or, once restarted, caught up like the other follower.
+ */
+static void check_peer_lag(int leader, int peer, bool behind)
+{
+    if (leader < 0) {
+        H_FAIL("no leader to read /metrics from");
+    }
+    char series[96];
+    uint64_t lag = 0;
+    int64_t deadline = h_now_ms() + 5000; /* metrics are published a few times a second */
+    for (;;) {
+        bool ok = true;
+        for (int i = 0; i < CL_NODES && ok; i++) {
+            if (i == leader) {
+                continue;
+            }
+            snprintf(series, sizeof(series), "tally_raft_peer_lag_entries{peer=\"%d\"}", i + 1);
+            uint64_t v = 0;
+            ok = cl_metric(leader, series, &v) == 0 && (i == peer ? (v > 0) == behind : v == 0);
+            lag = i == peer ? v : lag;
+        }
+        if (ok) {
+            break;
+        }
+        if (h_now_ms() > deadline) {
+            H_FAIL("node %d's /metrics does not show node %d %s (lag %llu)", leader + 1, peer + 1,
+                   behind ? "behind" : "caught up", (unsigned long long)lag);
+        }
+        h_sleep_ms(100);
+    }
+    h_say("node %d's /metrics: node %d lags %llu entries, the other follower 0", leader + 1,
+          peer + 1, (unsigned long long)lag);
+}
+
 static void scenario_failover(void)
 {
     struct tally *admin = open_admin();
@@ -382,6 +418,8 @@ static void scenario_failover(void)
     }
     wait_voids(fo.client);
     tally_close(fo.client);
+    int now = cl_leader(5000);
+    check_peer_lag(now, leader, true);
     cl_spawn(leader);
     char hash[65];
     cl_converged(30000, 0, hash);
@@ -397,6 +435,7 @@ static void scenario_failover(void)
     }
     h_say("every node holds all %zu acknowledged grants; the account holds exactly their %lld",
           fo.n_grants, (long long)sum);
+    check_peer_lag(cl_leader(5000), leader, false);
     tally_close(admin);
     free(fo.grants);
 }

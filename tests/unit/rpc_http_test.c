@@ -163,6 +163,28 @@ static void render_shows_raft_and_counter_lines_exactly(void)
     CHECK_LINE(t, "tally_accounts 42");
 }
 
+static int check_exposition(const char *text);
+
+static void render_shows_peer_progress_only_with_peers(void)
+{
+    struct rpc_metrics m = filled();
+    m.last_index = 1240;
+    m.n_peers = 2;
+    m.peers[0] = (struct rpc_peer_progress){.id = 1, .match_index = 1240};
+    m.peers[1] = (struct rpc_peer_progress){.id = 3, .match_index = 1000};
+    const char *t = render(&m);
+    CHECK_LINE(t, "# TYPE tally_raft_peer_match_index gauge");
+    CHECK_LINE(t, "tally_raft_peer_match_index{peer=\"1\"} 1240");
+    CHECK_LINE(t, "tally_raft_peer_match_index{peer=\"3\"} 1000");
+    CHECK_LINE(t, "# TYPE tally_raft_peer_lag_entries gauge");
+    CHECK_LINE(t, "tally_raft_peer_lag_entries{peer=\"1\"} 0");
+    CHECK_LINE(t, "tally_raft_peer_lag_entries{peer=\"3\"} 240");
+    CHECK_EQ_INT(check_exposition(t), 0);
+    m.n_peers = 0; /* a follower: no family at all */
+    t = render(&m);
+    CHECK(strstr(t, "tally_raft_peer_") == NULL);
+}
+
 static void render_marks_exactly_one_raft_role(void)
 {
     struct rpc_metrics m = filled();
@@ -847,6 +869,7 @@ int main(void)
     TEST(render_before_publish_has_only_the_up_gauge);
     TEST(render_shows_raft_and_counter_lines_exactly);
     TEST(render_marks_exactly_one_raft_role);
+    TEST(render_shows_peer_progress_only_with_peers);
     TEST(render_names_every_op_and_deny_reason);
     TEST(render_makes_buckets_cumulative_and_inf_equal_to_count);
     TEST(render_into_a_short_buffer_reports_full_length_and_stays_terminated);
