@@ -520,6 +520,12 @@ struct conn {
     size_t out_off;
 };
 
+/* A grant is forgotten once GRANTED_WAYS later grants land in its set: N grants later,
+ * the chance is P(X >= 4) for X Poisson of mean N / GRANTED_SETS, below 1e-6 for N =
+ * 1,000 and about 1/2 for N = 60,000. 1 MiB per client. */
+#define GRANTED_SETS 16384
+#define GRANTED_WAYS 4
+
 struct tally {
     /* Configuration: read-only after tally_open(). */
     struct endpoint endpoints[TALLY_ENDPOINTS_MAX];
@@ -567,13 +573,12 @@ struct tally {
     char tls_verify_why[WHY_MAX];
     bool tried_once;
     uint64_t rng;
-    /* Ids this client saw granted, direct-mapped by hash (the last GRANTED_IDS or so):
-     * a later reserve of such an id that ends UNAVAILABLE is a resubmission of a grant
-     * its caller holds, so it must not be voided behind the caller's back. */
-    uint8_t (*granted)[LEDGER_REQUEST_ID_SIZE];
+    /* Ids this client saw granted, GRANTED_SETS sets of GRANTED_WAYS by hash, newest
+     * first in each set: a later reserve of such an id that ends UNAVAILABLE is a
+     * resubmission of a grant its caller holds, so it must not be voided behind the
+     * caller's back. */
+    uint8_t (*granted)[GRANTED_WAYS][LEDGER_REQUEST_ID_SIZE];
 };
-
-#define GRANTED_IDS 8192 /* 128 KiB per client */
 
 /* ---- Results. ---- */
 
@@ -971,26 +976,55 @@ static int64_t backoff_ms(struct tally *c, uint32_t step)
 
 /* ---- Finishing calls (I/O thread). ---- */
 
-static size_t granted_slot(const uint8_t *id)
+/* splitmix64's finalizer: every input bit moves about half the output bits. */
+static uint64_t mix64(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* Every byte of the id counts: gateways often number ids (a prefix and a counter in
+ * the last bytes), and a hash blind to some bytes put all of one client's ids in one
+ * slot, so each grant evicted the one before. */
+static size_t granted_set(const uint8_t *id)
 {
     uint64_t a, b;
     memcpy(&a, id, 8);
     memcpy(&b, id + 8, 8);
-    uint64_t h = (a ^ (b * 0x9e3779b97f4a7c15ull)) * 0xbf58476d1ce4e5b9ull;
-    return (size_t)(h >> 32) % GRANTED_IDS;
+    return (size_t)(mix64(a ^ mix64(b)) % GRANTED_SETS);
+}
+
+/* The way of `id` in its set, or -1. */
+static int granted_way(const struct tally *c, const uint8_t *id)
+{
+    /* An empty way is all zeros: an all-zero id must not match it. */
+    static const uint8_t zero[LEDGER_REQUEST_ID_SIZE];
+    if (memcmp(id, zero, sizeof(zero)) == 0) {
+        return -1;
+    }
+    const uint8_t(*set)[LEDGER_REQUEST_ID_SIZE] = c->granted[granted_set(id)];
+    for (int w = 0; w < GRANTED_WAYS; w++) {
+        if (memcmp(set[w], id, LEDGER_REQUEST_ID_SIZE) == 0) {
+            return w;
+        }
+    }
+    return -1;
 }
 
 static void granted_remember(struct tally *c, const uint8_t *id)
 {
-    memcpy(c->granted[granted_slot(id)], id, LEDGER_REQUEST_ID_SIZE);
+    int w = granted_way(c, id);
+    uint8_t(*set)[LEDGER_REQUEST_ID_SIZE] = c->granted[granted_set(id)];
+    /* Newest first: shift the newer ones over the id's old place (or the oldest). */
+    int last = w >= 0 ? w : GRANTED_WAYS - 1;
+    memmove(set[1], set[0], (size_t)last * LEDGER_REQUEST_ID_SIZE);
+    memcpy(set[0], id, LEDGER_REQUEST_ID_SIZE);
 }
 
 static bool granted_seen(const struct tally *c, const uint8_t *id)
 {
-    /* An empty slot is all zeros: an all-zero id must not match it. */
-    static const uint8_t zero[LEDGER_REQUEST_ID_SIZE];
-    return memcmp(id, zero, sizeof(zero)) != 0 &&
-           memcmp(c->granted[granted_slot(id)], id, LEDGER_REQUEST_ID_SIZE) == 0;
+    return granted_way(c, id) >= 0;
 }
 
 static void bg_void_start(struct tally *c, const struct call *reserve, int64_t now_ms);
@@ -2347,7 +2381,7 @@ static int alloc_tables(struct tally *c)
     c->table_mask = buckets - 1;
     c->heap = calloc(c->heap_cap, sizeof(*c->heap));
     c->table = calloc(buckets, sizeof(*c->table));
-    c->granted = calloc(GRANTED_IDS, sizeof(*c->granted));
+    c->granted = calloc(GRANTED_SETS, sizeof(*c->granted));
     return c->heap != NULL && c->table != NULL && c->granted != NULL ? 0 : -1;
 }
 

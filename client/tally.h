@@ -289,8 +289,9 @@ struct tally_reserve_args {
      * It names the reservation for settle, void and extend; it is in res->request_id.
      * Do not reuse an id after an UNAVAILABLE answer: the client voids it. Resubmitting
      * an id this client has seen granted is safe (the answer is the stored grant): if
-     * the resubmission ends UNAVAILABLE, the id is not voided (the last 8192 or so
-     * granted ids are remembered; tally_stats().voids_skipped counts these). */
+     * the resubmission ends UNAVAILABLE, the id is not voided (a grant is remembered
+     * for the next thousands of grants almost surely, and is likely forgotten only
+     * after some 60,000; tally_stats().voids_skipped counts the voids left out). */
     const uint8_t *request_id;
 };
 

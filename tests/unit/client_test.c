@@ -1125,6 +1125,40 @@ static void resubmitted_grant_is_not_voided(void)
     fake_stop(&f);
 }
 
+/* Gateways often number their ids (a fixed prefix and a counter in the last bytes): a
+ * grant must still be remembered after many later grants of neighbouring ids. */
+static void resubmitted_grant_is_not_voided_among_sequential_ids(void)
+{
+    struct fake f;
+    fake_start(&f, FAKE_REVERSE, 1);
+    struct tally *c = open_at(f.port, 0, 0);
+    struct tally_result res;
+    struct tally_reserve_args a = reserve_args("sk-1");
+    uint8_t ids[200][16];
+    for (int i = 0; i < 200; i++) {
+        memset(ids[i], 0, sizeof(ids[i]));
+        memcpy(ids[i], "\xcf\x4b\xcd\x7d\x06", 5); /* prefix, worker */
+        ids[i][14] = (uint8_t)(0x51 + i / 256);       /* big-endian counter */
+        ids[i][15] = (uint8_t)(i % 256);
+        a.request_id = ids[i];
+        CHECK_EQ_INT(tally_reserve(c, &a, 2000, &res), 0);
+        CHECK_EQ_INT(res.outcome, TALLY_GRANTED);
+    }
+    pthread_mutex_lock(&f.mu);
+    f.mode = FAKE_SILENT;
+    pthread_mutex_unlock(&f.mu);
+    a.request_id = ids[0]; /* the oldest grant, 199 grants ago */
+    CHECK_EQ_INT(tally_reserve(c, &a, 150, &res), -TALLY_EUNAVAILABLE);
+    usleep(200000);
+    CHECK_EQ_INT(fake_voids_of(&f, ids[0]), 0);
+    struct tally_stats st;
+    tally_stats(c, &st);
+    CHECK_EQ_INT(st.voids_skipped, 1);
+    CHECK_EQ_INT(st.voids_queued, 0);
+    tally_close(c);
+    fake_stop(&f);
+}
+
 /* ---- TLS. ---- */
 
 /* Test certificates (PEM files in a temp dir), made with the OpenSSL API. */
@@ -1585,6 +1619,7 @@ int main(void)
     TEST(out_of_order_answers_reach_their_callers);
     TEST(unanswered_reserve_is_voided_in_the_background);
     TEST(resubmitted_grant_is_not_voided);
+    TEST(resubmitted_grant_is_not_voided_among_sequential_ids);
     TEST(tls_round_trip_is_verified_and_pipelined);
     TEST(tls_client_certificate_stands_for_the_token);
     TEST(tls_write_waits_for_a_node_that_does_not_read);
