@@ -1277,17 +1277,6 @@ static int64_t pct(int64_t *v, size_t n, int p)
     return v[k > 0 ? k - 1 : 0];
 }
 
-/* Heal events of one fault kind with one outcome. */
-static int count_heals(const char *kind, const char *outcome)
-{
-    int n = 0;
-    for (size_t e = 0; e < nems.n; e++) {
-        n += strcmp(nems.v[e].event, "heal") == 0 && strcmp(nems.v[e].kind, kind) == 0 &&
-             strcmp(nems.v[e].a, outcome) == 0;
-    }
-    return n;
-}
-
 static void summary(long acked_grants, long acked_res, long unknown_committed, long placed,
                     long unplaced, long minority_checked, int exit74)
 {
@@ -1352,9 +1341,12 @@ static void summary(long acked_grants, long acked_res, long unknown_committed, l
         }
         printf(" %s %d", parts[k], n);
     }
-    printf("; full disks: %d stopped with exit 74, %d kept running; removals refused (no "
-           "caught-up quorum without the node) %d\n",
-           exit74, count_heals("disk", "survived"), count_heals("member", "remove-refused"));
+    int survived = 0;
+    for (size_t e = 0; e < nems.n; e++) {
+        survived += strcmp(nems.v[e].event, "heal") == 0 && strcmp(nems.v[e].kind, "disk") == 0 &&
+                    strcmp(nems.v[e].a, "survived") == 0;
+    }
+    printf("; full disks: %d stopped with exit 74, %d kept running\n", exit74, survived);
     printf("checked: %ld acknowledged grants and %ld acknowledged settles/voids against the "
            "records of %ld reservations on %d nodes; %ld unacknowledged reserves that "
            "committed; %ld journal entries; %ld grants during partitions\n",

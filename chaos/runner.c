@@ -437,18 +437,10 @@ static int config_has(int leader, uint64_t id, bool voter)
     return 0;
 }
 
-enum removal { REMOVED, REFUSED, NOT_REMOVED };
-
-/*
- * Remove node t and confirm it. REFUSED: node t is still a voter and the last answer
- * said that the voters left would have no caught-up quorum (another node is down or
- * behind): the refusal an operator should get, nothing changed.
- */
-static enum removal member_remove(int t)
+static bool member_remove(int t)
 {
     uint64_t id = (uint64_t)ch.nodes[t].id;
     int64_t deadline = ch_now_us() + 20 * 1000000LL;
-    bool refused = false;
     while (ch_now_us() < deadline) {
         struct tally_result res;
         int rv = tally_member_remove(ctl, id, 5000, &res);
@@ -462,18 +454,17 @@ static enum removal member_remove(int t)
             if (tally_account_get(ctl, ch_accounts[0].name, 0, 5000, &acc, &rres) == 0) {
                 int again = find_leader(3000);
                 if (again >= 0 && again != t && config_has(again, id, false) == 0) {
-                    return REMOVED;
+                    return true;
                 }
             }
         }
         if (rv != 0) {
-            refused = strstr(res.message, "caught-up quorum") != NULL;
             ch_log("member remove %llu: %s (%s)", (unsigned long long)id, tally_strerror(rv),
                    res.message);
         }
         hold_ms(300);
     }
-    return refused && config_has(find_leader(3000), id, true) == 1 ? REFUSED : NOT_REMOVED;
+    return false;
 }
 
 /* Whether node t has applied what the leader had committed. */
@@ -748,13 +739,7 @@ static void nem_member(void)
     }
     struct ch_node *n = &ch.nodes[t];
     fault_event("member", t, "remove", t == leader);
-    enum removal removal = member_remove(t);
-    if (removal == REFUSED) {
-        ch_log("node %d: removal refused (no caught-up quorum without it); leaving it", n->id);
-        heal_event("member", t, "remove-refused");
-        return;
-    }
-    if (removal != REMOVED) {
+    if (!member_remove(t)) {
         ch_log("node %d could not be removed; leaving it", n->id);
         heal_event("member", t, "remove-failed");
         return;

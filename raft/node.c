@@ -70,7 +70,6 @@ struct node_change {
     union {
         struct raft_change change;
         struct raft_transfer transfer;
-        struct raft_barrier barrier; /* node_remove's check, before the raft_change */
     } req;
     struct node *node;
     node_change_cb cb;
@@ -79,9 +78,6 @@ struct node_change {
     bool promote;    /* node_add: raft_assign(voter) after raft_add succeeds */
     bool assign_due; /* raft_add done: the check handle submits raft_assign */
     bool promoting;  /* node_add's raft_assign(voter) is under way */
-    bool verifying;  /* node_remove: waiting for the voters that stay to store a barrier */
-    uint64_t barrier_index;
-    uint64_t deadline_ms; /* uv_now() by which they must have */
 };
 
 struct node {
@@ -99,8 +95,7 @@ struct node {
     struct raft raft;
     uv_check_t check;
     uv_idle_t idle;
-    uv_timer_t change_timer; /* polls node_remove's check */
-    bool handles;            /* check, idle and change_timer initialized */
+    bool handles; /* check and idle initialized */
     bool started;
     bool closing;
     unsigned open_handles;
@@ -140,7 +135,6 @@ static const char *const node_error_names[NODE_ECODE_MAX] = {
     [NODE_ERAFT] = "raft error",
     [NODE_EAPPLY] = "entry applied without its results",
     [NODE_ETIMEDOUT] = "timed out",
-    [NODE_ENOQUORUM] = "the voters left would have no caught-up quorum",
 };
 
 const char *node_strerror(int code)
@@ -618,21 +612,13 @@ int node_start(struct node *n)
             uv_close((uv_handle_t *)&n->check, NULL); /* closed before the loop runs on */
         }
     }
-    if (rv == 0) {
-        rv = uv_timer_init(n->loop, &n->change_timer);
-        if (rv != 0) {
-            uv_close((uv_handle_t *)&n->check, NULL);
-            uv_close((uv_handle_t *)&n->idle, NULL);
-        }
-    }
     if (rv != 0) {
         return node_error(n, NODE_EIO, "uv handle init: %s", uv_strerror(rv));
     }
     n->check.data = n;
     n->idle.data = n;
-    n->change_timer.data = n;
     n->handles = true;
-    n->open_handles = 3;
+    n->open_handles = 2;
     if (n->cfg.bootstrap) {
         rv = node_bootstrap(n);
         if (rv != 0) {
@@ -1207,102 +1193,6 @@ int node_add(struct node *n, uint64_t id, const char *address, node_change_cb cb
     return change_submitted(n, c, rv, "raft_add");
 }
 
-/*
- * The voters of the configuration without `removed`: how many there are, and how many
- * of them have stored `index` (this node, the leader, has). `behind` gets the ids of
- * the others, comma separated.
- */
-static unsigned voters_caught_up(struct node *n, uint64_t removed, uint64_t index,
-                                 unsigned *n_voters, char *behind, size_t behind_size)
-{
-    const struct raft_configuration *conf = &n->raft.configuration;
-    unsigned caught_up = 0;
-    size_t used = 0;
-    *n_voters = 0;
-    behind[0] = '\0';
-    for (unsigned i = 0; i < conf->n; i++) {
-        const struct raft_server *s = &conf->servers[i];
-        if (s->role != RAFT_VOTER || s->id == removed) {
-            continue;
-        }
-        (*n_voters)++;
-        raft_index match = 0;
-        if (s->id == n->id || (raft_match_index(&n->raft, s->id, &match) == 0 && match >= index)) {
-            caught_up++;
-        } else if (used < behind_size) {
-            int w = snprintf(behind + used, behind_size - used, "%s%llu", used > 0 ? "," : "",
-                             (unsigned long long)s->id);
-            used += w > 0 ? (size_t)w : 0;
-        }
-    }
-    return caught_up;
-}
-
-/* node_remove's check, every 10 ms once its barrier committed; then the removal. */
-static void change_timer_cb(uv_timer_t *t)
-{
-    struct node *n = t->data;
-    struct node_change *c = n->change;
-    if (n->closing || c == NULL || !c->verifying) {
-        uv_timer_stop(t);
-        return;
-    }
-    if (raft_state(&n->raft) != RAFT_LEADER) {
-        uv_timer_stop(t);
-        change_finish(c, -NODE_ENOTLEADER); /* nothing was proposed but the barrier */
-        return;
-    }
-    unsigned n_voters = 0;
-    char behind[128];
-    unsigned caught_up =
-        voters_caught_up(n, c->id, c->barrier_index, &n_voters, behind, sizeof(behind));
-    unsigned quorum = n_voters / 2 + 1;
-    if (caught_up >= quorum) {
-        uv_timer_stop(t);
-        c->verifying = false;
-        c->req.change.data = c;
-        int rv = raft_remove(&n->raft, &c->req.change, c->id, change_cb);
-        if (rv != 0) {
-            node_error(n, -node_from_raft(rv), "raft_remove: %s", raft_errmsg(&n->raft));
-            change_finish(c, node_from_raft(rv));
-        }
-        return;
-    }
-    if (uv_now(n->loop) >= c->deadline_ms) {
-        uv_timer_stop(t);
-        node_error(n, NODE_ENOQUORUM,
-                   "removing server %" PRIu64 " would leave %u voters, of which %u are caught "
-                   "up (behind: %s); a quorum needs %u: nothing was changed, retry once they "
-                   "have caught up",
-                   c->id, n_voters, caught_up, behind, quorum);
-        node_logf(n, "warn", "msg=\"membership change refused\" reason=\"%s\"", n->errmsg);
-        change_finish(c, -NODE_ENOQUORUM);
-    }
-}
-
-static void remove_barrier_cb(struct raft_barrier *req, int status)
-{
-    struct node_change *c = req->data;
-    struct node *n = c->node;
-    if (n->closing) {
-        change_finish(c, -NODE_ESHUTDOWN);
-        return;
-    }
-    if (status != 0) {
-        node_error(n, -node_from_raft(status), "barrier before the removal: %s",
-                   raft_strerror(status));
-        change_finish(c, node_from_raft(status));
-        return;
-    }
-    assert(req->index > 0);
-    c->barrier_index = req->index;
-    c->deadline_ms = uv_now(n->loop) + n->cfg.election_timeout_ms;
-    c->verifying = true;
-    int rv = uv_timer_start(&n->change_timer, change_timer_cb, 0, 10);
-    assert(rv == 0);
-    (void)rv;
-}
-
 int node_remove(struct node *n, uint64_t id, node_change_cb cb, void *data)
 {
     struct node_change *c = NULL;
@@ -1312,15 +1202,6 @@ int node_remove(struct node *n, uint64_t id, node_change_cb cb, void *data)
     int rv = change_begin(n, id, cb, data, &c);
     if (rv != 0) {
         return rv;
-    }
-    /* Removing a voter shrinks the quorum to the voters that stay, from the moment the
-     * new configuration is appended: if a majority of them is behind (stopped, cut off,
-     * or catching up after a pause), every write waits for them. Check first. */
-    const struct raft_server *s = configured_server(n, id);
-    if (s != NULL && s->role == RAFT_VOTER && raft_state(&n->raft) == RAFT_LEADER) {
-        c->req.barrier.data = c;
-        rv = raft_barrier(&n->raft, &c->req.barrier, remove_barrier_cb);
-        return change_submitted(n, c, rv, "raft_barrier");
     }
     c->req.change.data = c;
     rv = raft_remove(&n->raft, &c->req.change, id, change_cb);
@@ -1468,7 +1349,6 @@ static void raft_closed_cb(struct raft *r)
     }
     uv_close((uv_handle_t *)&n->check, handle_close_cb);
     uv_close((uv_handle_t *)&n->idle, handle_close_cb);
-    uv_close((uv_handle_t *)&n->change_timer, handle_close_cb);
 }
 
 void node_close(struct node *n, node_close_cb cb, void *data)

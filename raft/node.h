@@ -55,7 +55,6 @@ enum {
     NODE_ERAFT,           /* libraft refused: see node_errmsg() */
     NODE_EAPPLY,          /* the entry committed but its results are missing (a bug) */
     NODE_ETIMEDOUT,       /* leadership transfer did not complete */
-    NODE_ENOQUORUM,       /* a removal refused: too few voters left are caught up (errmsg) */
     NODE_ECODE_MAX
 };
 
@@ -144,12 +143,7 @@ bool node_ready(struct node *node);
  * Membership (leader only): node_add adds server `id` at `address` (copied) and promotes
  * it to voter once it caught up (a non-voter already at that address, left by an add
  * whose promotion failed, is only promoted); node_remove removes it; node_transfer hands leadership
- * to `id` (0: any up-to-date voter). Before removing a voter, node_remove commits a
- * barrier and waits up to an election timeout for a majority of the voters that stay to
- * have stored it; if they do not, nothing is changed and `cb` gets -NODE_ENOQUORUM with
- * node_errmsg() naming the voters that are behind (a new configuration without a
- * caught-up quorum would stop every write until they catch up, or for good if they never
- * come back). `cb` gets 0 or -NODE_E*; -NODE_EBUSY returned if
+ * to `id` (0: any up-to-date voter). `cb` gets 0 or -NODE_E*; -NODE_EBUSY returned if
  * another change or transfer is in progress. The calls return 0 or an error without
  * calling cb.
  */

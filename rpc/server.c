@@ -782,9 +782,6 @@ static void change_cb(struct node *node, void *data, int status)
             answer(c, RPC_OP_MEMBERSHIP, &resp);
         } else if (status == -NODE_ERAFT) {
             answer_error(c, p->req.seq, RPC_EBADREQ, node_errmsg(node), false);
-        } else if (status == -NODE_ENOQUORUM) {
-            /* Refused before anything changed: retry once the others caught up. */
-            answer_error(c, p->req.seq, RPC_EUNAVAILABLE, node_errmsg(node), false);
         } else {
             answer_node_error(c, p->req.seq, status);
         }

@@ -323,11 +323,10 @@ static void cmd_stats(struct reply *r)
 
 static void change_cb(struct node *n, void *data, int status)
 {
+    (void)n;
     struct reply *r = data;
     if (status == 0) {
         snprintf(r->text, sizeof(r->text), "ok");
-    } else if (status == -NODE_ERAFT || status == -NODE_ENOQUORUM) {
-        snprintf(r->text, sizeof(r->text), "err %s: %s", node_strerror(status), node_errmsg(n));
     } else {
         snprintf(r->text, sizeof(r->text), "err %s", node_strerror(status));
     }
