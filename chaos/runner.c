@@ -43,8 +43,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
@@ -422,6 +425,55 @@ static void clock_set(const struct ch_node *n, int64_t offset_ms)
 
 /* ---- Membership. ---- */
 
+/* GET /metrics of node t into `body` (NUL-terminated); 0, or -1 within about 1 s. */
+static int fetch_metrics(int t, char *body, size_t size)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(CH_HTTP_PORT)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || inet_pton(AF_INET, ch.nodes[t].ip, &sa.sin_addr) != 1) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    struct timeval tv = {.tv_usec = 500000}; /* bounds connect, send and each recv */
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    static const char get[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    size_t len = 0;
+    ssize_t n;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        send(fd, get, sizeof(get) - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof(get) - 1)) {
+        while (len < size - 1 && (n = recv(fd, body + len, size - 1 - len, 0)) > 0) {
+            len += (size_t)n;
+        }
+    }
+    close(fd);
+    body[len] = '\0';
+    return len > 0 ? 0 : -1;
+}
+
+/* The leader's view of how many entries each peer lacks, as " 1=0 3=812" ("" when
+ * unknown): the first thing to know when writes stall around a membership change. */
+static void peer_lags(int leader, char *out, size_t size)
+{
+    static char body[1 << 16];
+    out[0] = '\0';
+    if (leader < 0 || fetch_metrics(leader, body, sizeof(body)) != 0) {
+        return;
+    }
+    static const char series[] = "\ntally_raft_peer_lag_entries{peer=\"";
+    size_t used = 0;
+    for (const char *p = strstr(body, series); p != NULL; p = strstr(p + 1, series)) {
+        unsigned peer = 0;
+        unsigned long long lag = 0;
+        if (sscanf(p + sizeof(series) - 1, "%u\"} %llu", &peer, &lag) == 2 && used < size) {
+            int w = snprintf(out + used, size - used, " %u=%llu", peer, lag);
+            used += w > 0 ? (size_t)w : 0;
+        }
+    }
+}
+
 /* Whether the leader's configuration lists node id (as a voter if `voter`). */
 static int config_has(int leader, uint64_t id, bool voter)
 {
@@ -738,6 +790,10 @@ static void nem_member(void)
         t = forced_target;
     }
     struct ch_node *n = &ch.nodes[t];
+    char lags[128];
+    peer_lags(leader, lags, sizeof(lags));
+    ch_log("member: node %d leads; entries its peers lack:%s", ch.nodes[leader].id,
+           lags[0] != '\0' ? lags : " unknown");
     fault_event("member", t, "remove", t == leader);
     if (!member_remove(t)) {
         ch_log("node %d could not be removed; leaving it", n->id);

@@ -188,8 +188,7 @@ static void put_peers(struct writer *w, const struct rpc_metrics *m)
         put_labelled(w, "tally_raft_peer_match_index", "peer", id, m->peers[i].match_index);
     }
     put_family(w, "tally_raft_peer_lag_entries", "gauge",
-               "Leader only: log entries each other server lacks (a removal needs a "
-               "caught-up majority of the voters that stay).");
+               "Leader only: log entries each other server lacks.");
     for (unsigned i = 0; i < n; i++) {
         uint64_t match = m->peers[i].match_index;
         snprintf(id, sizeof(id), "%" PRIu64, m->peers[i].id);
