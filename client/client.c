@@ -995,17 +995,16 @@ static size_t granted_set(const uint8_t *id)
     return (size_t)(mix64(a ^ mix64(b)) % GRANTED_SETS);
 }
 
-/* The way of `id` in its set, or -1. */
-static int granted_way(const struct tally *c, const uint8_t *id)
+/* The way of `id` in set `s` (its set, granted_set(id)), or -1. */
+static int granted_way(const struct tally *c, size_t s, const uint8_t *id)
 {
     /* An empty way is all zeros: an all-zero id must not match it. */
     static const uint8_t zero[LEDGER_REQUEST_ID_SIZE];
     if (memcmp(id, zero, sizeof(zero)) == 0) {
         return -1;
     }
-    const uint8_t(*set)[LEDGER_REQUEST_ID_SIZE] = c->granted[granted_set(id)];
     for (int w = 0; w < GRANTED_WAYS; w++) {
-        if (memcmp(set[w], id, LEDGER_REQUEST_ID_SIZE) == 0) {
+        if (memcmp(c->granted[s][w], id, LEDGER_REQUEST_ID_SIZE) == 0) {
             return w;
         }
     }
@@ -1014,8 +1013,9 @@ static int granted_way(const struct tally *c, const uint8_t *id)
 
 static void granted_remember(struct tally *c, const uint8_t *id)
 {
-    int w = granted_way(c, id);
-    uint8_t(*set)[LEDGER_REQUEST_ID_SIZE] = c->granted[granted_set(id)];
+    size_t s = granted_set(id);
+    int w = granted_way(c, s, id);
+    uint8_t(*set)[LEDGER_REQUEST_ID_SIZE] = c->granted[s];
     /* Newest first: shift the newer ones over the id's old place (or the oldest). */
     int last = w >= 0 ? w : GRANTED_WAYS - 1;
     memmove(set[1], set[0], (size_t)last * LEDGER_REQUEST_ID_SIZE);
@@ -1024,7 +1024,7 @@ static void granted_remember(struct tally *c, const uint8_t *id)
 
 static bool granted_seen(const struct tally *c, const uint8_t *id)
 {
-    return granted_way(c, id) >= 0;
+    return granted_way(c, granted_set(id), id) >= 0;
 }
 
 static void bg_void_start(struct tally *c, const struct call *reserve, int64_t now_ms);

@@ -1290,15 +1290,13 @@ void node_stats(struct node *n, struct node_stats *out)
 
 int node_peer_match(struct node *n, uint64_t id, uint64_t *match_index)
 {
-    if (raft_state(&n->raft) != RAFT_LEADER) {
-        return -NODE_ENOTLEADER;
-    }
+    /* libraft checks both: RAFT_NOTLEADER, or RAFT_BADID for an id not configured. */
     raft_index match = 0;
-    if (configured_server(n, id) == NULL || raft_match_index(&n->raft, id, &match) != 0) {
-        return -NODE_EINVAL;
+    int rv = raft_match_index(&n->raft, id, &match);
+    if (rv == 0) {
+        *match_index = match;
     }
-    *match_index = match;
-    return 0;
+    return node_from_raft(rv);
 }
 
 const char *node_errmsg(const struct node *n)
