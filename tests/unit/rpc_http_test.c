@@ -180,6 +180,18 @@ static void render_shows_peer_progress_only_with_peers(void)
     CHECK_LINE(t, "tally_raft_peer_lag_entries{peer=\"1\"} 0");
     CHECK_LINE(t, "tally_raft_peer_lag_entries{peer=\"3\"} 240");
     CHECK_EQ_INT(check_exposition(t), 0);
+    /* A count over the bound shows the bound's worth of peers, never reads past it. */
+    m.n_peers = RPC_METRICS_PEERS_MAX + 5;
+    for (unsigned i = 0; i < RPC_METRICS_PEERS_MAX; i++) {
+        m.peers[i] = (struct rpc_peer_progress){.id = i + 1, .match_index = 1240};
+    }
+    t = render(&m);
+    int lines = 0;
+    for (const char *p = strstr(t, "\ntally_raft_peer_lag_entries{"); p != NULL;
+         p = strstr(p + 1, "\ntally_raft_peer_lag_entries{")) {
+        lines++;
+    }
+    CHECK_EQ_INT(lines, RPC_METRICS_PEERS_MAX);
     m.n_peers = 0; /* a follower: no family at all */
     t = render(&m);
     CHECK(strstr(t, "tally_raft_peer_") == NULL);
