@@ -1,11 +1,11 @@
 /*
- * raw.c: one short request on a raw protocol connection (rpc/proto.h), for what libtally
+ * raw.c: one short request on a raw protocol connection (wire/wire.h), for what libtally
  * does not expose: a node's state hash (RPC_OP_HASH). Plain TCP only; every step is
  * bounded by the caller's timeout.
  */
 #define _GNU_SOURCE
 #include "chaos.h"
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -1,5 +1,5 @@
 /*
- * client.c: libtally, the client side of tally's wire protocol (see tally.h, rpc/proto.h).
+ * client.c: libtally, the client side of tally's wire protocol (see tally.h, wire/wire.h).
  *
  * One idea shapes this file: a single I/O thread owns everything that touches the network
  * (the socket, the frame reader, the sequence numbers, the table of requests awaiting an
@@ -33,7 +33,7 @@
  */
 #define _GNU_SOURCE
 #include "client/tally.h"
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <arpa/inet.h>
 #include <assert.h>

@@ -6,7 +6,7 @@
  * chain from its entries) and compares. It reads in one read transaction and is
  * O(state): tests and the simulation call it after every step; a node never does.
  */
-#include "ledger/codec.h"
+#include "wire/wire.h"
 #include "ledger/store.h"
 
 #include <inttypes.h>

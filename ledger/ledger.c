@@ -12,7 +12,7 @@
  * that is expected: the map is doubled and the batch run again from the start, which
  * is safe because nothing of the aborted attempt reached the disk.
  */
-#include "ledger/codec.h"
+#include "wire/wire.h"
 #include "ledger/store.h"
 
 #include <assert.h>

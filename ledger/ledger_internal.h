@@ -56,9 +56,4 @@ void ledger_bucket_adjust(struct ledger_bucket *b, int64_t delta_tokens);
 /* Tokens that fit now in a drained bucket of capacity `burst` (floor). */
 uint64_t ledger_bucket_available(const struct ledger_bucket *b, uint64_t burst);
 
-/* ---- Names. ---- */
-
-/* 1..max bytes of [A-Za-z0-9._:/@-], NUL-terminated within max + 1 bytes. */
-bool ledger_name_valid(const char *name, size_t max);
-
 #endif /* TALLY_LEDGER_INTERNAL_H */

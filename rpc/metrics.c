@@ -17,7 +17,7 @@
  */
 #include "rpc/metrics.h"
 
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <assert.h>
 #include <inttypes.h>

@@ -20,7 +20,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define RPC_OP_SLOTS 16     /* request counters indexed by enum rpc_op (rpc/proto.h) */
+#define RPC_OP_SLOTS 16     /* request counters indexed by enum rpc_op (wire/wire.h) */
 #define RPC_HIST_BUCKETS 16 /* finite buckets; +Inf is `count` */
 #define RPC_HTTP_STALE_MS 2000 /* /readyz fails when the last publish is older */
 #define RPC_METRICS_PEERS_MAX 16 /* servers in the configuration shown by /metrics */

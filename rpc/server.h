@@ -1,6 +1,6 @@
 /*
  * server.h: the client-facing server of a node: a libuv listener speaking the protocol
- * of rpc/proto.h on the node's loop thread.
+ * of wire/wire.h on the node's loop thread.
  *
  * The one idea: the server never batches by itself. Every write it decodes becomes a
  * node_propose() call at once, and the node turns every command proposed during one
@@ -24,7 +24,7 @@
 
 #include "raft/node.h"
 #include "rpc/metrics.h"
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -16,7 +16,7 @@
 #ifndef TALLY_RPC_TLS_H
 #define TALLY_RPC_TLS_H
 
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <stddef.h>
 

@@ -1,6 +1,6 @@
 /*
  * rpc_decode_fuzz.c: libFuzzer target for the wire protocol's decoders and framer
- * (rpc/proto.h).
+ * (wire/wire.h).
  *
  * Frame bodies come from the network, from any client or any node, so the decoders must
  * never crash, never read outside their input (ASan) and never hit undefined behaviour
@@ -25,7 +25,7 @@
  * (every command type, pages of 0, 1 and 3 items, a full status, failures) and a few
  * framer streams. tests/fuzz/run.sh builds both and runs the fuzzer.
  */
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -25,7 +25,7 @@ rm -rf "$out/seeds" "$out/rpc-seeds"
 mkdir -p "$out/seeds" "$out/rpc-seeds"
 
 srcs=
-for f in "$root"/ledger/*.c; do
+for f in "$root"/ledger/*.c "$root"/wire/*.c; do
     case $f in
     */demo.c) ;; # the demo program has its own main()
     *) srcs="$srcs $f" ;;
@@ -37,7 +37,7 @@ libs="$(pkg-config --libs lmdb msgpack libcrypto) -pthread"
 target="$root/tests/fuzz/ledger_decode_fuzz.c"
 
 # The protocol needs only its own file, the command codec and the bounded reader.
-rpc_srcs="$root/rpc/proto.c $root/ledger/codec.c $root/ledger/mp.c"
+rpc_srcs="$root/wire/proto.c $root/wire/cmd.c $root/wire/mp.c"
 rpc_libs="$(pkg-config --libs msgpack)"
 rpc_target="$root/tests/fuzz/rpc_decode_fuzz.c"
 

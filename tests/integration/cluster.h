@@ -1,6 +1,6 @@
 /*
  * cluster.h: three real tallyd processes on loopback for integration tests, and a raw
- * protocol connection (rpc/proto.h over a blocking socket) to poke them with.
+ * protocol connection (wire/wire.h over a blocking socket) to poke them with.
  *
  * Tokens: the cluster's token file accepts CL_ADMIN_TOKEN (admin), CL_GATEWAY_TOKEN
  * (gateway) and CL_READER_TOKEN (reader).
@@ -9,7 +9,7 @@
 #define TALLY_TESTS_CLUSTER_H
 
 #include "harness.h"
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #define CL_NODES 3
 #define CL_ADMIN_TOKEN "admin-secret-for-tests"

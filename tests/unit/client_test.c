@@ -5,7 +5,7 @@
  * validation (nothing is queued for a bad call), key hashing (SHA-256 known vectors),
  * names, deadlines against a closed port (UNAVAILABLE within the deadline, fail-open
  * flagged, async callbacks, the in-flight bound), and, against a tiny in-process fake
- * node built on rpc/proto.h, the parts of the I/O thread that need a peer: a refused token
+ * node built on wire/wire.h, the parts of the I/O thread that need a peer: a refused token
  * ends calls at once with EAUTH; answers that come back out of order reach the right
  * callers; a node that accepts but never answers makes a reserve UNAVAILABLE and the
  * client then sends a void of the same request id. Leader following and retries against
@@ -21,7 +21,7 @@
 #include "test.h"
 
 #include "client/tally.h"
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -575,7 +575,7 @@ static void many_threads_share_one_client(void)
     tally_close(c);
 }
 
-/* ---- A tiny fake node (rpc/proto.h) for what needs a peer. ---- */
+/* ---- A tiny fake node (wire/wire.h) for what needs a peer. ---- */
 
 enum fake_mode {
     FAKE_EAUTH,   /* refuse HELLO */

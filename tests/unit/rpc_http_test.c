@@ -11,7 +11,7 @@
 #include "test.h"
 
 #include "rpc/metrics.h"
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

@@ -1,5 +1,5 @@
 /*
- * rpc_proto_test.c: the wire protocol (rpc/proto.h): messages, frames, names, roles.
+ * rpc_proto_test.c: the wire protocol (wire/wire.h): messages, frames, names, roles.
  *
  * Every request op and every response op is encoded, cut out of its frame by the framer
  * and decoded again, with every field at a distinct value near the top (or the bottom) of
@@ -16,7 +16,7 @@
 #include "test.h"
 
 #include "ledger/ledger.h"
-#include "rpc/proto.h"
+#include "wire/wire.h"
 
 #include <msgpack.h>
 #include <stdbool.h>

@@ -1,5 +1,5 @@
 /*
- * mp.h: a bounded, non-allocating msgpack reader.
+ * mp.h: a bounded, non-allocating msgpack reader; part of wire/wire.h (include that).
  *
  * msgpack-c's unpacker allocates whatever a length prefix asks for (five bytes can
  * make it reserve 1 GiB), so input from the log or the network is read with this
@@ -8,8 +8,8 @@
  * pointers into the buffer. The first failure sticks: later reads fail too, so a
  * caller may check `ok` once at the end of a record.
  */
-#ifndef TALLY_MP_H
-#define TALLY_MP_H
+#ifndef TALLY_WIRE_MP_H
+#define TALLY_WIRE_MP_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -50,4 +50,4 @@ bool mp_read_fixed(struct mp_reader *r, uint8_t *dst, size_t size);
 /* Bytes left unread. */
 size_t mp_left(const struct mp_reader *r);
 
-#endif /* TALLY_MP_H */
+#endif /* TALLY_WIRE_MP_H */

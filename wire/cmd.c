@@ -1,5 +1,5 @@
 /*
- * codec.c: batches on the wire and in the Raft log.
+ * cmd.c: commands and batches, on the wire and in the Raft log.
  *
  * A batch is the msgpack array [format, stamp_ms, [command, ...]] followed by 0..7 zero
  * bytes so its length is a multiple of 8 (libraft's unit). A command is a flat array:
@@ -8,8 +8,7 @@
  * bounded reader of mp.h, which never allocates, so a hostile batch cannot make the
  * ledger allocate more than its fixed command array.
  */
-#include "ledger/codec.h"
-#include "ledger/mp.h"
+#include "wire/wire.h"
 
 #include <msgpack.h>
 #include <stdlib.h>

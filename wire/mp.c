@@ -1,7 +1,7 @@
 /*
  * mp.c: the bounded msgpack reader (see mp.h for why it exists).
  */
-#include "ledger/mp.h"
+#include "wire/mp.h"
 #include <string.h>
 
 static bool fail(struct mp_reader *r)

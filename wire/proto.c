@@ -1,15 +1,13 @@
 /*
- * proto.c: frames and messages of the wire protocol (see proto.h).
+ * proto.c: frames and messages of the wire protocol (see the protocol section of wire.h).
  *
  * Encoding goes through msgpack-c's packer into an rpc_buf; decoding through the bounded
- * reader of ledger/mp.h, never msgpack-c's unpacker, which allocates whatever a length
+ * reader of wire/mp.h, never msgpack-c's unpacker, which allocates whatever a length
  * prefix asks for. Every message has a fixed shape (positional arrays of known length),
  * so the decoder knows each array's exact count before it reads it and nesting can
  * never go deeper than the shape.
  */
-#include "rpc/proto.h"
-#include "ledger/codec.h"
-#include "ledger/mp.h"
+#include "wire/wire.h"
 
 #include <msgpack.h>
 #include <stdio.h>

@@ -1,5 +1,74 @@
 /*
- * proto.h: tally's wire protocol, shared by the server (rpc/) and the client (client/).
+ * wire.h: what crosses tally's boundaries, in one module: the ledger's data language
+ * (types.h), the bounded msgpack reader (mp.h), the command codec (cmd.c) and the
+ * client protocol's framing and messages (proto.c). This is the module's one public
+ * header; ledger/, rpc/ and client/ include it and nothing else of wire/.
+ *
+ * The one idea behind the module: the bytes a command is made of are written and read
+ * in one place, shared by the Raft log, the network and the client, and that place
+ * depends on msgpack-c alone. libtally links wire/ without LMDB or libraft.
+ */
+#ifndef TALLY_WIRE_H
+#define TALLY_WIRE_H
+
+#include "wire/mp.h"
+#include "wire/types.h"
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ==== The command codec (cmd.c). ==== */
+
+/* 1..max bytes of [A-Za-z0-9._:/@-], NUL-terminated within max + 1 bytes. */
+bool ledger_name_valid(const char *name, size_t max);
+
+/*
+ * Encode `n` commands (1..LEDGER_BATCH_MAX_CMDS, borrowed) with the leader's time
+ * stamp `stamp_ms` into a new buffer whose length is a multiple of 8. On success
+ * *buf (malloc'd, owned by the caller, free() it) and *len are set. Commands are
+ * validated for encodability (lengths, type) here; their meaning is checked when the
+ * batch is applied. Returns 0, -LEDGER_EINVAL, -LEDGER_ETOOBIG or -LEDGER_ENOMEM.
+ */
+int ledger_batch_encode(int64_t stamp_ms, const struct ledger_cmd *cmds, size_t n, void **buf,
+                        size_t *len);
+
+/*
+ * Decode a batch (borrowed) into `cmds` (caller's array of `max` entries). Sets
+ * *stamp_ms and *n. Never allocates; every length and count is checked against the
+ * bounds above and the buffer before it is used. Returns 0, -LEDGER_EDECODE or
+ * -LEDGER_ETOOBIG.
+ */
+int ledger_batch_decode(const void *buf, size_t len, int64_t *stamp_ms, struct ledger_cmd *cmds,
+                        size_t max, size_t *n);
+
+/* Pack one command (validated by the caller) as the array the batch format uses. */
+void ledger_pack_cmd(msgpack_packer *pk, const struct ledger_cmd *c);
+
+/* Whether pack_cmd can encode `c`: a known type, strings within their bounds. The
+ * ledger still validates every argument when it applies the command. */
+bool ledger_cmd_encodable(const struct ledger_cmd *c);
+
+/* Read one command in the pack_cmd form (bounded, non-allocating). false: malformed. */
+bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c);
+
+/* An account's limits as the fixed 13-field array both the log and the wire use, and
+ * back (bounded; false: malformed). */
+void ledger_pack_limits(msgpack_packer *pk, const struct ledger_limits *l);
+bool ledger_read_limits(struct mp_reader *r, struct ledger_limits *l);
+
+/* Encode one command alone (for the admin journal). *buf is malloc'd, caller frees. */
+int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len);
+
+/* 64-bit fingerprint of a command's type, id and arguments (the actor excluded): the
+ * idempotency store's test for "the same request". */
+uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c);
+
+/* ==== The client protocol (proto.c). ==== */
+
+/*
+ * The client protocol, shared by the server (rpc/) and the client (client/).
  *
  * A connection carries frames: a 4-byte big-endian body length, then one msgpack array.
  * Bodies are at most RPC_FRAME_MAX bytes unless both sides are configured otherwise;
@@ -13,18 +82,14 @@
  * fixes the connection's role. Requests may be pipelined; responses to writes come
  * back in commit order, which is not always request order: match them by seq.
  *
- * Ledger commands travel in the same flat-array form as in the Raft log (ledger/codec),
+ * Ledger commands travel in the same flat-array form as in the Raft log (cmd.c),
  * so a write is decoded once, with the same bounded reader. The server overwrites the
  * command's actor with the connection's principal.
  *
- * Every decoder here reads through ledger/mp.h: counts and lengths are checked against
+ * Every decoder here reads through mp.h: counts and lengths are checked against
  * the bytes left and against the bounds below before they are used, nothing allocates
  * more than a bound, and a message nested deeper than its fixed shape is refused.
  */
-#ifndef TALLY_RPC_PROTO_H
-#define TALLY_RPC_PROTO_H
-
-#include "ledger/ledger.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -281,4 +346,4 @@ int rpc_framer_next(struct rpc_framer *f, const uint8_t **body, size_t *len);
 void rpc_hex(const uint8_t *bytes, size_t n, char *out); /* out: 2n + 1 bytes */
 int rpc_unhex(const char *hex, uint8_t *out, size_t n);  /* 0, or -1 unless exactly 2n hex */
 
-#endif /* TALLY_RPC_PROTO_H */
+#endif /* TALLY_WIRE_H */

@@ -1,0 +1,339 @@
+/*
+ * types.h: the ledger's data language, part of wire/wire.h (include that).
+ *
+ * Everything that crosses a boundary between tally's processes is described here once:
+ * the bounds every input is checked against, the error codes, the commands a batch
+ * carries, the answers the ledger gives, and the records its queries return. The ledger
+ * (ledger/) executes these commands, the protocol (wire/proto.c) carries them and
+ * libtally (client/) builds them; none of the three may define a copy. Nothing here
+ * depends on LMDB or libraft, so the client links it without the server's libraries.
+ */
+#ifndef TALLY_WIRE_TYPES_H
+#define TALLY_WIRE_TYPES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Bounds. Every input is checked against these before anything changes. ---- */
+#define LEDGER_NAME_MAX 128         /* account name bytes, [A-Za-z0-9._:/@-] */
+#define LEDGER_MODEL_MAX 64         /* model name bytes, same alphabet */
+#define LEDGER_ACTOR_MAX 64         /* actor bytes (any printable ASCII) */
+#define LEDGER_METADATA_MAX 256     /* opaque reservation metadata bytes */
+#define LEDGER_DEPTH_MAX 8          /* accounts in the longest chain, leaf to root */
+#define LEDGER_KEY_HASH_SIZE 32     /* SHA-256 of the virtual key */
+#define LEDGER_REQUEST_ID_SIZE 16   /* 128-bit client-chosen id */
+#define LEDGER_AMOUNT_MAX 1000000000000000LL /* 10^15 micros: one estimate/actual/budget */
+#define LEDGER_TOKENS_MAX 1000000000000ULL   /* 10^12 tokens in one request or one limit */
+#define LEDGER_RATE_MAX 1000000000000ULL     /* rpm/tpm and their bursts */
+#define LEDGER_PARALLEL_MAX 1000000000ULL    /* max_parallel */
+#define LEDGER_TTL_MAX_MS (7LL * 24 * 3600 * 1000)       /* one reservation's ttl */
+#define LEDGER_PERIOD_MIN_MS 1000LL                      /* fixed period bounds */
+#define LEDGER_PERIOD_MAX_MS (366LL * 24 * 3600 * 1000)
+#define LEDGER_RETENTION_DEFAULT_MS (24LL * 3600 * 1000) /* stored answers */
+#define LEDGER_RETENTION_MAX_MS (90LL * 24 * 3600 * 1000)
+#define LEDGER_TIME_MAX_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
+#define LEDGER_BATCH_MAX_CMDS 4096   /* commands in one batch */
+#define LEDGER_BATCH_MAX_BYTES (8u << 20)
+#define LEDGER_GC_PER_BATCH 4096     /* expired answers pruned per batch, at most */
+#define LEDGER_ERRMSG_SIZE 256
+
+/* ---- Error codes (returned negated). ---- */
+enum {
+    LEDGER_EINVAL = 1, /* an argument is out of range or malformed */
+    LEDGER_ENAME,      /* an account or model name is not valid */
+    LEDGER_ENOTFOUND,  /* no such account, key or reservation */
+    LEDGER_EEXIST,     /* account or key already exists */
+    LEDGER_ECONFLICT,  /* request_id reused with different arguments */
+    LEDGER_ERESOLVED,  /* the reservation is already settled or voided */
+    LEDGER_EDEPTH,     /* the chain would be deeper than LEDGER_DEPTH_MAX */
+    LEDGER_ECYCLE,     /* the parent would make a cycle */
+    LEDGER_EOVERFLOW,  /* a counter would overflow */
+    LEDGER_EDECODE,    /* a command or batch is not valid msgpack of the right shape */
+    LEDGER_ETOOBIG,    /* a batch, field or snapshot exceeds its bound */
+    LEDGER_ENOMEM,     /* allocation failed */
+    LEDGER_EIO,        /* LMDB or file system error: the node must stop */
+    LEDGER_ECORRUPT,   /* stored data or snapshot fails its checks: the node must stop */
+    LEDGER_ESTALE,     /* the batch's index is not after the applied index */
+    LEDGER_ECODE_MAX
+};
+
+/* Human name of an error code (positive or negative), never NULL. */
+const char *ledger_strerror(int code);
+
+/* ---- Commands. ---- */
+enum ledger_cmd_type {
+    LEDGER_CMD_ACCOUNT_CREATE = 1,
+    LEDGER_CMD_ACCOUNT_UPDATE = 2,
+    LEDGER_CMD_KEY_ADD = 3,
+    LEDGER_CMD_KEY_REVOKE = 4,
+    LEDGER_CMD_MODEL_LIMIT_SET = 5,
+    LEDGER_CMD_RESERVE = 6,
+    LEDGER_CMD_SETTLE = 7,
+    LEDGER_CMD_VOID = 8,
+    LEDGER_CMD_EXTEND = 9,
+    LEDGER_CMD_CONFIG_SET = 10,
+    LEDGER_CMD_TYPE_MAX
+};
+
+enum ledger_period {
+    LEDGER_PERIOD_NONE = 0,  /* the budget never resets */
+    LEDGER_PERIOD_FIXED = 1, /* period_ms long, anchored where the period was set */
+    LEDGER_PERIOD_DAY = 2,   /* UTC calendar day */
+    LEDGER_PERIOD_WEEK = 3,  /* UTC ISO week, Monday 00:00 */
+    LEDGER_PERIOD_MONTH = 4, /* UTC calendar month */
+    LEDGER_PERIOD_MAX
+};
+
+enum ledger_expiry_policy {
+    LEDGER_EXPIRY_CHARGE = 0,  /* an expired reservation is charged its estimate */
+    LEDGER_EXPIRY_RELEASE = 1, /* an expired reservation is released, nothing charged */
+};
+
+/* Bits of ledger_limits.set (and of the update's clear mask). */
+enum {
+    LEDGER_LIM_BUDGET = 1u << 0,        /* budget_micros */
+    LEDGER_LIM_SOFT_BUDGET = 1u << 1,   /* soft_budget_micros */
+    LEDGER_LIM_PERIOD = 1u << 2,        /* period_kind, period_ms */
+    LEDGER_LIM_RPM = 1u << 3,           /* rpm, rpm_burst */
+    LEDGER_LIM_TPM = 1u << 4,           /* tpm, tpm_burst */
+    LEDGER_LIM_PARALLEL = 1u << 5,      /* max_parallel */
+    LEDGER_LIM_EXPIRES = 1u << 6,       /* expires_at_ms */
+    LEDGER_LIM_BLOCKED = 1u << 7,       /* blocked */
+    LEDGER_LIM_EXPIRY_POLICY = 1u << 8, /* expiry_policy */
+    LEDGER_LIM_ALL = (1u << 9) - 1,
+};
+
+/*
+ * Limits of an account. A limit applies only when its bit is in `set`. Bursts of 0
+ * mean "one minute's worth" (equal to the rate). The period applies to the budget
+ * and the soft budget; without LEDGER_LIM_PERIOD the budget is a lifetime budget.
+ */
+struct ledger_limits {
+    uint32_t set;
+    uint8_t period_kind;   /* enum ledger_period */
+    uint8_t blocked;       /* 0 or 1 */
+    uint8_t expiry_policy; /* enum ledger_expiry_policy */
+    int64_t budget_micros;
+    int64_t soft_budget_micros;
+    int64_t period_ms; /* LEDGER_PERIOD_FIXED only */
+    uint64_t rpm, rpm_burst;
+    uint64_t tpm, tpm_burst;
+    uint64_t max_parallel;
+    int64_t expires_at_ms;
+};
+
+/* Per-model limits on one account; bits LEDGER_LIM_BUDGET, _RPM, _TPM only. */
+struct ledger_model_limits {
+    uint32_t set;
+    int64_t budget_micros;
+    uint64_t rpm, rpm_burst;
+    uint64_t tpm, tpm_burst;
+};
+
+/*
+ * One command. Strings are NUL-terminated inside fixed arrays, so a command owns
+ * all its bytes and can be copied by value. `request_id` is the idempotency key of
+ * every command; for settle, void and extend it names the reservation, which is the
+ * request_id of its reserve. `actor` names who caused the command (the connection's
+ * principal); it is recorded in the journal.
+ */
+struct ledger_cmd {
+    uint8_t type; /* enum ledger_cmd_type */
+    uint8_t request_id[LEDGER_REQUEST_ID_SIZE];
+    char actor[LEDGER_ACTOR_MAX + 1];
+    union {
+        struct { /* LEDGER_CMD_ACCOUNT_CREATE */
+            char name[LEDGER_NAME_MAX + 1];
+            char parent[LEDGER_NAME_MAX + 1]; /* "" for a root */
+            struct ledger_limits limits;
+        } create;
+        struct { /* LEDGER_CMD_ACCOUNT_UPDATE */
+            char name[LEDGER_NAME_MAX + 1];
+            struct ledger_limits limits; /* limits.set: fields to change */
+            uint32_t clear;              /* LEDGER_LIM_* bits to remove */
+            uint8_t set_parent;          /* 1: move under `parent` ("" = root) */
+            char parent[LEDGER_NAME_MAX + 1];
+        } update;
+        struct { /* LEDGER_CMD_KEY_ADD, LEDGER_CMD_KEY_REVOKE (account unused) */
+            char account[LEDGER_NAME_MAX + 1];
+            uint8_t key_hash[LEDGER_KEY_HASH_SIZE];
+        } key;
+        struct { /* LEDGER_CMD_MODEL_LIMIT_SET; limits.set == 0 removes them */
+            char account[LEDGER_NAME_MAX + 1];
+            char model[LEDGER_MODEL_MAX + 1];
+            struct ledger_model_limits limits;
+        } model_limit;
+        struct { /* LEDGER_CMD_RESERVE */
+            uint8_t by_account; /* 0: key_hash names the key; 1: account names it */
+            uint8_t key_hash[LEDGER_KEY_HASH_SIZE];
+            char account[LEDGER_NAME_MAX + 1];
+            int64_t estimate_micros;
+            uint64_t estimate_tokens;
+            char model[LEDGER_MODEL_MAX + 1]; /* "" for none */
+            int64_t ttl_ms;
+            uint16_t metadata_len;
+            uint8_t metadata[LEDGER_METADATA_MAX];
+        } reserve;
+        struct { /* LEDGER_CMD_SETTLE */
+            int64_t actual_micros;
+            uint64_t actual_tokens;
+        } settle;
+        struct { /* LEDGER_CMD_EXTEND */
+            int64_t ttl_ms; /* expires_at becomes max(expires_at, now + ttl_ms) */
+        } extend;
+        struct { /* LEDGER_CMD_CONFIG_SET */
+            int64_t retention_ms;
+        } config;
+    } u;
+};
+
+/* ---- Answers. ---- */
+enum ledger_status {
+    LEDGER_OK = 0,     /* done; for reserve: granted */
+    LEDGER_DENIED = 1, /* reserve not granted: see deny_reason */
+    /* negative values: -LEDGER_E* error, nothing changed */
+};
+
+enum ledger_deny_reason {
+    LEDGER_DENY_NONE = 0,
+    LEDGER_DENY_UNKNOWN_KEY,
+    LEDGER_DENY_KEY_REVOKED,
+    LEDGER_DENY_BLOCKED,
+    LEDGER_DENY_EXPIRED,
+    LEDGER_DENY_PARALLEL,
+    LEDGER_DENY_BUDGET,
+    LEDGER_DENY_RPM,
+    LEDGER_DENY_TPM,
+    LEDGER_DENY_MODEL_BUDGET,
+    LEDGER_DENY_MODEL_RPM,
+    LEDGER_DENY_MODEL_TPM,
+    LEDGER_DENY_MAX
+};
+
+/* Human name of a deny reason ("budget", "rpm", ...), never NULL. */
+const char *ledger_deny_reason_name(int reason);
+
+/* Bits of ledger_result.flags. */
+enum {
+    LEDGER_RESULT_REPLAYED = 1u << 0,    /* answer returned from the idempotency store */
+    LEDGER_RESULT_SOFT_BUDGET = 1u << 1, /* some account is past its soft budget */
+    LEDGER_RESULT_LATE = 1u << 2,        /* settle/void after the reservation expired */
+};
+
+/*
+ * The answer to one command. For a deny: `account` is the account whose limit
+ * failed, `remaining` what is left of that limit (micros, requests, tokens or
+ * slots, never negative) and `retry_after_ms` when a rate limit will admit the
+ * request (-1: never, the request is larger than the burst; 0 for other limits).
+ * For settle: `charged_micros` what this command charged each account of the chain
+ * (for a late settle: the correction), `overrun_micros` actual minus estimate when
+ * positive. `expires_at_ms` is the reservation's expiry for reserve and extend.
+ */
+struct ledger_result {
+    int32_t status; /* enum ledger_status or -LEDGER_E* */
+    uint8_t cmd_type;
+    uint8_t deny_reason; /* enum ledger_deny_reason */
+    uint16_t flags;
+    uint8_t request_id[LEDGER_REQUEST_ID_SIZE];
+    char account[LEDGER_NAME_MAX + 1];
+    int64_t remaining;
+    int64_t retry_after_ms;
+    int64_t charged_micros;
+    int64_t overrun_micros;
+    int64_t expires_at_ms;
+};
+
+/* ---- Records that queries return. ---- */
+
+struct ledger_account_info {
+    uint64_t id;
+    char name[LEDGER_NAME_MAX + 1];
+    char parent[LEDGER_NAME_MAX + 1]; /* "" for a root */
+    uint32_t depth;                   /* 1 for a root */
+    struct ledger_limits limits;
+    int64_t created_ms;
+    int64_t spent_micros;    /* in the current period (0 if the period has rolled) */
+    int64_t held_micros;     /* estimates of open reservations */
+    int64_t remaining_micros; /* budget - spent - held, INT64_MAX without a budget */
+    int64_t lifetime_spent_micros;
+    int64_t overrun_micros;  /* sum of actual - estimate over settles that overran */
+    uint64_t inflight;       /* open reservations */
+    /* The period `spent` counts: journal entries with this period_start_ms sum to
+     * spent_micros. Without a period it starts when the budget was created or its
+     * period last changed, and period_end_ms is INT64_MAX. */
+    int64_t period_start_ms;
+    int64_t period_end_ms;
+    uint64_t rpm_available; /* requests admissible now; UINT64_MAX without a limit */
+    uint64_t tpm_available; /* tokens admissible now */
+    uint32_t n_keys;        /* active (not revoked) key hashes */
+};
+
+struct ledger_model_info {
+    char model[LEDGER_MODEL_MAX + 1];
+    struct ledger_model_limits limits;
+    int64_t spent_micros;
+    int64_t held_micros;
+    uint64_t inflight;
+};
+
+enum ledger_resv_state {
+    LEDGER_RESV_OPEN = 0,
+    LEDGER_RESV_SETTLED = 1,
+    LEDGER_RESV_VOIDED = 2,
+    LEDGER_RESV_EXPIRED = 3,      /* resolved by expiry; a late settle/void may follow */
+    LEDGER_RESV_LATE_SETTLED = 4, /* expired, then corrected by a late settle or void */
+};
+
+struct ledger_reservation_info {
+    uint8_t request_id[LEDGER_REQUEST_ID_SIZE];
+    uint8_t state; /* enum ledger_resv_state */
+    char account[LEDGER_NAME_MAX + 1]; /* the leaf */
+    char model[LEDGER_MODEL_MAX + 1];
+    int64_t estimate_micros;
+    uint64_t estimate_tokens;
+    int64_t created_ms;
+    int64_t expires_at_ms;
+    int64_t charged_micros; /* total charged so far (settle, expiry, corrections) */
+    uint16_t metadata_len;
+    uint8_t metadata[LEDGER_METADATA_MAX];
+};
+
+enum ledger_journal_kind {
+    LEDGER_J_CHARGE = 1,     /* settle: actual cost charged */
+    LEDGER_J_RELEASE = 2,    /* void: hold released, nothing charged */
+    LEDGER_J_EXPIRE_CHARGE = 3,  /* expiry charged the estimate */
+    LEDGER_J_EXPIRE_RELEASE = 4, /* expiry released the hold */
+    LEDGER_J_CORRECTION = 5, /* late settle/void after expiry: actual - expiry charge */
+    LEDGER_J_SOFT_BUDGET = 6, /* spent crossed the soft budget this period */
+    LEDGER_J_ADMIN = 7,      /* an admin command (hash-chained) */
+};
+
+/*
+ * One journal entry as seen by one account. An event (a settle, an expiry, ...) is one
+ * journal record covering the whole chain; listing it yields one entry per account of
+ * the chain, all with the event's `seq`.
+ */
+struct ledger_journal_entry {
+    uint64_t seq; /* the event's number: 1, 2, ... in log order */
+    int64_t ts_ms;
+    uint8_t kind; /* enum ledger_journal_kind */
+    uint8_t cmd_type; /* for LEDGER_J_ADMIN: the command */
+    char account[LEDGER_NAME_MAX + 1];
+    char actor[LEDGER_ACTOR_MAX + 1];
+    uint8_t request_id[LEDGER_REQUEST_ID_SIZE];
+    int64_t amount_micros; /* charged to this account in period_start_ms's period */
+    uint64_t tokens;
+    int64_t period_start_ms;
+    char model[LEDGER_MODEL_MAX + 1];
+    uint8_t admin_hash[32]; /* LEDGER_J_ADMIN: SHA-256(previous hash || entry) */
+};
+
+/* Record counts, in O(1) (LMDB's own statistics): for metrics. */
+struct ledger_counts {
+    uint64_t accounts;
+    uint64_t keys;         /* key hashes, revoked included */
+    uint64_t reservations; /* open and resolved ones still retained */
+    uint64_t journal;      /* journal records */
+};
+
+#endif /* TALLY_WIRE_TYPES_H */
