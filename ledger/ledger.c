@@ -408,58 +408,6 @@ static void result_account(struct ledger *l, struct ledger_result *r, uint64_t i
     }
 }
 
-/* ---- Validation. ---- */
-
-static bool in_range(int64_t v, int64_t lo, int64_t hi)
-{
-    return v >= lo && v <= hi;
-}
-
-static bool rate_valid(uint64_t rate, uint64_t burst)
-{
-    return rate >= 1 && rate <= LEDGER_RATE_MAX && burst <= LEDGER_RATE_MAX;
-}
-
-/* Limits named by `bits` are in range. */
-static int limits_check(const struct ledger_limits *lim, uint32_t bits)
-{
-    if (bits & ~(uint32_t)LEDGER_LIM_ALL) {
-        return -LEDGER_EINVAL;
-    }
-    bool ok = true;
-    if (bits & LEDGER_LIM_BUDGET) {
-        ok &= in_range(lim->budget_micros, 0, LEDGER_AMOUNT_MAX);
-    }
-    if (bits & LEDGER_LIM_SOFT_BUDGET) {
-        ok &= in_range(lim->soft_budget_micros, 0, LEDGER_AMOUNT_MAX);
-    }
-    if (bits & LEDGER_LIM_PERIOD) {
-        ok &= lim->period_kind < LEDGER_PERIOD_MAX;
-        if (lim->period_kind == LEDGER_PERIOD_FIXED) {
-            ok &= in_range(lim->period_ms, LEDGER_PERIOD_MIN_MS, LEDGER_PERIOD_MAX_MS);
-        }
-    }
-    if (bits & LEDGER_LIM_RPM) {
-        ok &= rate_valid(lim->rpm, lim->rpm_burst);
-    }
-    if (bits & LEDGER_LIM_TPM) {
-        ok &= rate_valid(lim->tpm, lim->tpm_burst);
-    }
-    if (bits & LEDGER_LIM_PARALLEL) {
-        ok &= lim->max_parallel <= LEDGER_PARALLEL_MAX;
-    }
-    if (bits & LEDGER_LIM_EXPIRES) {
-        ok &= in_range(lim->expires_at_ms, 0, LEDGER_TIME_MAX_MS);
-    }
-    if (bits & LEDGER_LIM_BLOCKED) {
-        ok &= lim->blocked <= 1;
-    }
-    if (bits & LEDGER_LIM_EXPIRY_POLICY) {
-        ok &= lim->expiry_policy <= LEDGER_EXPIRY_RELEASE;
-    }
-    return ok ? 0 : -LEDGER_EINVAL;
-}
-
 static uint64_t burst_or_rate(uint64_t burst, uint64_t rate)
 {
     return burst ? burst : rate;
@@ -584,14 +532,6 @@ static void admin_journal(struct ledger *l, const struct ledger_cmd *c, uint64_t
 static int cmd_create(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)
 {
     const char *name = c->u.create.name, *parent = c->u.create.parent;
-    if (!ledger_name_valid(name, LEDGER_NAME_MAX) ||
-        (parent[0] != '\0' && !ledger_name_valid(parent, LEDGER_NAME_MAX))) {
-        return -LEDGER_ENAME;
-    }
-    int rv = limits_check(&c->u.create.limits, c->u.create.limits.set);
-    if (rv != 0) {
-        return rv;
-    }
     if (name_lookup(l, name) != 0) {
         return -LEDGER_EEXIST;
     }
@@ -710,16 +650,7 @@ static void move_apply(struct ledger *l, struct acct_rec *a, uint64_t new_parent
 static int cmd_update(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)
 {
     const struct ledger_limits *lim = &c->u.update.limits;
-    if (!ledger_name_valid(c->u.update.name, LEDGER_NAME_MAX)) {
-        return -LEDGER_ENAME;
-    }
-    if (c->u.update.clear & ~(uint32_t)LEDGER_LIM_ALL || c->u.update.set_parent > 1) {
-        return -LEDGER_EINVAL;
-    }
-    int rv = limits_check(lim, lim->set);
-    if (rv != 0) {
-        return rv;
-    }
+    int rv;
     uint64_t id = name_lookup(l, c->u.update.name);
     struct acct_rec *a = id ? acct_load(l, id) : NULL;
     if (a == NULL) {
@@ -767,9 +698,6 @@ static int key_get(struct ledger *l, const uint8_t *hash, struct key_rec *out)
 static int cmd_key_add(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)
 {
     struct key_rec k;
-    if (!ledger_name_valid(c->u.key.account, LEDGER_NAME_MAX)) {
-        return -LEDGER_ENAME;
-    }
     uint64_t id = name_lookup(l, c->u.key.account);
     struct acct_rec *a = id ? acct_load(l, id) : NULL;
     if (a == NULL) {
@@ -812,17 +740,6 @@ static int cmd_key_revoke(struct ledger *l, const struct ledger_cmd *c, uint64_t
 static int cmd_model_limit(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)
 {
     const struct ledger_model_limits *m = &c->u.model_limit.limits;
-    const uint32_t allowed = LEDGER_LIM_BUDGET | LEDGER_LIM_RPM | LEDGER_LIM_TPM;
-    if (!ledger_name_valid(c->u.model_limit.account, LEDGER_NAME_MAX) ||
-        !ledger_name_valid(c->u.model_limit.model, LEDGER_MODEL_MAX)) {
-        return -LEDGER_ENAME;
-    }
-    if ((m->set & ~allowed) ||
-        ((m->set & LEDGER_LIM_BUDGET) && !in_range(m->budget_micros, 0, LEDGER_AMOUNT_MAX)) ||
-        ((m->set & LEDGER_LIM_RPM) && !rate_valid(m->rpm, m->rpm_burst)) ||
-        ((m->set & LEDGER_LIM_TPM) && !rate_valid(m->tpm, m->tpm_burst))) {
-        return -LEDGER_EINVAL;
-    }
     uint64_t id = name_lookup(l, c->u.model_limit.account);
     struct acct_rec *a = id ? acct_load(l, id) : NULL;
     if (a == NULL) {
@@ -854,11 +771,28 @@ static int cmd_model_limit(struct ledger *l, const struct ledger_cmd *c, uint64_
 static int cmd_config(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)
 {
     *account_id = 0;
-    if (!in_range(c->u.config.retention_ms, 1, LEDGER_RETENTION_MAX_MS)) {
-        return -LEDGER_EINVAL;
-    }
     l->work.retention_ms = c->u.config.retention_ms;
     return 0;
+}
+
+/* Run one admin command whose arguments passed ledger_cmd_check(). */
+static int cmd_admin(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)
+{
+    switch (c->type) {
+    case LEDGER_CMD_ACCOUNT_CREATE:
+        return cmd_create(l, c, account_id);
+    case LEDGER_CMD_ACCOUNT_UPDATE:
+        return cmd_update(l, c, account_id);
+    case LEDGER_CMD_KEY_ADD:
+        return cmd_key_add(l, c, account_id);
+    case LEDGER_CMD_KEY_REVOKE:
+        return cmd_key_revoke(l, c, account_id);
+    case LEDGER_CMD_MODEL_LIMIT_SET:
+        return cmd_model_limit(l, c, account_id);
+    default:
+        assert(c->type == LEDGER_CMD_CONFIG_SET);
+        return cmd_config(l, c, account_id);
+    }
 }
 
 static void exec_admin(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
@@ -868,26 +802,11 @@ static void exec_admin(struct ledger *l, const struct ledger_cmd *c, struct ledg
         return;
     }
     uint64_t account_id = 0;
-    int rv;
-    switch (c->type) {
-    case LEDGER_CMD_ACCOUNT_CREATE:
-        rv = cmd_create(l, c, &account_id);
-        break;
-    case LEDGER_CMD_ACCOUNT_UPDATE:
-        rv = cmd_update(l, c, &account_id);
-        break;
-    case LEDGER_CMD_KEY_ADD:
-        rv = cmd_key_add(l, c, &account_id);
-        break;
-    case LEDGER_CMD_KEY_REVOKE:
-        rv = cmd_key_revoke(l, c, &account_id);
-        break;
-    case LEDGER_CMD_MODEL_LIMIT_SET:
-        rv = cmd_model_limit(l, c, &account_id);
-        break;
-    default:
-        rv = cmd_config(l, c, &account_id);
-        break;
+    /* The arguments are judged after the replay check, so that a reused request id is a
+     * conflict whatever its new arguments are. */
+    int rv = ledger_cmd_check(c, NULL);
+    if (rv == 0) {
+        rv = cmd_admin(l, c, &account_id);
     }
     if (l->fatal) {
         return;
@@ -1017,22 +936,6 @@ static bool account_fits(struct ledger *l, const struct ledger_cmd *c, struct ho
     return true;
 }
 
-static int reserve_validate(const struct ledger_cmd *c)
-{
-    if (!in_range(c->u.reserve.estimate_micros, 0, LEDGER_AMOUNT_MAX) ||
-        c->u.reserve.estimate_tokens > LEDGER_TOKENS_MAX ||
-        !in_range(c->u.reserve.ttl_ms, 1, LEDGER_TTL_MAX_MS) || c->u.reserve.by_account > 1 ||
-        c->u.reserve.metadata_len > LEDGER_METADATA_MAX) {
-        return -LEDGER_EINVAL;
-    }
-    if ((c->u.reserve.model[0] != '\0' &&
-         !ledger_name_valid(c->u.reserve.model, LEDGER_MODEL_MAX)) ||
-        (c->u.reserve.by_account && !ledger_name_valid(c->u.reserve.account, LEDGER_NAME_MAX))) {
-        return -LEDGER_ENAME;
-    }
-    return 0;
-}
-
 static void resv_put(struct ledger *l, const uint8_t *id, const struct resv_rec *rec)
 {
     db_put(l, DB_RESV, id, LEDGER_REQUEST_ID_SIZE, rec, store_resv_size(rec), 0);
@@ -1133,7 +1036,7 @@ static void exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct le
         }
         return;
     }
-    int status = reserve_validate(c);
+    int status = ledger_cmd_check(c, NULL);
     struct deny d = {0};
     if (status != 0) {
         reserve_reject(l, c, fp, status, NULL, r);
@@ -1467,10 +1370,9 @@ static void resolve_open(struct ledger *l, struct resolve_ctx *x, const struct l
 
 static void exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
 {
-    if (c->type == LEDGER_CMD_SETTLE &&
-        (!in_range(c->u.settle.actual_micros, 0, LEDGER_AMOUNT_MAX) ||
-         c->u.settle.actual_tokens > LEDGER_TOKENS_MAX)) {
-        r->status = -LEDGER_EINVAL;
+    int rv = ledger_cmd_check(c, NULL);
+    if (rv != 0) {
+        r->status = rv;
         return;
     }
     struct resv_rec rec;
@@ -1513,8 +1415,9 @@ static void exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct le
 
 static void exec_extend(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
 {
-    if (!in_range(c->u.extend.ttl_ms, 1, LEDGER_TTL_MAX_MS)) {
-        r->status = -LEDGER_EINVAL;
+    int rv = ledger_cmd_check(c, NULL);
+    if (rv != 0) {
+        r->status = rv;
         return;
     }
     struct resv_rec rec;

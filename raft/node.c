@@ -690,6 +690,14 @@ int node_propose(struct node *n, const struct ledger_cmd *cmds, size_t count, no
     if (cmds == NULL || cb == NULL || count == 0 || count > NODE_QUEUE_MAX) {
         return -NODE_EINVAL;
     }
+    /* A command that cannot be encoded is refused here, so every queued batch encodes.
+     * Its arguments are left to the ledger, which judges them through the log: every
+     * replica then records the same answer, and the request id stays bound to it. */
+    for (size_t i = 0; i < count; i++) {
+        if (ledger_cmd_check(&cmds[i], NULL) == -LEDGER_EDECODE) {
+            return -NODE_EINVAL;
+        }
+    }
     if (!n->started || raft_state(&n->raft) != RAFT_LEADER) {
         return -NODE_ENOTLEADER;
     }
@@ -720,53 +728,18 @@ static int64_t next_stamp_ms(struct node *n)
 }
 
 /*
- * A batch did not encode because some caller's command is malformed: answer those
- * callers -NODE_EINVAL and keep the others' commands, in order.
- */
-static void queue_drop_invalid(struct node *n)
-{
-    size_t count = queue_take(n);
-    size_t n_invalid = 0;
-    for (size_t i = 0; i < count; i++) {
-        struct node_prop p = n->spare[i];
-        void *buf = NULL;
-        size_t len = 0;
-        if (ledger_batch_encode(0, &n->queue[p.first], p.n, &buf, &len) == -LEDGER_EINVAL) {
-            n->spare[n_invalid++] = p; /* i >= n_invalid: nothing unread is overwritten */
-            continue;
-        }
-        free(buf);
-        memmove(&n->queue[n->n_queued], &n->queue[p.first], p.n * sizeof(*n->queue));
-        p.first = n->n_queued;
-        n->props[n->n_props++] = p;
-        n->n_queued += p.n;
-    }
-    for (size_t i = 0; i < n_invalid; i++) {
-        n->spare[i].cb(n, n->spare[i].data, -NODE_EINVAL, 0, NULL, 0);
-    }
-}
-
-/*
- * Encode the queue into a raft_malloc'd buffer. Returns 0, 1 when nothing is left to
- * propose (every caller was answered), or the error to answer every caller with.
+ * Encode the queue into a raft_malloc'd buffer. Returns 0 or the error to answer every
+ * caller with.
  */
 static int queue_encode(struct node *n, int64_t stamp_ms, struct raft_buffer *out)
 {
     void *enc = NULL;
     size_t len = 0;
     int rv = ledger_batch_encode(stamp_ms, n->queue, n->n_queued, &enc, &len);
-    /* Bounded: every pass answers at least one caller or ends. */
-    for (size_t pass = 0; rv == -LEDGER_EINVAL && pass < NODE_QUEUE_MAX; pass++) {
-        queue_drop_invalid(n);
-        if (n->n_queued == 0) {
-            return 1;
-        }
-        rv = ledger_batch_encode(stamp_ms, n->queue, n->n_queued, &enc, &len);
-    }
+    /* node_propose() let in only commands that encode. */
+    assert(rv != -LEDGER_EINVAL);
     if (rv != 0) {
-        return rv == -LEDGER_ETOOBIG  ? -NODE_ETOOBIG
-               : rv == -LEDGER_ENOMEM ? -NODE_ENOMEM
-                                      : -NODE_EINVAL;
+        return rv == -LEDGER_ETOOBIG ? -NODE_ETOOBIG : -NODE_ENOMEM;
     }
     assert(len % 8 == 0);
     out->base = raft_malloc(len);
@@ -880,9 +853,6 @@ static void queue_flush(struct node *n)
     int64_t stamp_ms = next_stamp_ms(n);
     struct raft_buffer buf = {NULL, 0};
     int rv = queue_encode(n, stamp_ms, &buf);
-    if (rv == 1) {
-        return;
-    }
     struct node_batch *b = rv == 0 ? batch_alloc(n) : NULL;
     if (rv == 0 && b == NULL) {
         rv = -NODE_ENOMEM;

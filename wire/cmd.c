@@ -10,13 +10,12 @@
  */
 #include "wire/wire.h"
 
+#include <assert.h>
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define BATCH_FORMAT 1
-#define LIMITS_FIELDS 13
-#define MODEL_LIMITS_FIELDS 6
 
 /* ---- Names, errors. ---- */
 
@@ -88,40 +87,12 @@ const char *ledger_deny_reason_name(int reason)
     return names[reason];
 }
 
-/* ---- Encoding. ---- */
+/* ---- The table's functions, one macro per field kind and operation. ---- */
 
 /* Strings in a command are NUL-terminated within their arrays. */
 static bool str_ok(const char *s, size_t max)
 {
     return strnlen(s, max + 1) <= max;
-}
-
-bool ledger_cmd_encodable(const struct ledger_cmd *c)
-{
-    if (c->type < LEDGER_CMD_ACCOUNT_CREATE || c->type >= LEDGER_CMD_TYPE_MAX ||
-        !str_ok(c->actor, LEDGER_ACTOR_MAX)) {
-        return false;
-    }
-    switch (c->type) {
-    case LEDGER_CMD_ACCOUNT_CREATE:
-        return str_ok(c->u.create.name, LEDGER_NAME_MAX) &&
-               str_ok(c->u.create.parent, LEDGER_NAME_MAX);
-    case LEDGER_CMD_ACCOUNT_UPDATE:
-        return str_ok(c->u.update.name, LEDGER_NAME_MAX) &&
-               str_ok(c->u.update.parent, LEDGER_NAME_MAX);
-    case LEDGER_CMD_KEY_ADD:
-    case LEDGER_CMD_KEY_REVOKE:
-        return str_ok(c->u.key.account, LEDGER_NAME_MAX);
-    case LEDGER_CMD_MODEL_LIMIT_SET:
-        return str_ok(c->u.model_limit.account, LEDGER_NAME_MAX) &&
-               str_ok(c->u.model_limit.model, LEDGER_MODEL_MAX);
-    case LEDGER_CMD_RESERVE:
-        return str_ok(c->u.reserve.account, LEDGER_NAME_MAX) &&
-               str_ok(c->u.reserve.model, LEDGER_MODEL_MAX) &&
-               c->u.reserve.metadata_len <= LEDGER_METADATA_MAX;
-    default:
-        return true;
-    }
 }
 
 static void pack_str(msgpack_packer *pk, const char *s)
@@ -137,95 +108,171 @@ static void pack_bin(msgpack_packer *pk, const void *b, size_t n)
     msgpack_pack_bin_body(pk, b, n);
 }
 
-void ledger_pack_limits(msgpack_packer *pk, const struct ledger_limits *l)
+static void pack_model_limits(msgpack_packer *pk, const struct ledger_model_limits *l);
+static bool read_model_limits(struct mp_reader *r, struct ledger_model_limits *l);
+
+/* Fields of one list, counted at compile time. */
+#define FIELD_COUNT(kind, name, bound) +1
+#define LIMITS_FIELDS (0 LEDGER_LIMITS_FIELDS(FIELD_COUNT))
+#define MODEL_LIMITS_FIELDS (0 LEDGER_MODEL_LIMITS_FIELDS(FIELD_COUNT))
+
+/* Pack field `name` of the struct `v` points to. */
+#define PACK_FIELD(kind, name, bound) PACK_##kind(&v->name, bound);
+#define PACK_u8(p, bound) msgpack_pack_uint8(pk, *(p))
+#define PACK_u32(p, bound) msgpack_pack_uint32(pk, *(p))
+#define PACK_u64(p, bound) msgpack_pack_uint64(pk, *(p))
+#define PACK_i64(p, bound) msgpack_pack_int64(pk, *(p))
+#define PACK_str(p, bound) pack_str(pk, *(p))
+#define PACK_key(p, bound) pack_bin(pk, *(p), bound)
+#define PACK_blob(p, bound) pack_bin(pk, *(p), *(p##_len))
+#define PACK_limits(p, bound) ledger_pack_limits(pk, p)
+#define PACK_mlimits(p, bound) pack_model_limits(pk, p)
+#define PACK_payer_key PACK_key
+#define PACK_payer_account PACK_str
+
+/* Read field `name` into the struct `v` points to; a failure sticks in the reader. */
+#define READ_FIELD(kind, name, bound) READ_##kind(&v->name, bound);
+#define READ_u8(p, bound) mp_read_u8(r, p)
+#define READ_u32(p, bound) mp_read_u32(r, p)
+#define READ_u64(p, bound) mp_read_u64(r, p)
+#define READ_i64(p, bound) mp_read_i64(r, p)
+#define READ_str(p, bound) mp_read_text(r, *(p), bound)
+#define READ_key(p, bound) mp_read_fixed(r, *(p), bound)
+#define READ_blob(p, bound) read_blob(r, *(p), p##_len, bound)
+#define READ_limits(p, bound) ledger_read_limits(r, p)
+#define READ_mlimits(p, bound) read_model_limits(r, p)
+#define READ_payer_key READ_key
+#define READ_payer_account READ_str
+
+/* Whether field `name` can be encoded: strings and blobs within their bounds. */
+#define SHAPE_FIELD(kind, name, bound) &&SHAPE_##kind(&v->name, bound)
+#define SHAPE_u8(p, bound) true
+#define SHAPE_u32(p, bound) true
+#define SHAPE_u64(p, bound) true
+#define SHAPE_i64(p, bound) true
+#define SHAPE_str(p, bound) str_ok(*(p), bound)
+#define SHAPE_key(p, bound) true
+#define SHAPE_blob(p, bound) (*(p##_len) <= (bound))
+#define SHAPE_limits(p, bound) true
+#define SHAPE_mlimits(p, bound) true
+#define SHAPE_payer_key SHAPE_key
+#define SHAPE_payer_account SHAPE_str
+
+/* Whether field `name` is equal in the structs `a` and `b` point to. */
+#define EQUAL_FIELD(kind, name, bound) &&EQUAL_##kind(&pa->name, &pb->name, bound)
+#define EQUAL_u8(p, q, bound) (*(p) == *(q))
+#define EQUAL_u32(p, q, bound) (*(p) == *(q))
+#define EQUAL_u64(p, q, bound) (*(p) == *(q))
+#define EQUAL_i64(p, q, bound) (*(p) == *(q))
+#define EQUAL_str(p, q, bound) (strcmp(*(p), *(q)) == 0)
+#define EQUAL_key(p, q, bound) (memcmp(*(p), *(q), bound) == 0)
+#define EQUAL_blob(p, q, bound)                                                              \
+    (*(p##_len) == *(q##_len) && memcmp(*(p), *(q), *(p##_len)) == 0)
+#define EQUAL_limits(p, q, bound) limits_equal(p, q)
+#define EQUAL_mlimits(p, q, bound) model_limits_equal(p, q)
+#define EQUAL_payer_key(p, q, bound) (pa->by_account || EQUAL_key(p, q, bound))
+#define EQUAL_payer_account(p, q, bound) (!pa->by_account || EQUAL_str(p, q, bound))
+
+static bool read_blob(struct mp_reader *r, uint8_t *out, uint16_t *len, size_t max)
 {
-    msgpack_pack_array(pk, LIMITS_FIELDS);
-    msgpack_pack_uint32(pk, l->set);
-    msgpack_pack_uint8(pk, l->period_kind);
-    msgpack_pack_uint8(pk, l->blocked);
-    msgpack_pack_uint8(pk, l->expiry_policy);
-    msgpack_pack_int64(pk, l->budget_micros);
-    msgpack_pack_int64(pk, l->soft_budget_micros);
-    msgpack_pack_int64(pk, l->period_ms);
-    msgpack_pack_uint64(pk, l->rpm);
-    msgpack_pack_uint64(pk, l->rpm_burst);
-    msgpack_pack_uint64(pk, l->tpm);
-    msgpack_pack_uint64(pk, l->tpm_burst);
-    msgpack_pack_uint64(pk, l->max_parallel);
-    msgpack_pack_int64(pk, l->expires_at_ms);
+    const uint8_t *b;
+    size_t n;
+    if (!mp_read_bin(r, max, &b, &n)) {
+        return false;
+    }
+    assert(n <= max);
+    memcpy(out, b, n);
+    *len = (uint16_t)n;
+    return true;
 }
 
-static void pack_model_limits(msgpack_packer *pk, const struct ledger_model_limits *l)
+void ledger_pack_limits(msgpack_packer *pk, const struct ledger_limits *v)
+{
+    msgpack_pack_array(pk, LIMITS_FIELDS);
+    LEDGER_LIMITS_FIELDS(PACK_FIELD)
+}
+
+static void pack_model_limits(msgpack_packer *pk, const struct ledger_model_limits *v)
 {
     msgpack_pack_array(pk, MODEL_LIMITS_FIELDS);
-    msgpack_pack_uint32(pk, l->set);
-    msgpack_pack_int64(pk, l->budget_micros);
-    msgpack_pack_uint64(pk, l->rpm);
-    msgpack_pack_uint64(pk, l->rpm_burst);
-    msgpack_pack_uint64(pk, l->tpm);
-    msgpack_pack_uint64(pk, l->tpm_burst);
+    LEDGER_MODEL_LIMITS_FIELDS(PACK_FIELD)
+}
+
+static bool limits_equal(const struct ledger_limits *pa, const struct ledger_limits *pb)
+{
+    return true LEDGER_LIMITS_FIELDS(EQUAL_FIELD);
+}
+
+static bool model_limits_equal(const struct ledger_model_limits *pa,
+                               const struct ledger_model_limits *pb)
+{
+    return true LEDGER_MODEL_LIMITS_FIELDS(EQUAL_FIELD);
 }
 
 /* Number of fields after [type, request_id, actor] for each command type. */
 static const uint8_t fields_of[LEDGER_CMD_TYPE_MAX] = {
-    [LEDGER_CMD_ACCOUNT_CREATE] = 3, [LEDGER_CMD_ACCOUNT_UPDATE] = 5,
-    [LEDGER_CMD_KEY_ADD] = 2,        [LEDGER_CMD_KEY_REVOKE] = 2,
-    [LEDGER_CMD_MODEL_LIMIT_SET] = 3, [LEDGER_CMD_RESERVE] = 8,
-    [LEDGER_CMD_SETTLE] = 2,         [LEDGER_CMD_VOID] = 0,
-    [LEDGER_CMD_EXTEND] = 1,         [LEDGER_CMD_CONFIG_SET] = 1,
+#define CMD_FIELD_COUNT(type, number, member) [number] = 0 LEDGER_ARGS_##member(FIELD_COUNT),
+    LEDGER_CMDS(CMD_FIELD_COUNT)
+#undef CMD_FIELD_COUNT
 };
+
+static bool type_known(uint8_t type)
+{
+    return type >= LEDGER_CMD_ACCOUNT_CREATE && type < LEDGER_CMD_TYPE_MAX;
+}
+
+bool ledger_cmd_encodable(const struct ledger_cmd *c)
+{
+    if (!type_known(c->type) || !str_ok(c->actor, LEDGER_ACTOR_MAX)) {
+        return false;
+    }
+    switch (c->type) {
+#define CMD_SHAPE(type, number, member)                                                      \
+    case number: {                                                                           \
+        __attribute__((unused)) const typeof(c->u.member) *v = &c->u.member;                 \
+        return true LEDGER_ARGS_##member(SHAPE_FIELD);                                       \
+    }
+        LEDGER_CMDS(CMD_SHAPE)
+#undef CMD_SHAPE
+    }
+    return false;
+}
+
+bool ledger_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b)
+{
+    if (a->type != b->type || memcmp(a->request_id, b->request_id, LEDGER_REQUEST_ID_SIZE) ||
+        strcmp(a->actor, b->actor) != 0) {
+        return false;
+    }
+    switch (a->type) {
+#define CMD_EQUAL(type, number, member)                                                      \
+    case number: {                                                                           \
+        __attribute__((unused)) const typeof(a->u.member) *pa = &a->u.member;                \
+        __attribute__((unused)) const typeof(b->u.member) *pb = &b->u.member;                \
+        return true LEDGER_ARGS_##member(EQUAL_FIELD);                                      \
+    }
+        LEDGER_CMDS(CMD_EQUAL)
+#undef CMD_EQUAL
+    }
+    return true; /* the same unknown type: nothing else to compare */
+}
 
 void ledger_pack_cmd(msgpack_packer *pk, const struct ledger_cmd *c)
 {
+    /* Paired with the assertion in ledger_read_cmd(): what crosses is always encodable. */
+    assert(ledger_cmd_encodable(c));
     msgpack_pack_array(pk, 3 + fields_of[c->type]);
     msgpack_pack_uint8(pk, c->type);
     pack_bin(pk, c->request_id, LEDGER_REQUEST_ID_SIZE);
     pack_str(pk, c->actor);
     switch (c->type) {
-    case LEDGER_CMD_ACCOUNT_CREATE:
-        pack_str(pk, c->u.create.name);
-        pack_str(pk, c->u.create.parent);
-        ledger_pack_limits(pk, &c->u.create.limits);
-        break;
-    case LEDGER_CMD_ACCOUNT_UPDATE:
-        pack_str(pk, c->u.update.name);
-        ledger_pack_limits(pk, &c->u.update.limits);
-        msgpack_pack_uint32(pk, c->u.update.clear);
-        msgpack_pack_uint8(pk, c->u.update.set_parent);
-        pack_str(pk, c->u.update.parent);
-        break;
-    case LEDGER_CMD_KEY_ADD:
-    case LEDGER_CMD_KEY_REVOKE:
-        pack_str(pk, c->u.key.account);
-        pack_bin(pk, c->u.key.key_hash, LEDGER_KEY_HASH_SIZE);
-        break;
-    case LEDGER_CMD_MODEL_LIMIT_SET:
-        pack_str(pk, c->u.model_limit.account);
-        pack_str(pk, c->u.model_limit.model);
-        pack_model_limits(pk, &c->u.model_limit.limits);
-        break;
-    case LEDGER_CMD_RESERVE:
-        msgpack_pack_uint8(pk, c->u.reserve.by_account);
-        pack_bin(pk, c->u.reserve.key_hash, LEDGER_KEY_HASH_SIZE);
-        pack_str(pk, c->u.reserve.account);
-        msgpack_pack_int64(pk, c->u.reserve.estimate_micros);
-        msgpack_pack_uint64(pk, c->u.reserve.estimate_tokens);
-        pack_str(pk, c->u.reserve.model);
-        msgpack_pack_int64(pk, c->u.reserve.ttl_ms);
-        pack_bin(pk, c->u.reserve.metadata, c->u.reserve.metadata_len);
-        break;
-    case LEDGER_CMD_SETTLE:
-        msgpack_pack_int64(pk, c->u.settle.actual_micros);
-        msgpack_pack_uint64(pk, c->u.settle.actual_tokens);
-        break;
-    case LEDGER_CMD_EXTEND:
-        msgpack_pack_int64(pk, c->u.extend.ttl_ms);
-        break;
-    case LEDGER_CMD_CONFIG_SET:
-        msgpack_pack_int64(pk, c->u.config.retention_ms);
-        break;
-    default:
-        break;
+#define CMD_PACK(type, number, member)                                                       \
+    case number: {                                                                           \
+        __attribute__((unused)) const typeof(c->u.member) *v = &c->u.member;                 \
+        LEDGER_ARGS_##member(PACK_FIELD) break;                                              \
+    }
+        LEDGER_CMDS(CMD_PACK)
+#undef CMD_PACK
     }
 }
 
@@ -318,95 +365,179 @@ int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len)
     return 0;
 }
 
+/* ---- Checking one command. ---- */
+
+static bool in_range(int64_t v, int64_t lo, int64_t hi)
+{
+    return v >= lo && v <= hi;
+}
+
+static bool rate_valid(uint64_t rate, uint64_t burst)
+{
+    return rate >= 1 && rate <= LEDGER_RATE_MAX && burst <= LEDGER_RATE_MAX;
+}
+
+/* The first failed check sets *why and returns its code. */
+#define REFUSE_IF(cond, code, text)                                                          \
+    do {                                                                                     \
+        if (cond) {                                                                          \
+            *why = (text);                                                                   \
+            return -(code);                                                                  \
+        }                                                                                    \
+    } while (0)
+
+/* An account's limits named by `bits` are in range. */
+static int limits_check(const struct ledger_limits *lim, uint32_t bits, const char **why)
+{
+    REFUSE_IF(bits & ~(uint32_t)LEDGER_LIM_ALL, LEDGER_EINVAL, "unknown limit bits");
+    REFUSE_IF((bits & LEDGER_LIM_BUDGET) && !in_range(lim->budget_micros, 0, LEDGER_AMOUNT_MAX),
+              LEDGER_EINVAL, "budget out of range");
+    REFUSE_IF((bits & LEDGER_LIM_SOFT_BUDGET) &&
+                  !in_range(lim->soft_budget_micros, 0, LEDGER_AMOUNT_MAX),
+              LEDGER_EINVAL, "soft budget out of range");
+    REFUSE_IF((bits & LEDGER_LIM_PERIOD) && lim->period_kind >= LEDGER_PERIOD_MAX, LEDGER_EINVAL,
+              "unknown period kind");
+    REFUSE_IF((bits & LEDGER_LIM_PERIOD) && lim->period_kind == LEDGER_PERIOD_FIXED &&
+                  !in_range(lim->period_ms, LEDGER_PERIOD_MIN_MS, LEDGER_PERIOD_MAX_MS),
+              LEDGER_EINVAL, "period length out of range");
+    REFUSE_IF((bits & LEDGER_LIM_RPM) && !rate_valid(lim->rpm, lim->rpm_burst), LEDGER_EINVAL,
+              "rpm or its burst out of range");
+    REFUSE_IF((bits & LEDGER_LIM_TPM) && !rate_valid(lim->tpm, lim->tpm_burst), LEDGER_EINVAL,
+              "tpm or its burst out of range");
+    REFUSE_IF((bits & LEDGER_LIM_PARALLEL) && lim->max_parallel > LEDGER_PARALLEL_MAX,
+              LEDGER_EINVAL, "max_parallel out of range");
+    REFUSE_IF((bits & LEDGER_LIM_EXPIRES) && !in_range(lim->expires_at_ms, 0, LEDGER_TIME_MAX_MS),
+              LEDGER_EINVAL, "expiry time out of range");
+    REFUSE_IF((bits & LEDGER_LIM_BLOCKED) && lim->blocked > 1, LEDGER_EINVAL,
+              "blocked is not 0 or 1");
+    REFUSE_IF((bits & LEDGER_LIM_EXPIRY_POLICY) && lim->expiry_policy > LEDGER_EXPIRY_RELEASE,
+              LEDGER_EINVAL, "unknown expiry policy");
+    return 0;
+}
+
+static int model_limits_check(const struct ledger_model_limits *m, const char **why)
+{
+    const uint32_t allowed = LEDGER_LIM_BUDGET | LEDGER_LIM_RPM | LEDGER_LIM_TPM;
+    REFUSE_IF(m->set & ~allowed, LEDGER_EINVAL, "a model limit may set only budget, rpm, tpm");
+    REFUSE_IF((m->set & LEDGER_LIM_BUDGET) && !in_range(m->budget_micros, 0, LEDGER_AMOUNT_MAX),
+              LEDGER_EINVAL, "model budget out of range");
+    REFUSE_IF((m->set & LEDGER_LIM_RPM) && !rate_valid(m->rpm, m->rpm_burst), LEDGER_EINVAL,
+              "model rpm or its burst out of range");
+    REFUSE_IF((m->set & LEDGER_LIM_TPM) && !rate_valid(m->tpm, m->tpm_burst), LEDGER_EINVAL,
+              "model tpm or its burst out of range");
+    return 0;
+}
+
+/* Names: `optional` accepts "" (a root's parent, no model). */
+static bool name_ok(const char *name, size_t max, bool optional)
+{
+    return (optional && name[0] == '\0') || ledger_name_valid(name, max);
+}
+
+static int args_check(const struct ledger_cmd *c, const char **why)
+{
+    switch (c->type) {
+    case LEDGER_CMD_ACCOUNT_CREATE:
+        REFUSE_IF(!name_ok(c->u.create.name, LEDGER_NAME_MAX, false) ||
+                      !name_ok(c->u.create.parent, LEDGER_NAME_MAX, true),
+                  LEDGER_ENAME, "invalid account or parent name");
+        return limits_check(&c->u.create.limits, c->u.create.limits.set, why);
+    case LEDGER_CMD_ACCOUNT_UPDATE:
+        /* The new parent's name is checked by the ledger after the account is found. */
+        REFUSE_IF(!name_ok(c->u.update.name, LEDGER_NAME_MAX, false), LEDGER_ENAME,
+                  "invalid account name");
+        REFUSE_IF(c->u.update.clear & ~(uint32_t)LEDGER_LIM_ALL, LEDGER_EINVAL,
+                  "unknown limit bits to clear");
+        REFUSE_IF(c->u.update.set_parent > 1, LEDGER_EINVAL, "set_parent is not 0 or 1");
+        return limits_check(&c->u.update.limits, c->u.update.limits.set, why);
+    case LEDGER_CMD_KEY_ADD:
+        REFUSE_IF(!name_ok(c->u.key.account, LEDGER_NAME_MAX, false), LEDGER_ENAME,
+                  "invalid account name");
+        return 0;
+    case LEDGER_CMD_MODEL_LIMIT_SET:
+        REFUSE_IF(!name_ok(c->u.model_limit.account, LEDGER_NAME_MAX, false) ||
+                      !name_ok(c->u.model_limit.model, LEDGER_MODEL_MAX, false),
+                  LEDGER_ENAME, "invalid account or model name");
+        return model_limits_check(&c->u.model_limit.limits, why);
+    case LEDGER_CMD_RESERVE:
+        REFUSE_IF(!in_range(c->u.reserve.estimate_micros, 0, LEDGER_AMOUNT_MAX), LEDGER_EINVAL,
+                  "estimate out of range");
+        REFUSE_IF(c->u.reserve.estimate_tokens > LEDGER_TOKENS_MAX, LEDGER_EINVAL,
+                  "estimated tokens out of range");
+        REFUSE_IF(!in_range(c->u.reserve.ttl_ms, 1, LEDGER_TTL_MAX_MS), LEDGER_EINVAL,
+                  "ttl out of range");
+        REFUSE_IF(c->u.reserve.by_account > 1, LEDGER_EINVAL, "by_account is not 0 or 1");
+        REFUSE_IF(!name_ok(c->u.reserve.model, LEDGER_MODEL_MAX, true), LEDGER_ENAME,
+                  "invalid model name");
+        REFUSE_IF(c->u.reserve.by_account &&
+                      !name_ok(c->u.reserve.account, LEDGER_NAME_MAX, false),
+                  LEDGER_ENAME, "invalid account name");
+        return 0;
+    case LEDGER_CMD_SETTLE:
+        REFUSE_IF(!in_range(c->u.settle.actual_micros, 0, LEDGER_AMOUNT_MAX), LEDGER_EINVAL,
+                  "actual cost out of range");
+        REFUSE_IF(c->u.settle.actual_tokens > LEDGER_TOKENS_MAX, LEDGER_EINVAL,
+                  "actual tokens out of range");
+        return 0;
+    case LEDGER_CMD_EXTEND:
+        REFUSE_IF(!in_range(c->u.extend.ttl_ms, 1, LEDGER_TTL_MAX_MS), LEDGER_EINVAL,
+                  "ttl out of range");
+        return 0;
+    case LEDGER_CMD_CONFIG_SET:
+        REFUSE_IF(!in_range(c->u.config.retention_ms, 1, LEDGER_RETENTION_MAX_MS), LEDGER_EINVAL,
+                  "retention out of range");
+        return 0;
+    default: /* KEY_REVOKE names only a key hash; VOID only its request id */
+        return 0;
+    }
+}
+
+int ledger_cmd_check(const struct ledger_cmd *c, const char **why)
+{
+    const char *unused;
+    why = why != NULL ? why : &unused;
+    *why = "";
+    REFUSE_IF(!ledger_cmd_encodable(c), LEDGER_EDECODE,
+              "unknown command type, or a string or metadata over its bound");
+    return args_check(c, why);
+}
+
 /* ---- Decoding. ---- */
 
-bool ledger_read_limits(struct mp_reader *r, struct ledger_limits *l)
+bool ledger_read_limits(struct mp_reader *r, struct ledger_limits *v)
 {
     uint32_t n;
     if (!mp_read_array(r, LIMITS_FIELDS, &n) || n != LIMITS_FIELDS) {
         r->ok = false;
         return false;
     }
-    mp_read_u32(r, &l->set);
-    mp_read_u8(r, &l->period_kind);
-    mp_read_u8(r, &l->blocked);
-    mp_read_u8(r, &l->expiry_policy);
-    mp_read_i64(r, &l->budget_micros);
-    mp_read_i64(r, &l->soft_budget_micros);
-    mp_read_i64(r, &l->period_ms);
-    mp_read_u64(r, &l->rpm);
-    mp_read_u64(r, &l->rpm_burst);
-    mp_read_u64(r, &l->tpm);
-    mp_read_u64(r, &l->tpm_burst);
-    mp_read_u64(r, &l->max_parallel);
-    return mp_read_i64(r, &l->expires_at_ms);
+    LEDGER_LIMITS_FIELDS(READ_FIELD)
+    return r->ok;
 }
 
-static bool read_model_limits(struct mp_reader *r, struct ledger_model_limits *l)
+static bool read_model_limits(struct mp_reader *r, struct ledger_model_limits *v)
 {
     uint32_t n;
     if (!mp_read_array(r, MODEL_LIMITS_FIELDS, &n) || n != MODEL_LIMITS_FIELDS) {
         r->ok = false;
         return false;
     }
-    mp_read_u32(r, &l->set);
-    mp_read_i64(r, &l->budget_micros);
-    mp_read_u64(r, &l->rpm);
-    mp_read_u64(r, &l->rpm_burst);
-    mp_read_u64(r, &l->tpm);
-    return mp_read_u64(r, &l->tpm_burst);
+    LEDGER_MODEL_LIMITS_FIELDS(READ_FIELD)
+    return r->ok;
 }
 
 static bool read_fields(struct mp_reader *r, struct ledger_cmd *c)
 {
     switch (c->type) {
-    case LEDGER_CMD_ACCOUNT_CREATE:
-        mp_read_text(r, c->u.create.name, LEDGER_NAME_MAX);
-        mp_read_text(r, c->u.create.parent, LEDGER_NAME_MAX);
-        return ledger_read_limits(r, &c->u.create.limits);
-    case LEDGER_CMD_ACCOUNT_UPDATE:
-        mp_read_text(r, c->u.update.name, LEDGER_NAME_MAX);
-        ledger_read_limits(r, &c->u.update.limits);
-        mp_read_u32(r, &c->u.update.clear);
-        mp_read_u8(r, &c->u.update.set_parent);
-        return mp_read_text(r, c->u.update.parent, LEDGER_NAME_MAX);
-    case LEDGER_CMD_KEY_ADD:
-    case LEDGER_CMD_KEY_REVOKE:
-        mp_read_text(r, c->u.key.account, LEDGER_NAME_MAX);
-        return mp_read_fixed(r, c->u.key.key_hash, LEDGER_KEY_HASH_SIZE);
-    case LEDGER_CMD_MODEL_LIMIT_SET:
-        mp_read_text(r, c->u.model_limit.account, LEDGER_NAME_MAX);
-        mp_read_text(r, c->u.model_limit.model, LEDGER_MODEL_MAX);
-        return read_model_limits(r, &c->u.model_limit.limits);
-    case LEDGER_CMD_RESERVE: {
-        const uint8_t *meta;
-        size_t meta_len;
-        mp_read_u8(r, &c->u.reserve.by_account);
-        mp_read_fixed(r, c->u.reserve.key_hash, LEDGER_KEY_HASH_SIZE);
-        mp_read_text(r, c->u.reserve.account, LEDGER_NAME_MAX);
-        mp_read_i64(r, &c->u.reserve.estimate_micros);
-        mp_read_u64(r, &c->u.reserve.estimate_tokens);
-        mp_read_text(r, c->u.reserve.model, LEDGER_MODEL_MAX);
-        mp_read_i64(r, &c->u.reserve.ttl_ms);
-        if (!mp_read_bin(r, LEDGER_METADATA_MAX, &meta, &meta_len)) {
-            return false;
-        }
-        memcpy(c->u.reserve.metadata, meta, meta_len);
-        c->u.reserve.metadata_len = (uint16_t)meta_len;
-        return true;
+#define CMD_READ(type, number, member)                                                       \
+    case number: {                                                                           \
+        __attribute__((unused)) typeof(c->u.member) *v = &c->u.member;                       \
+        LEDGER_ARGS_##member(READ_FIELD) return r->ok;                                       \
     }
-    case LEDGER_CMD_SETTLE:
-        mp_read_i64(r, &c->u.settle.actual_micros);
-        return mp_read_u64(r, &c->u.settle.actual_tokens);
-    case LEDGER_CMD_VOID:
-        return r->ok;
-    case LEDGER_CMD_EXTEND:
-        return mp_read_i64(r, &c->u.extend.ttl_ms);
-    case LEDGER_CMD_CONFIG_SET:
-        return mp_read_i64(r, &c->u.config.retention_ms);
-    default:
-        return false;
+        LEDGER_CMDS(CMD_READ)
+#undef CMD_READ
     }
+    return false;
 }
 
 bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c)
@@ -416,13 +547,17 @@ bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c)
     if (!mp_read_array(r, 32, &n) || n < 3 || !mp_read_u8(r, &c->type)) {
         return false;
     }
-    if (c->type < LEDGER_CMD_ACCOUNT_CREATE || c->type >= LEDGER_CMD_TYPE_MAX ||
-        n != 3u + fields_of[c->type]) {
+    if (!type_known(c->type) || n != 3u + fields_of[c->type]) {
         return false;
     }
     mp_read_fixed(r, c->request_id, LEDGER_REQUEST_ID_SIZE);
     mp_read_text(r, c->actor, LEDGER_ACTOR_MAX);
-    return read_fields(r, c) && r->ok;
+    if (!read_fields(r, c) || !r->ok) {
+        return false;
+    }
+    /* Paired with ledger_pack_cmd()'s: the bounded reader yields only what packs. */
+    assert(ledger_cmd_encodable(c));
+    return true;
 }
 
 int ledger_batch_decode(const void *buf, size_t len, int64_t *stamp_ms, struct ledger_cmd *cmds,
@@ -496,84 +631,43 @@ static void fnv_str(struct fnv *f, const char *s)
     fnv_bytes(f, s, n);
 }
 
-static void fnv_limits(struct fnv *f, const struct ledger_limits *l)
+/* Hash field `name` of the struct `v` points to, in wire order. */
+#define FP_FIELD(kind, name, bound) FP_##kind(&v->name, bound);
+#define FP_u8(p, bound) fnv_u64(f, *(p))
+#define FP_u32(p, bound) fnv_u64(f, *(p))
+#define FP_u64(p, bound) fnv_u64(f, *(p))
+#define FP_i64(p, bound) fnv_u64(f, (uint64_t) * (p))
+#define FP_str(p, bound) fnv_str(f, *(p))
+#define FP_key(p, bound) fnv_bytes(f, *(p), bound)
+#define FP_blob(p, bound) (fnv_u64(f, *(p##_len)), fnv_bytes(f, *(p), *(p##_len)))
+#define FP_limits(p, bound) fnv_limits(f, p)
+#define FP_mlimits(p, bound) fnv_model_limits(f, p)
+#define FP_payer_key(p, bound) (v->by_account ? (void)0 : FP_key(p, bound))
+#define FP_payer_account(p, bound) (v->by_account ? FP_str(p, bound) : (void)0)
+
+static void fnv_limits(struct fnv *f, const struct ledger_limits *v)
 {
-    fnv_u64(f, l->set);
-    fnv_u64(f, l->period_kind);
-    fnv_u64(f, l->blocked);
-    fnv_u64(f, l->expiry_policy);
-    fnv_u64(f, (uint64_t)l->budget_micros);
-    fnv_u64(f, (uint64_t)l->soft_budget_micros);
-    fnv_u64(f, (uint64_t)l->period_ms);
-    fnv_u64(f, l->rpm);
-    fnv_u64(f, l->rpm_burst);
-    fnv_u64(f, l->tpm);
-    fnv_u64(f, l->tpm_burst);
-    fnv_u64(f, l->max_parallel);
-    fnv_u64(f, (uint64_t)l->expires_at_ms);
+    LEDGER_LIMITS_FIELDS(FP_FIELD)
+}
+
+static void fnv_model_limits(struct fnv *f, const struct ledger_model_limits *v)
+{
+    LEDGER_MODEL_LIMITS_FIELDS(FP_FIELD)
 }
 
 uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c)
 {
-    struct fnv f = {0xcbf29ce484222325ULL};
-    fnv_u64(&f, c->type);
-    fnv_bytes(&f, c->request_id, LEDGER_REQUEST_ID_SIZE);
+    struct fnv fnv = {0xcbf29ce484222325ULL}, *f = &fnv;
+    fnv_u64(f, c->type);
+    fnv_bytes(f, c->request_id, LEDGER_REQUEST_ID_SIZE);
     switch (c->type) {
-    case LEDGER_CMD_ACCOUNT_CREATE:
-        fnv_str(&f, c->u.create.name);
-        fnv_str(&f, c->u.create.parent);
-        fnv_limits(&f, &c->u.create.limits);
-        break;
-    case LEDGER_CMD_ACCOUNT_UPDATE:
-        fnv_str(&f, c->u.update.name);
-        fnv_limits(&f, &c->u.update.limits);
-        fnv_u64(&f, c->u.update.clear);
-        fnv_u64(&f, c->u.update.set_parent);
-        fnv_str(&f, c->u.update.parent);
-        break;
-    case LEDGER_CMD_KEY_ADD:
-    case LEDGER_CMD_KEY_REVOKE:
-        fnv_str(&f, c->u.key.account);
-        fnv_bytes(&f, c->u.key.key_hash, LEDGER_KEY_HASH_SIZE);
-        break;
-    case LEDGER_CMD_MODEL_LIMIT_SET: {
-        const struct ledger_model_limits *m = &c->u.model_limit.limits;
-        fnv_str(&f, c->u.model_limit.account);
-        fnv_str(&f, c->u.model_limit.model);
-        fnv_u64(&f, m->set);
-        fnv_u64(&f, (uint64_t)m->budget_micros);
-        fnv_u64(&f, m->rpm);
-        fnv_u64(&f, m->rpm_burst);
-        fnv_u64(&f, m->tpm);
-        fnv_u64(&f, m->tpm_burst);
-        break;
+#define CMD_FP(type, number, member)                                                         \
+    case number: {                                                                           \
+        __attribute__((unused)) const typeof(c->u.member) *v = &c->u.member;                 \
+        LEDGER_ARGS_##member(FP_FIELD) break;                                                \
     }
-    case LEDGER_CMD_RESERVE:
-        fnv_u64(&f, c->u.reserve.by_account);
-        if (c->u.reserve.by_account) {
-            fnv_str(&f, c->u.reserve.account);
-        } else {
-            fnv_bytes(&f, c->u.reserve.key_hash, LEDGER_KEY_HASH_SIZE);
-        }
-        fnv_u64(&f, (uint64_t)c->u.reserve.estimate_micros);
-        fnv_u64(&f, c->u.reserve.estimate_tokens);
-        fnv_str(&f, c->u.reserve.model);
-        fnv_u64(&f, (uint64_t)c->u.reserve.ttl_ms);
-        fnv_u64(&f, c->u.reserve.metadata_len);
-        fnv_bytes(&f, c->u.reserve.metadata, c->u.reserve.metadata_len);
-        break;
-    case LEDGER_CMD_SETTLE:
-        fnv_u64(&f, (uint64_t)c->u.settle.actual_micros);
-        fnv_u64(&f, c->u.settle.actual_tokens);
-        break;
-    case LEDGER_CMD_EXTEND:
-        fnv_u64(&f, (uint64_t)c->u.extend.ttl_ms);
-        break;
-    case LEDGER_CMD_CONFIG_SET:
-        fnv_u64(&f, (uint64_t)c->u.config.retention_ms);
-        break;
-    default:
-        break;
+        LEDGER_CMDS(CMD_FP)
+#undef CMD_FP
     }
-    return f.h;
+    return fnv.h;
 }

@@ -61,19 +61,6 @@ enum {
 const char *ledger_strerror(int code);
 
 /* ---- Commands. ---- */
-enum ledger_cmd_type {
-    LEDGER_CMD_ACCOUNT_CREATE = 1,
-    LEDGER_CMD_ACCOUNT_UPDATE = 2,
-    LEDGER_CMD_KEY_ADD = 3,
-    LEDGER_CMD_KEY_REVOKE = 4,
-    LEDGER_CMD_MODEL_LIMIT_SET = 5,
-    LEDGER_CMD_RESERVE = 6,
-    LEDGER_CMD_SETTLE = 7,
-    LEDGER_CMD_VOID = 8,
-    LEDGER_CMD_EXTEND = 9,
-    LEDGER_CMD_CONFIG_SET = 10,
-    LEDGER_CMD_TYPE_MAX
-};
 
 enum ledger_period {
     LEDGER_PERIOD_NONE = 0,  /* the budget never resets */
@@ -104,30 +91,154 @@ enum {
 };
 
 /*
+ * ---- The command table. ----
+ *
+ * Every command, and the limit records commands carry, is described once below, as
+ * lists of fields in wire order: X(kind, name, bound). From these lists come the C
+ * structs (here), and pack, read, field counts, fingerprint, equality and the shape
+ * check (wire/cmd.c). Kinds:
+ *   u8, u32, u64, i64  an integer of that C type; bound unused (0)
+ *   str                char name[bound + 1], NUL-terminated, at most bound bytes
+ *   key                uint8_t name[bound], a fixed-size binary (hash or id)
+ *   blob               uint16_t name_len; uint8_t name[bound], a bounded binary
+ *   limits, mlimits    struct ledger_limits / struct ledger_model_limits
+ *   payer_key, payer_account  key and str, of which only the one the command's by_account
+ *                      selects counts in the fingerprint and in equality
+ * Adding a field to a command is one line in its list; docs/design.md says what else.
+ */
+
+/*
  * Limits of an account. A limit applies only when its bit is in `set`. Bursts of 0
  * mean "one minute's worth" (equal to the rate). The period applies to the budget
  * and the soft budget; without LEDGER_LIM_PERIOD the budget is a lifetime budget.
+ * period_kind is an enum ledger_period, blocked 0 or 1, expiry_policy an enum
+ * ledger_expiry_policy; period_ms is for LEDGER_PERIOD_FIXED only.
  */
-struct ledger_limits {
-    uint32_t set;
-    uint8_t period_kind;   /* enum ledger_period */
-    uint8_t blocked;       /* 0 or 1 */
-    uint8_t expiry_policy; /* enum ledger_expiry_policy */
-    int64_t budget_micros;
-    int64_t soft_budget_micros;
-    int64_t period_ms; /* LEDGER_PERIOD_FIXED only */
-    uint64_t rpm, rpm_burst;
-    uint64_t tpm, tpm_burst;
-    uint64_t max_parallel;
-    int64_t expires_at_ms;
-};
+#define LEDGER_LIMITS_FIELDS(X)                                                              \
+    X(u32, set, 0)                                                                           \
+    X(u8, period_kind, 0)                                                                    \
+    X(u8, blocked, 0)                                                                        \
+    X(u8, expiry_policy, 0)                                                                  \
+    X(i64, budget_micros, 0)                                                                 \
+    X(i64, soft_budget_micros, 0)                                                            \
+    X(i64, period_ms, 0)                                                                     \
+    X(u64, rpm, 0)                                                                           \
+    X(u64, rpm_burst, 0)                                                                     \
+    X(u64, tpm, 0)                                                                           \
+    X(u64, tpm_burst, 0)                                                                     \
+    X(u64, max_parallel, 0)                                                                  \
+    X(i64, expires_at_ms, 0)
 
 /* Per-model limits on one account; bits LEDGER_LIM_BUDGET, _RPM, _TPM only. */
+#define LEDGER_MODEL_LIMITS_FIELDS(X)                                                        \
+    X(u32, set, 0)                                                                           \
+    X(i64, budget_micros, 0)                                                                 \
+    X(u64, rpm, 0)                                                                           \
+    X(u64, rpm_burst, 0)                                                                     \
+    X(u64, tpm, 0)                                                                           \
+    X(u64, tpm_burst, 0)
+
+/* The arguments of each command, by the name of its member in ledger_cmd.u. */
+
+/* LEDGER_CMD_ACCOUNT_CREATE: parent "" makes a root. */
+#define LEDGER_ARGS_create(X)                                                                \
+    X(str, name, LEDGER_NAME_MAX)                                                            \
+    X(str, parent, LEDGER_NAME_MAX)                                                          \
+    X(limits, limits, 0)
+
+/* LEDGER_CMD_ACCOUNT_UPDATE: limits.set names the limits to change, `clear` the
+ * LEDGER_LIM_* bits to remove; set_parent 1 moves the account under `parent`. */
+#define LEDGER_ARGS_update(X)                                                                \
+    X(str, name, LEDGER_NAME_MAX)                                                            \
+    X(limits, limits, 0)                                                                     \
+    X(u32, clear, 0)                                                                         \
+    X(u8, set_parent, 0)                                                                     \
+    X(str, parent, LEDGER_NAME_MAX)
+
+/* LEDGER_CMD_KEY_ADD and LEDGER_CMD_KEY_REVOKE (which ignores `account`). */
+#define LEDGER_ARGS_key(X)                                                                   \
+    X(str, account, LEDGER_NAME_MAX)                                                         \
+    X(key, key_hash, LEDGER_KEY_HASH_SIZE)
+
+/* LEDGER_CMD_MODEL_LIMIT_SET; limits.set == 0 removes them. */
+#define LEDGER_ARGS_model_limit(X)                                                           \
+    X(str, account, LEDGER_NAME_MAX)                                                         \
+    X(str, model, LEDGER_MODEL_MAX)                                                          \
+    X(mlimits, limits, 0)
+
+/* LEDGER_CMD_RESERVE: by_account 0 names the payer by key_hash, 1 by account; model ""
+ * for none; metadata is opaque to the ledger. */
+#define LEDGER_ARGS_reserve(X)                                                               \
+    X(u8, by_account, 0)                                                                     \
+    X(payer_key, key_hash, LEDGER_KEY_HASH_SIZE)                                             \
+    X(payer_account, account, LEDGER_NAME_MAX)                                               \
+    X(i64, estimate_micros, 0)                                                               \
+    X(u64, estimate_tokens, 0)                                                               \
+    X(str, model, LEDGER_MODEL_MAX)                                                          \
+    X(i64, ttl_ms, 0)                                                                        \
+    X(blob, metadata, LEDGER_METADATA_MAX)
+
+/* LEDGER_CMD_SETTLE. */
+#define LEDGER_ARGS_settle(X)                                                                \
+    X(i64, actual_micros, 0)                                                                 \
+    X(u64, actual_tokens, 0)
+
+/* LEDGER_CMD_VOID carries no arguments. */
+#define LEDGER_ARGS_none(X)
+
+/* LEDGER_CMD_EXTEND: expires_at becomes max(expires_at, now + ttl_ms). */
+#define LEDGER_ARGS_extend(X) X(i64, ttl_ms, 0)
+
+/* LEDGER_CMD_CONFIG_SET. */
+#define LEDGER_ARGS_config(X) X(i64, retention_ms, 0)
+
+/* Every command: X(TYPE, number, member of ledger_cmd.u holding its arguments). */
+#define LEDGER_CMDS(X)                                                                       \
+    X(ACCOUNT_CREATE, 1, create)                                                             \
+    X(ACCOUNT_UPDATE, 2, update)                                                             \
+    X(KEY_ADD, 3, key)                                                                       \
+    X(KEY_REVOKE, 4, key)                                                                    \
+    X(MODEL_LIMIT_SET, 5, model_limit)                                                       \
+    X(RESERVE, 6, reserve)                                                                   \
+    X(SETTLE, 7, settle)                                                                     \
+    X(VOID, 8, none)                                                                         \
+    X(EXTEND, 9, extend)                                                                     \
+    X(CONFIG_SET, 10, config)
+
+/* The members of ledger_cmd.u (each once; KEY_ADD and KEY_REVOKE share `key`; VOID's
+ * `none` is empty). */
+#define LEDGER_CMD_MEMBERS(X) X(create) X(update) X(key) X(model_limit) X(reserve) \
+    X(settle) X(none) X(extend) X(config)
+
+/* One struct member per field kind. */
+#define LEDGER_FIELD_DECL(kind, name, bound) LEDGER_FIELD_DECL_##kind(name, bound)
+#define LEDGER_FIELD_DECL_u8(name, bound) uint8_t name;
+#define LEDGER_FIELD_DECL_u32(name, bound) uint32_t name;
+#define LEDGER_FIELD_DECL_u64(name, bound) uint64_t name;
+#define LEDGER_FIELD_DECL_i64(name, bound) int64_t name;
+#define LEDGER_FIELD_DECL_str(name, bound) char name[(bound) + 1];
+#define LEDGER_FIELD_DECL_key(name, bound) uint8_t name[bound];
+#define LEDGER_FIELD_DECL_blob(name, bound)                                                  \
+    uint16_t name##_len;                                                                     \
+    uint8_t name[bound];
+#define LEDGER_FIELD_DECL_limits(name, bound) struct ledger_limits name;
+#define LEDGER_FIELD_DECL_mlimits(name, bound) struct ledger_model_limits name;
+#define LEDGER_FIELD_DECL_payer_key LEDGER_FIELD_DECL_key
+#define LEDGER_FIELD_DECL_payer_account LEDGER_FIELD_DECL_str
+
+enum ledger_cmd_type {
+#define LEDGER_CMD_ENUM(type, number, member) LEDGER_CMD_##type = number,
+    LEDGER_CMDS(LEDGER_CMD_ENUM)
+#undef LEDGER_CMD_ENUM
+    LEDGER_CMD_TYPE_MAX
+};
+
+struct ledger_limits {
+    LEDGER_LIMITS_FIELDS(LEDGER_FIELD_DECL)
+};
+
 struct ledger_model_limits {
-    uint32_t set;
-    int64_t budget_micros;
-    uint64_t rpm, rpm_burst;
-    uint64_t tpm, tpm_burst;
+    LEDGER_MODEL_LIMITS_FIELDS(LEDGER_FIELD_DECL)
 };
 
 /*
@@ -135,55 +246,17 @@ struct ledger_model_limits {
  * all its bytes and can be copied by value. `request_id` is the idempotency key of
  * every command; for settle, void and extend it names the reservation, which is the
  * request_id of its reserve. `actor` names who caused the command (the connection's
- * principal); it is recorded in the journal.
+ * principal); it is recorded in the journal. `u` holds the arguments of `type`, as
+ * the table above lists them.
  */
 struct ledger_cmd {
     uint8_t type; /* enum ledger_cmd_type */
     uint8_t request_id[LEDGER_REQUEST_ID_SIZE];
     char actor[LEDGER_ACTOR_MAX + 1];
     union {
-        struct { /* LEDGER_CMD_ACCOUNT_CREATE */
-            char name[LEDGER_NAME_MAX + 1];
-            char parent[LEDGER_NAME_MAX + 1]; /* "" for a root */
-            struct ledger_limits limits;
-        } create;
-        struct { /* LEDGER_CMD_ACCOUNT_UPDATE */
-            char name[LEDGER_NAME_MAX + 1];
-            struct ledger_limits limits; /* limits.set: fields to change */
-            uint32_t clear;              /* LEDGER_LIM_* bits to remove */
-            uint8_t set_parent;          /* 1: move under `parent` ("" = root) */
-            char parent[LEDGER_NAME_MAX + 1];
-        } update;
-        struct { /* LEDGER_CMD_KEY_ADD, LEDGER_CMD_KEY_REVOKE (account unused) */
-            char account[LEDGER_NAME_MAX + 1];
-            uint8_t key_hash[LEDGER_KEY_HASH_SIZE];
-        } key;
-        struct { /* LEDGER_CMD_MODEL_LIMIT_SET; limits.set == 0 removes them */
-            char account[LEDGER_NAME_MAX + 1];
-            char model[LEDGER_MODEL_MAX + 1];
-            struct ledger_model_limits limits;
-        } model_limit;
-        struct { /* LEDGER_CMD_RESERVE */
-            uint8_t by_account; /* 0: key_hash names the key; 1: account names it */
-            uint8_t key_hash[LEDGER_KEY_HASH_SIZE];
-            char account[LEDGER_NAME_MAX + 1];
-            int64_t estimate_micros;
-            uint64_t estimate_tokens;
-            char model[LEDGER_MODEL_MAX + 1]; /* "" for none */
-            int64_t ttl_ms;
-            uint16_t metadata_len;
-            uint8_t metadata[LEDGER_METADATA_MAX];
-        } reserve;
-        struct { /* LEDGER_CMD_SETTLE */
-            int64_t actual_micros;
-            uint64_t actual_tokens;
-        } settle;
-        struct { /* LEDGER_CMD_EXTEND */
-            int64_t ttl_ms; /* expires_at becomes max(expires_at, now + ttl_ms) */
-        } extend;
-        struct { /* LEDGER_CMD_CONFIG_SET */
-            int64_t retention_ms;
-        } config;
+#define LEDGER_CMD_MEMBER(member) struct { LEDGER_ARGS_##member(LEDGER_FIELD_DECL) } member;
+        LEDGER_CMD_MEMBERS(LEDGER_CMD_MEMBER)
+#undef LEDGER_CMD_MEMBER
     } u;
 };
 

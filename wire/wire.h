@@ -50,6 +50,17 @@ void ledger_pack_cmd(msgpack_packer *pk, const struct ledger_cmd *c);
  * ledger still validates every argument when it applies the command. */
 bool ledger_cmd_encodable(const struct ledger_cmd *c);
 
+/*
+ * Check one command without any state: its shape (-LEDGER_EDECODE: unknown type, a
+ * string or the metadata over its bound), then every argument the ledger can judge
+ * alone (-LEDGER_ENAME, -LEDGER_EINVAL), in the order the ledger judges them. Returns
+ * 0 or the first failure, with *why (may be NULL) set to a static text naming it.
+ * libtally calls it to fail fast, node_propose() to refuse a malformed command at
+ * once, and the ledger as the final word: a command it passes may still fail on the
+ * state (a missing account, a reused request id, a deny).
+ */
+int ledger_cmd_check(const struct ledger_cmd *c, const char **why);
+
 /* Read one command in the pack_cmd form (bounded, non-allocating). false: malformed. */
 bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c);
 
@@ -57,6 +68,11 @@ bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c);
  * back (bounded; false: malformed). */
 void ledger_pack_limits(msgpack_packer *pk, const struct ledger_limits *l);
 bool ledger_read_limits(struct mp_reader *r, struct ledger_limits *l);
+
+/* Whether `a` and `b` are the same command: type, request id, actor and every argument
+ * of the type (for a reserve, only the payer its by_account selects). For tests and
+ * paired assertions. */
+bool ledger_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b);
 
 /* Encode one command alone (for the admin journal). *buf is malloc'd, caller frees. */
 int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len);
