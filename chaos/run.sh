@@ -6,8 +6,10 @@
 #   run.sh --duration SECONDS [options]        a long run
 #
 # options:
-#   --build DIR          take tallyd, tally-chaos and tally-chaos-check from a build dir
-#   --tallyd F --runner F --checker F          ... or name them one by one
+#   --build DIR          take tallyd-faults (tallyd with fault-injection flags), tally-chaos
+#                        and tally-chaos-check from a build dir
+#   --tallyd F --runner F --checker F          ... or name them one by one (the tallyd
+#                        must be a tallyd-faults build for the clock nemesis)
 #   --seed N             the runner's seed (default: from the clock; printed)
 #   --out DIR            the run directory (default: a new ${TMPDIR:-/tmp}/tally-chaos.XXXXXX)
 #   --keep               keep the run directory even when the run passes
@@ -82,7 +84,7 @@ else
     TMPFS_MB=2048
 fi
 if [ -n "$BUILD" ]; then
-    TALLYD="${TALLYD:-$BUILD/tallyd/tallyd}"
+    TALLYD="${TALLYD:-$BUILD/tallyd/tallyd-faults}"
     RUNNER="${RUNNER:-$BUILD/chaos/tally-chaos}"
     CHECKER="${CHECKER:-$BUILD/chaos/tally-chaos-check}"
 fi

@@ -186,6 +186,13 @@ __attribute__((noreturn)) static void node_fatal(const struct node *n, const cha
     char quoted[LEDGER_ERRMSG_SIZE + RAFT_ERRMSG_BUF_SIZE];
     logfmt_quote(quoted, sizeof(quoted), reason);
     node_logf(n, "fatal", "msg=\"%s\" reason=\"%s\"", msg, quoted);
+    n->cfg.on_fatal(n->cfg.fatal_data, reason);
+    abort(); /* on_fatal must not return */
+}
+
+void node_exit_fatal(void *data, const char *reason)
+{
+    (void)data, (void)reason;
     fflush(stderr);
     _exit(NODE_EXIT_FATAL);
 }
@@ -251,8 +258,8 @@ void node_config_init(struct node_config *c)
 
 static int config_check(const struct node_config *c, char *why, size_t size)
 {
-    if (c->id == 0 || c->dir == NULL || c->address == NULL) {
-        snprintf(why, size, "id, dir and address are required");
+    if (c->id == 0 || c->dir == NULL || c->address == NULL || c->on_fatal == NULL) {
+        snprintf(why, size, "id, dir, address and on_fatal are required");
     } else if (strlen(c->dir) + sizeof("/ledger") > NODE_DIR_MAX) {
         snprintf(why, size, "data directory path too long");
     } else if (strlen(c->address) >= NODE_ADDRESS_MAX) {
@@ -422,12 +429,7 @@ static int ledger_discard(struct node *n, char *why, size_t size)
     return 0;
 }
 
-/*
- * The ledger writes its LMDB map in place, so a full disk shows up as SIGBUS when a page
- * needs a block (ledger.h). Make that the same clean stop as any other storage error:
- * log and exit NODE_EXIT_FATAL. Async-signal-safe: write(2) and _exit only.
- */
-static void on_storage_fault(int signum)
+void node_exit_on_storage_fault(int signum)
 {
     static const char line[] = "level=fatal msg=\"state machine cannot continue\" "
                                "reason=\"SIGBUS writing the ledger's memory map: no space "
@@ -436,17 +438,6 @@ static void on_storage_fault(int signum)
     ssize_t ignored = write(STDERR_FILENO, line, sizeof(line) - 1);
     (void)ignored;
     _exit(NODE_EXIT_FATAL);
-}
-
-static void trap_storage_faults(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_storage_fault;
-    sigemptyset(&sa.sa_mask);
-    int rv = sigaction(SIGBUS, &sa, NULL);
-    assert(rv == 0);
-    (void)rv;
 }
 
 /* Open the ledger in DIR/ledger and set up the adapter over it. */
@@ -472,7 +463,6 @@ static int node_open_ledger(struct node *n, const char *dir, char *why, size_t s
     if (rv != 0) {
         return rv;
     }
-    trap_storage_faults();
     struct ledger_options opts = {.flags = LEDGER_OPEN_NOSYNC};
     char lerr[LEDGER_ERRMSG_SIZE] = "";
     rv = ledger_open(&n->ledger, path, &opts, lerr);

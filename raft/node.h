@@ -81,10 +81,27 @@ struct node_config {
     unsigned snapshot_threshold;  /* entries between snapshots, default 8192 */
     unsigned snapshot_trailing;   /* entries kept after a snapshot, default 1024 */
     bool bootstrap;               /* bootstrap `members` if the Raft directory is pristine */
+    /* Required. Called once the node has logged that it cannot go on (its state machine
+     * or libraft failed in a way it cannot trust); must not return. What that means for
+     * the process is the program's choice: tallyd passes node_exit_fatal. */
+    void (*on_fatal)(void *data, const char *reason);
+    void *fatal_data;
 };
 
 /* Fill `c` (caller's) with the defaults above; id, dir, address and members empty. */
 void node_config_init(struct node_config *c);
+
+/* An on_fatal for processes that run one node: flush stderr and _exit(NODE_EXIT_FATAL). */
+__attribute__((noreturn)) void node_exit_fatal(void *data, const char *reason);
+
+/*
+ * A SIGBUS handler for processes that run a node: the ledger writes its LMDB map in
+ * place, so a full disk shows up as SIGBUS when a page needs a block (ledger.h). This
+ * logs that and exits NODE_EXIT_FATAL, the same clean stop as any other storage error
+ * (async-signal-safe: write(2) and _exit only). The node does not install it: a program
+ * that wants that policy does, before node_open() (tallyd does).
+ */
+void node_exit_on_storage_fault(int signum);
 
 struct node;
 

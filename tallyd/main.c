@@ -7,6 +7,11 @@
  * Every flag has a TALLY_* environment equivalent (flag wins). Logs are logfmt lines on
  * stderr. SIGTERM or SIGINT stops the node cleanly: the client port closes, libraft
  * closes (its log is durable), the ledger closes, exit status 0.
+ *
+ * Process-wide policy lives here, not in the libraries: a node that cannot go on, and a
+ * SIGBUS from the ledger's memory map (a full disk), both end the process with exit 74.
+ * Built twice: tallyd, and tallyd-faults with the fault-injection flags the chaos runner
+ * uses (TALLY_FAULT_INJECTION).
  */
 #include "raft/node.h"
 #include "rpc/metrics.h"
@@ -16,6 +21,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <assert.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,6 +55,7 @@ static uv_signal_t sigterm, sigint;
 static uv_timer_t metrics_timer;
 static uint64_t open_reservations, accounts;
 static uint64_t ticks;
+#if TALLY_FAULT_INJECTION
 static const char *clock_offset_file;
 
 /* Fault injection: apply the offset in clock_offset_file (missing or bad: 0). */
@@ -64,6 +71,7 @@ static void read_clock_offset(void)
     }
     node_set_clock_offset(node, (int64_t)offset);
 }
+#endif
 static bool stopping;
 
 __attribute__((format(printf, 2, 3))) static void logf_line(const char *level, const char *fmt,
@@ -109,8 +117,10 @@ static void usage(FILE *out)
             "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
             "  --tls-client-ca F         accept client certificates it signed:     TALLY_TLS_CLIENT_CA\n"
             "                            OU = role (admin|gateway|reader), CN = principal\n"
+#if TALLY_FAULT_INJECTION
             "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
             "                            to this node's clock (re-read 4 times a second)\n"
+#endif
             "  --help\n");
 }
 
@@ -162,7 +172,9 @@ static const struct flag flags[] = {
     {"tls-cert", "TALLY_TLS_CERT", OPT_TLS_CERT, false},
     {"tls-key", "TALLY_TLS_KEY", OPT_TLS_KEY, false},
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
+#if TALLY_FAULT_INJECTION
     {"debug-clock-offset-file", "TALLY_DEBUG_CLOCK_OFFSET_FILE", OPT_CLOCK_OFFSET_FILE, false},
+#endif
 };
 
 /* Store one flag's value; false (with a message) if it is not valid. */
@@ -303,9 +315,11 @@ static int sum_root_inflight(void *ctx, const struct ledger_account_info *info)
 static void metrics_tick(uv_timer_t *h)
 {
     (void)h;
+#if TALLY_FAULT_INJECTION
     if (clock_offset_file != NULL && !stopping) {
         read_clock_offset();
     }
+#endif
     if (http == NULL || stopping) {
         return;
     }
@@ -390,6 +404,7 @@ static int start(const struct options *o)
     cfg.id = o->id;
     cfg.dir = o->data_dir;
     cfg.address = o->peer_listen;
+    cfg.on_fatal = node_exit_fatal; /* a node that cannot go on stops the process: exit 74 */
     cfg.bootstrap = !o->join;
     if (o->election_timeout_ms != 0) {
         cfg.election_timeout_ms = (unsigned)o->election_timeout_ms;
@@ -470,7 +485,9 @@ static int start(const struct options *o)
     uv_signal_init(loop, &sigint);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
+#if TALLY_FAULT_INJECTION
     clock_offset_file = o->clock_offset_file;
+#endif
     uv_timer_init(loop, &metrics_timer);
     uv_timer_start(&metrics_timer, metrics_tick, 0, METRICS_PERIOD_MS);
     logf_line("info",
@@ -486,10 +503,23 @@ static int start(const struct options *o)
     return 0;
 }
 
+/* A full disk under the ledger's memory map is SIGBUS: stop like any storage error. */
+static void trap_storage_faults(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = node_exit_on_storage_fault;
+    sigemptyset(&sa.sa_mask);
+    int rv = sigaction(SIGBUS, &sa, NULL);
+    assert(rv == 0);
+    (void)rv;
+}
+
 int main(int argc, char **argv)
 {
     struct options o = {0};
     signal(SIGPIPE, SIG_IGN);
+    trap_storage_faults();
     int rv = parse_options(argc, argv, &o);
     if (rv != 0) {
         usage(rv > 0 ? stdout : stderr);

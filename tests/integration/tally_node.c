@@ -617,6 +617,8 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGBUS, node_exit_on_storage_fault); /* as tallyd: a full disk is exit 74 */
+    cfg.on_fatal = node_exit_fatal;
     loop = uv_default_loop();
     if (node_open(&node, loop, &cfg, errmsg) != 0) {
         fprintf(stderr, "level=error msg=\"node_open failed\" reason=\"%s\"\n", errmsg);

@@ -154,6 +154,7 @@ static void node_refuses_a_malformed_command_at_once(void)
     cfg.id = 1;
     cfg.dir = test_tmpdir();
     cfg.address = "127.0.0.1:1";
+    cfg.on_fatal = node_exit_fatal;
     struct node *node = NULL;
     char errmsg[NODE_ERRMSG_SIZE];
     REQUIRE(node_open(&node, &loop, &cfg, errmsg) == 0);
