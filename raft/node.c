@@ -124,17 +124,9 @@ struct node {
 
 static const char *const node_error_names[NODE_ECODE_MAX] = {
     [0] = "ok",
-    [NODE_EINVAL] = "invalid argument",
-    [NODE_ENOMEM] = "out of memory",
-    [NODE_ENOTLEADER] = "not the leader",
-    [NODE_ELEADERSHIPLOST] = "leadership lost, outcome unknown",
-    [NODE_EBUSY] = "busy",
-    [NODE_ETOOBIG] = "batch too big",
-    [NODE_ESHUTDOWN] = "node shutting down",
-    [NODE_EIO] = "I/O error",
-    [NODE_ERAFT] = "raft error",
-    [NODE_EAPPLY] = "entry applied without its results",
-    [NODE_ETIMEDOUT] = "timed out",
+#define NODE_ERROR_NAME(code, number, message) [number] = message,
+    NODE_ERRORS(NODE_ERROR_NAME)
+#undef NODE_ERROR_NAME
 };
 
 const char *node_strerror(int code)

@@ -42,19 +42,25 @@
 #define NODE_ERRMSG_SIZE 256
 #define NODE_EXIT_FATAL 74 /* exit status after a fatal storage error */
 
-/* ---- Error codes (returned negated, and passed negated to callbacks). ---- */
+/* ---- Error codes (returned negated, and passed negated to callbacks). ----
+ * X(CODE, number, message). */
+#define NODE_ERRORS(X)                                                                       \
+    X(EINVAL, 1, "invalid argument")        /* an argument is out of range */               \
+    X(ENOMEM, 2, "out of memory")           /* allocation failed */                          \
+    X(ENOTLEADER, 3, "not the leader")      /* nothing was proposed, ask node_leader() */    \
+    X(ELEADERSHIPLOST, 4, "leadership lost, outcome unknown") /* retry with the same id */   \
+    X(EBUSY, 5, "busy")                 /* queue full, or a membership change in progress */ \
+    X(ETOOBIG, 6, "batch too big")      /* the batch would exceed LEDGER_BATCH_MAX_BYTES */  \
+    X(ESHUTDOWN, 7, "node shutting down")   /* outcome unknown for proposed commands */      \
+    X(EIO, 8, "I/O error")                  /* file system or ledger error */                \
+    X(ERAFT, 9, "raft error")               /* libraft refused: see node_errmsg() */         \
+    X(EAPPLY, 10, "entry applied without its results") /* committed, results lost: a bug */ \
+    X(ETIMEDOUT, 11, "timed out")           /* leadership transfer did not complete */
+
 enum {
-    NODE_EINVAL = 1,      /* an argument is out of range */
-    NODE_ENOMEM,          /* allocation failed */
-    NODE_ENOTLEADER,      /* not the leader: nothing was proposed, ask node_leader() */
-    NODE_ELEADERSHIPLOST, /* proposed, outcome unknown: retry with the same request id */
-    NODE_EBUSY,           /* queue full, or a membership change is in progress */
-    NODE_ETOOBIG,         /* the batch would exceed LEDGER_BATCH_MAX_BYTES */
-    NODE_ESHUTDOWN,       /* the node is closing; outcome unknown for proposed commands */
-    NODE_EIO,             /* file system or ledger error */
-    NODE_ERAFT,           /* libraft refused: see node_errmsg() */
-    NODE_EAPPLY,          /* the entry committed but its results are missing (a bug) */
-    NODE_ETIMEDOUT,       /* leadership transfer did not complete */
+#define NODE_ERROR_ENUM(code, number, message) NODE_##code = number,
+    NODE_ERRORS(NODE_ERROR_ENUM)
+#undef NODE_ERROR_ENUM
     NODE_ECODE_MAX
 };
 

@@ -36,33 +36,29 @@ bool ledger_name_valid(const char *name, size_t max)
     return true;
 }
 
+static const char *error_text(int code, bool message)
+{
+    static const char *const names[LEDGER_ECODE_MAX][2] = {
+        [0] = {"ok", "ok"},
+#define ERROR_TEXT(code, number, name, message) [number] = {name, message},
+        LEDGER_ERRORS(ERROR_TEXT)
+#undef ERROR_TEXT
+    };
+    code = code < 0 ? -code : code;
+    if (code >= LEDGER_ECODE_MAX || names[code][0] == NULL) {
+        return message ? "unknown error" : "unknown";
+    }
+    return names[code][message];
+}
+
 const char *ledger_strerror(int code)
 {
-    static const char *names[LEDGER_ECODE_MAX] = {
-        [0] = "ok",
-        [LEDGER_EINVAL] = "invalid argument",
-        [LEDGER_ENAME] = "invalid name",
-        [LEDGER_ENOTFOUND] = "not found",
-        [LEDGER_EEXIST] = "already exists",
-        [LEDGER_ECONFLICT] = "request id reused with different arguments",
-        [LEDGER_ERESOLVED] = "reservation already resolved",
-        [LEDGER_EDEPTH] = "account chain too deep",
-        [LEDGER_ECYCLE] = "parent would make a cycle",
-        [LEDGER_EOVERFLOW] = "counter overflow",
-        [LEDGER_EDECODE] = "malformed command or batch",
-        [LEDGER_ETOOBIG] = "too big",
-        [LEDGER_ENOMEM] = "out of memory",
-        [LEDGER_EIO] = "storage error",
-        [LEDGER_ECORRUPT] = "corrupt data",
-        [LEDGER_ESTALE] = "index already applied",
-    };
-    if (code < 0) {
-        code = -code;
-    }
-    if (code >= LEDGER_ECODE_MAX || names[code] == NULL) {
-        return "unknown error";
-    }
-    return names[code];
+    return error_text(code, true);
+}
+
+const char *ledger_error_name(int code)
+{
+    return error_text(code, false);
 }
 
 const char *ledger_deny_reason_name(int reason)

@@ -34,22 +34,24 @@ const char *rpc_op_name(int op)
     return op > 0 && op < RPC_OP_MAX && names[op] != NULL ? names[op] : "unknown";
 }
 
+const char *wire_strerror(int code)
+{
+    static const char *const names[WIRE_ECODE_MAX] = {
+        [0] = "ok",
+#define WIRE_ERROR_NAME(code, number, message) [number] = message,
+        WIRE_ERRORS(WIRE_ERROR_NAME)
+#undef WIRE_ERROR_NAME
+    };
+    code = code < 0 ? -code : code;
+    return code < WIRE_ECODE_MAX ? names[code] : "unknown error";
+}
+
 const char *rpc_status_name(int status)
 {
     static const char *const names[RPC_STATUS_MAX] = {
-        [RPC_OK] = "ok",
-        [RPC_ENOTLEADER] = "not_leader",
-        [RPC_EUNAVAILABLE] = "unavailable",
-        [RPC_EUNKNOWN] = "outcome_unknown",
-        [RPC_EAUTH] = "unauthenticated",
-        [RPC_EFORBIDDEN] = "forbidden",
-        [RPC_EBADREQ] = "bad_request",
-        [RPC_ETOOBIG] = "too_big",
-        [RPC_EBUSY] = "busy",
-        [RPC_ENOTFOUND] = "not_found",
-        [RPC_EINTERNAL] = "internal",
-        [RPC_ESHUTDOWN] = "shutting_down",
-        [RPC_EPROTO] = "protocol_error",
+#define RPC_STATUS_NAME(code, number, name) [number] = name,
+        RPC_STATUSES(RPC_STATUS_NAME)
+#undef RPC_STATUS_NAME
     };
     return status >= 0 && status < RPC_STATUS_MAX ? names[status] : "unknown";
 }
@@ -75,7 +77,7 @@ int rpc_role_parse(const char *name)
             return role;
         }
     }
-    return -1;
+    return -WIRE_ERANGE;
 }
 
 bool rpc_role_allows(int role, int op, int cmd_type)
@@ -170,12 +172,12 @@ static int frame_end(struct frame *f)
 {
     struct rpc_buf *b = f->out;
     if (b->failed) {
-        return -2;
+        return -WIRE_ENOMEM;
     }
     size_t body = b->len - f->start - RPC_FRAME_HEADER;
     if (body > RPC_FRAME_LIMIT) {
         b->len = f->start;
-        return -1;
+        return -WIRE_ERANGE;
     }
     uint8_t *h = b->data + f->start;
     h[0] = (uint8_t)(body >> 24);
@@ -189,7 +191,7 @@ static int frame_end(struct frame *f)
 static int frame_abort(struct frame *f)
 {
     f->out->len = f->start;
-    return -1;
+    return -WIRE_ERANGE;
 }
 
 /* A string field of a fixed array: at most `max` bytes are read even if the array is
@@ -389,26 +391,26 @@ int rpc_request_decode(const void *body, size_t len, struct rpc_request *req, ui
     mp_reader_init(&r, body, len);
     if (!mp_read_array(&r, 16, &n) || n < 2 || !mp_read_u64(&r, &req->seq)) {
         set_why(why, "a request is an array [seq, op, ...]");
-        return -1;
+        return -WIRE_ERANGE;
     }
     if (seq_out != NULL) {
         *seq_out = req->seq;
     }
     if (!mp_read_u8(&r, &req->op) || request_fields(req->op) == 0) {
         set_why(why, "unknown op");
-        return -1;
+        return -WIRE_ERANGE;
     }
     if (n != request_fields(req->op)) {
         set_why(why, "wrong number of arguments for the op");
-        return -1;
+        return -WIRE_ERANGE;
     }
     if (!read_request_args(&r, req) || !r.ok) {
         set_why(why, req->op == RPC_OP_WRITE ? "malformed command" : "malformed arguments");
-        return -1;
+        return -WIRE_ERANGE;
     }
     if (mp_left(&r) != 0) {
         set_why(why, "trailing bytes after the request");
-        return -1;
+        return -WIRE_ERANGE;
     }
     return 0;
 }
@@ -619,7 +621,7 @@ int rpc_error_encode(struct rpc_buf *out, uint64_t seq, int status, const char *
 {
     char msg[RPC_MESSAGE_MAX + 1], addr[RPC_ADDRESS_MAX + 1];
     if (status <= RPC_OK || status >= RPC_STATUS_MAX) {
-        return -1;
+        return -WIRE_ERANGE;
     }
     snprintf(msg, sizeof(msg), "%s", message != NULL ? message : "");
     snprintf(addr, sizeof(addr), "%s", leader_address != NULL ? leader_address : "");
@@ -665,7 +667,7 @@ int rpc_response_encode(struct rpc_buf *out, int op, const struct rpc_response *
     }
     uint32_t fields = response_fields(op);
     if (fields == UINT32_MAX) {
-        return -1;
+        return -WIRE_ERANGE;
     }
     struct frame f;
     frame_begin(&f, out);
@@ -809,7 +811,7 @@ int rpc_response_decode(const void *body, size_t len, int op, struct rpc_respons
     if (!mp_read_array(&r, 16, &n) || n < 2 || !mp_read_u64(&r, &resp->seq) ||
         !mp_read_i64(&r, &status) || status < 0 || status >= RPC_STATUS_MAX) {
         set_why(why, "a response is an array [seq, status, ...]");
-        return -1;
+        return -WIRE_ERANGE;
     }
     resp->status = (int32_t)status;
     bool ok;
@@ -824,7 +826,7 @@ int rpc_response_decode(const void *body, size_t len, int op, struct rpc_respons
     if (!ok || !r.ok || mp_left(&r) != 0) {
         rpc_response_free(resp);
         set_why(why, "malformed response");
-        return -1;
+        return -WIRE_ERANGE;
     }
     return 0;
 }
@@ -866,7 +868,7 @@ int rpc_framer_feed(struct rpc_framer *f, const void *data, size_t n)
         }
         uint8_t *p = realloc(f->buf, cap);
         if (p == NULL) {
-            return -2;
+            return -WIRE_ENOMEM;
         }
         f->buf = p;
         f->cap = cap;
@@ -885,7 +887,7 @@ int rpc_framer_next(struct rpc_framer *f, const uint8_t **body, size_t *len)
     const uint8_t *h = f->buf + f->consumed;
     size_t body_len = (size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3];
     if (body_len > f->max_body) {
-        return -1;
+        return -WIRE_ERANGE;
     }
     if (avail < RPC_FRAME_HEADER + body_len) {
         return 0;
@@ -925,12 +927,12 @@ static int hex_digit(char c)
 int rpc_unhex(const char *hex, uint8_t *out, size_t n)
 {
     if (strlen(hex) != 2 * n) {
-        return -1;
+        return -WIRE_ERANGE;
     }
     for (size_t i = 0; i < n; i++) {
         int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
         if (hi < 0 || lo < 0) {
-            return -1;
+            return -WIRE_ERANGE;
         }
         out[i] = (uint8_t)(hi << 4 | lo);
     }

@@ -37,28 +37,48 @@
 #define LEDGER_GC_PER_BATCH 4096     /* expired answers pruned per batch, at most */
 #define LEDGER_ERRMSG_SIZE 256
 
-/* ---- Error codes (returned negated). ---- */
+/* ---- Error codes (returned negated). ----
+ * X(CODE, number, name, message): the name is the stable snake_case word logs, JSON and
+ * libtally's tally_strerror() use; the message is the text the ledger's answers carry. */
+#define LEDGER_ERRORS(X)                                                                     \
+    X(EINVAL, 1, "invalid_argument", "invalid argument")                                     \
+    X(ENAME, 2, "invalid_name", "invalid name")                                              \
+    X(ENOTFOUND, 3, "not_found", "not found")                                                \
+    X(EEXIST, 4, "already_exists", "already exists")                                         \
+    X(ECONFLICT, 5, "conflict", "request id reused with different arguments")                \
+    X(ERESOLVED, 6, "already_resolved", "reservation already resolved")                      \
+    X(EDEPTH, 7, "too_deep", "account chain too deep")                                       \
+    X(ECYCLE, 8, "cycle", "parent would make a cycle")                                       \
+    X(EOVERFLOW, 9, "overflow", "counter overflow")                                          \
+    X(EDECODE, 10, "decode_error", "malformed command or batch")                             \
+    X(ETOOBIG, 11, "too_big", "too big")                                                     \
+    X(ENOMEM, 12, "out_of_memory", "out of memory")                                          \
+    X(EIO, 13, "io_error", "storage error")                                                  \
+    X(ECORRUPT, 14, "corrupt", "corrupt data")                                               \
+    X(ESTALE, 15, "stale", "index already applied")
+
+/* EINVAL: an argument is out of range or malformed. ENAME: an account or model name is
+ * not valid. ENOTFOUND: no such account, key or reservation. EEXIST: the account or key
+ * already exists. ECONFLICT: a request_id reused with different arguments. ERESOLVED:
+ * the reservation is already settled or voided. EDEPTH: the chain would be deeper than
+ * LEDGER_DEPTH_MAX. ECYCLE: the parent would make a cycle. EOVERFLOW: a counter would
+ * overflow. EDECODE: a command or batch is not valid msgpack of the right shape.
+ * ETOOBIG: a batch, field or snapshot exceeds its bound. ENOMEM: allocation failed.
+ * EIO: LMDB or file system error, the node must stop. ECORRUPT: stored data or a
+ * snapshot fails its checks, the node must stop. ESTALE: the batch's index is not after
+ * the applied index. */
 enum {
-    LEDGER_EINVAL = 1, /* an argument is out of range or malformed */
-    LEDGER_ENAME,      /* an account or model name is not valid */
-    LEDGER_ENOTFOUND,  /* no such account, key or reservation */
-    LEDGER_EEXIST,     /* account or key already exists */
-    LEDGER_ECONFLICT,  /* request_id reused with different arguments */
-    LEDGER_ERESOLVED,  /* the reservation is already settled or voided */
-    LEDGER_EDEPTH,     /* the chain would be deeper than LEDGER_DEPTH_MAX */
-    LEDGER_ECYCLE,     /* the parent would make a cycle */
-    LEDGER_EOVERFLOW,  /* a counter would overflow */
-    LEDGER_EDECODE,    /* a command or batch is not valid msgpack of the right shape */
-    LEDGER_ETOOBIG,    /* a batch, field or snapshot exceeds its bound */
-    LEDGER_ENOMEM,     /* allocation failed */
-    LEDGER_EIO,        /* LMDB or file system error: the node must stop */
-    LEDGER_ECORRUPT,   /* stored data or snapshot fails its checks: the node must stop */
-    LEDGER_ESTALE,     /* the batch's index is not after the applied index */
+#define LEDGER_ERROR_ENUM(code, number, name, message) LEDGER_##code = number,
+    LEDGER_ERRORS(LEDGER_ERROR_ENUM)
+#undef LEDGER_ERROR_ENUM
     LEDGER_ECODE_MAX
 };
 
-/* Human name of an error code (positive or negative), never NULL. */
+/* The message of an error code (positive or negative), never NULL. */
 const char *ledger_strerror(int code);
+
+/* The snake_case name of an error code (positive or negative), never NULL. */
+const char *ledger_error_name(int code);
 
 /* ---- Commands. ---- */
 

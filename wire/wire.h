@@ -153,20 +153,43 @@ enum {
  * Response statuses. 0 is success; the rest are failures that carry a message and, for
  * NOT_LEADER, the leader's id and client address ("" when unknown).
  */
+/* Errors of the protocol's encoders, decoders and framer (returned negated):
+ * X(CODE, number, message). */
+#define WIRE_ERRORS(X)                                                                       \
+    X(ERANGE, 1, "out of range") /* a field out of range, a malformed message, a frame over \
+                                    its bound, a role or hex text that is not one */        \
+    X(ENOMEM, 2, "out of memory")
+
+enum {
+#define WIRE_ERROR_ENUM(code, number, message) WIRE_##code = number,
+    WIRE_ERRORS(WIRE_ERROR_ENUM)
+#undef WIRE_ERROR_ENUM
+    WIRE_ECODE_MAX
+};
+
+/* The message of a WIRE_E* code (positive or negative), never NULL. */
+const char *wire_strerror(int code);
+
+/* The status of an answer: X(CODE, number, name); the name is what logs and metrics use. */
+#define RPC_STATUSES(X)                                                                      \
+    X(OK, 0, "ok")                                                                           \
+    X(ENOTLEADER, 1, "not_leader")       /* this node cannot serve it: ask the leader named */ \
+    X(EUNAVAILABLE, 2, "unavailable")    /* no leader or no quorum now: nothing done; retry */ \
+    X(EUNKNOWN, 3, "outcome_unknown")    /* proposed, outcome unknown: retry with the same id */ \
+    X(EAUTH, 4, "unauthenticated")       /* HELLO refused (token or version); closes */      \
+    X(EFORBIDDEN, 5, "forbidden")        /* the connection's role may not do this */         \
+    X(EBADREQ, 6, "bad_request")         /* malformed or out-of-range request; nothing done */ \
+    X(ETOOBIG, 7, "too_big")             /* frame over the bound; the connection closes */    \
+    X(EBUSY, 8, "busy")                  /* the node is overloaded: back off and retry */     \
+    X(ENOTFOUND, 9, "not_found")         /* the account, reservation or key does not exist */ \
+    X(EINTERNAL, 10, "internal")         /* a bug or a storage error on the node */           \
+    X(ESHUTDOWN, 11, "shutting_down")    /* the node is stopping: retry elsewhere, same id */ \
+    X(EPROTO, 12, "protocol_error")      /* the stream cannot be trusted; the connection closes */
+
 enum rpc_status {
-    RPC_OK = 0,
-    RPC_ENOTLEADER = 1,   /* this node cannot serve it: ask the leader named in the answer */
-    RPC_EUNAVAILABLE = 2, /* no leader or no quorum right now: nothing was done; retry */
-    RPC_EUNKNOWN = 3,     /* proposed but the outcome is unknown: retry with the same id */
-    RPC_EAUTH = 4,        /* HELLO refused (bad token or version); the connection closes */
-    RPC_EFORBIDDEN = 5,   /* the connection's role may not do this */
-    RPC_EBADREQ = 6,      /* malformed or out-of-range request; nothing was done */
-    RPC_ETOOBIG = 7,      /* frame over the bound; the connection closes */
-    RPC_EBUSY = 8,        /* the node is overloaded: back off and retry */
-    RPC_ENOTFOUND = 9,    /* the account, reservation or key does not exist */
-    RPC_EINTERNAL = 10,   /* a bug or a storage error on the node */
-    RPC_ESHUTDOWN = 11,   /* the node is stopping: retry elsewhere with the same id */
-    RPC_EPROTO = 12,      /* the stream cannot be trusted (bad frame); the connection closes */
+#define RPC_STATUS_ENUM(code, number, name) RPC_##code = number,
+    RPC_STATUSES(RPC_STATUS_ENUM)
+#undef RPC_STATUS_ENUM
     RPC_STATUS_MAX
 };
 
@@ -180,7 +203,8 @@ enum rpc_role {
     RPC_ROLE_ADMIN = 3,   /* everything */
 };
 
-/* "reader", "gateway", "admin", or "none". Parse returns -1 for an unknown name. */
+/* "reader", "gateway", "admin", or "none". Parse returns -WIRE_ERANGE for an unknown
+ * name. */
 const char *rpc_role_name(int role);
 int rpc_role_parse(const char *name);
 
@@ -308,8 +332,8 @@ int rpc_buf_append(struct rpc_buf *b, const void *data, size_t n);
 
 /*
  * Append one frame holding `req` (or `resp`, answering an `op`) to `out`. Returns 0,
- * -1 if the request is out of range (a bad command, a too-long string), -2 on
- * allocation failure. The frame is never larger than RPC_FRAME_LIMIT.
+ * -WIRE_ERANGE if the request is out of range (a bad command, a too-long string), or
+ * -WIRE_ENOMEM. The frame is never larger than RPC_FRAME_LIMIT.
  */
 int rpc_request_encode(struct rpc_buf *out, const struct rpc_request *req);
 int rpc_response_encode(struct rpc_buf *out, int op, const struct rpc_response *resp);
@@ -319,8 +343,8 @@ int rpc_error_encode(struct rpc_buf *out, uint64_t seq, int status, const char *
                      uint64_t leader_id, const char *leader_address);
 
 /*
- * Decode a frame body (without its length header). Returns 0, or -1 with a short reason
- * in `why` (RPC_MESSAGE_MAX + 1 bytes) if it is malformed, out of range, or not exactly
+ * Decode a frame body (without its length header). Returns 0, or -WIRE_ERANGE with a
+ * short reason in `why` (RPC_MESSAGE_MAX + 1 bytes) if it is malformed, out of range, or not exactly
  * one message. A request that decodes but whose seq was readable sets *seq_out (may be
  * NULL) so the server can answer that seq with RPC_EBADREQ.
  */
@@ -348,18 +372,18 @@ struct rpc_framer {
 void rpc_framer_init(struct rpc_framer *f, size_t max_body);
 void rpc_framer_free(struct rpc_framer *f);
 
-/* Copy `n` bytes in. Returns 0 or -2 on allocation failure. */
+/* Copy `n` bytes in. Returns 0 or -WIRE_ENOMEM. */
 int rpc_framer_feed(struct rpc_framer *f, const void *data, size_t n);
 
 /*
  * Next complete body: returns 1 with *body and *len (valid until the next feed or next
- * call), 0 if more bytes are needed, -1 if the next length exceeds max_body (the
- * stream cannot be trusted after that), -2 on allocation failure.
+ * call), 0 if more bytes are needed, -WIRE_ERANGE if the next length exceeds max_body
+ * (the stream cannot be trusted after that).
  */
 int rpc_framer_next(struct rpc_framer *f, const uint8_t **body, size_t *len);
 
 /* Hex of bytes and back, for CLIs and logs. */
 void rpc_hex(const uint8_t *bytes, size_t n, char *out); /* out: 2n + 1 bytes */
-int rpc_unhex(const char *hex, uint8_t *out, size_t n);  /* 0, or -1 unless exactly 2n hex */
+int rpc_unhex(const char *hex, uint8_t *out, size_t n); /* 0, or -WIRE_ERANGE unless 2n hex */
 
 #endif /* TALLY_WIRE_H */

@@ -264,7 +264,7 @@ static void fuzz_framer(const uint8_t *data, size_t size)
             if (rv != want) {
                 fail("the framer disagrees with the reference reader", want, rv);
             }
-            if (rv == -1) {
+            if (rv == -WIRE_ERANGE) {
                 refused = true;
                 break;
             }

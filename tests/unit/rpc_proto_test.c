@@ -791,7 +791,7 @@ static bool request_refused(const void *body, size_t len)
     char why[RPC_MESSAGE_MAX + 1];
     why[0] = '\0';
     int rv = decode_request(body, len, &req, NULL, why);
-    return rv == -1 && why[0] != '\0';
+    return rv == -WIRE_ERANGE && why[0] != '\0';
 }
 
 static bool response_refused(const void *body, size_t len, int op)
@@ -803,7 +803,7 @@ static bool response_refused(const void *body, size_t len, int op)
     if (rv == 0) {
         rpc_response_free(&resp);
     }
-    return rv == -1 && why[0] != '\0' && resp.owned == NULL;
+    return rv == -WIRE_ERANGE && why[0] != '\0' && resp.owned == NULL;
 }
 
 static void check_request_round_trip(const struct rpc_request *req)
@@ -1414,7 +1414,7 @@ static void check_request_encode_refused(const struct rpc_request *req, const ch
     REQUIRE(before <= sizeof(saved));
     memcpy(saved, b.data, before);
     int rv = rpc_request_encode(&b, req);
-    bool ok = rv == -1 && b.len == before && !b.failed && memcmp(b.data, saved, before) == 0;
+    bool ok = rv == -WIRE_ERANGE && b.len == before && !b.failed && memcmp(b.data, saved, before) == 0;
     if (!ok) {
         fprintf(stderr, "  %s: rv %d, %zu bytes in the buffer (had %zu)\n", what, rv, b.len,
                 before);
@@ -1426,7 +1426,7 @@ static void check_request_encode_refused(const struct rpc_request *req, const ch
     rpc_buf_free(&b);
 
     struct rpc_buf e = {0};
-    CHECK_EQ_INT(rpc_request_encode(&e, req), -1);
+    CHECK_EQ_INT(rpc_request_encode(&e, req), -WIRE_ERANGE);
     CHECK_EQ_INT(e.len, 0);
     rpc_buf_free(&e);
 }
@@ -1441,7 +1441,7 @@ static void check_response_encode_refused(int op, const struct rpc_response *res
     REQUIRE(before <= sizeof(saved));
     memcpy(saved, b.data, before);
     int rv = rpc_response_encode(&b, op, resp);
-    bool ok = rv == -1 && b.len == before && !b.failed && memcmp(b.data, saved, before) == 0;
+    bool ok = rv == -WIRE_ERANGE && b.len == before && !b.failed && memcmp(b.data, saved, before) == 0;
     if (!ok) {
         fprintf(stderr, "  %s: rv %d, %zu bytes in the buffer (had %zu)\n", what, rv, b.len,
                 before);
