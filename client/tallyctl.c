@@ -14,6 +14,7 @@
  * go to stderr as one line "tallyctl: <what>: <why>".
  */
 #include "client/tally.h"
+#include "ledger/civil.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -332,31 +333,6 @@ static int call_failed(struct ctx *x, const char *subject, int rc, const struct 
 
 /* ---- Formatting. ---- */
 
-/* Days since 1970-01-01 of the proleptic Gregorian date y-m-d (H. Hinnant's algorithm). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-/* The date of day `z` since 1970-01-01; the inverse of days_from_civil(). */
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    unsigned doe = (unsigned)(z - era * 146097);
-    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    unsigned mp = (5 * doy + 2) / 153;
-    *d = doy - (153 * mp + 2) / 5 + 1;
-    *m = mp < 10 ? mp + 3 : mp - 9;
-    *y = (int64_t)yoe + era * 400 + (*m <= 2);
-}
-
 /*
  * Write `ms` (since the epoch) into `buf` (TIME_TEXT bytes) as UTC ISO-8601,
  * "2026-11-01T10:00:00Z", with ".mmm" before the Z when not a whole second. Times outside
@@ -371,7 +347,7 @@ static const char *fmt_time(int64_t ms, char *buf)
     int64_t y;
     unsigned mo, d;
     int64_t secs = ms / 1000, rem_ms = ms % 1000;
-    civil_from_days(secs / 86400, &y, &mo, &d);
+    ledger_civil_from_days(secs / 86400, &y, &mo, &d);
     int64_t sod = secs % 86400;
     int n = snprintf(buf, TIME_TEXT, "%04" PRId64 "-%02u-%02uT%02d:%02d:%02d", y, mo, d,
                      (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60));
@@ -979,7 +955,7 @@ static bool parse_iso_time(const char *s, int64_t *out_ms)
     if (d < 1 || d > dim) {
         return false;
     }
-    int64_t days = days_from_civil(y, mo, d);
+    int64_t days = ledger_days_from_civil(y, mo, d);
     *out_ms = ((days * 86400 + h * 3600 + mi * 60 + sec) * 1000) + ms;
     return true;
 }
