@@ -1,9 +1,9 @@
 /*
  * key.c: the virtual key commands (add, revoke, show, hash).
  *
- * The ledger stores only a key's SHA-256; the secret is made here from getrandom(2), shown
- * once and kept nowhere, and every buffer that held it is wiped before the command
- * returns.
+ * The ledger stores only a key's SHA-256; a new secret is made here from getrandom(2),
+ * shown once and kept nowhere, and the buffers tallyctl copies a secret into are wiped
+ * before the command returns.
  */
 #include "tallyctl/tallyctl.h"
 

@@ -4,7 +4,7 @@
  *
  * A pager fetches one page at a time and refuses a malformed one (too many items, a cursor
  * that does not move on), and no walk goes past PAGES_MAX pages, so every loop over a
- * listing is bounded. run_listing() is the shape of the list commands: check the filter,
+ * listing is bounded. ctl__run_listing() is the shape of the list commands: check the filter,
  * collect every page, print a JSON array or an aligned table.
  */
 #include "tallyctl/tallyctl.h"
