@@ -5,6 +5,7 @@
 #ifndef TALLY_LEDGER_INTERNAL_H
 #define TALLY_LEDGER_INTERNAL_H
 
+#include "ledger/civil.h" /* ledger_days_from_civil(), ledger_civil_from_days() */
 #include "ledger/ledger.h"
 
 #include <stdbool.h>
@@ -20,10 +21,6 @@ int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, 
 
 /* End (exclusive) of the period that starts at `start_ms`; INT64_MAX for NONE. */
 int64_t ledger_period_end(uint8_t kind, int64_t period_ms, int64_t start_ms);
-
-/* Days since 1970-01-01 of the civil date y-m-d (proleptic Gregorian), and back. */
-int64_t ledger_days_from_civil(int64_t y, unsigned m, unsigned d);
-void ledger_civil_from_days(int64_t days, int64_t *y, unsigned *m, unsigned *d);
 
 /* ---- Rate buckets (rate.c): GCRA in exact integers, see docs/ledger.md. ---- */
 

@@ -2,9 +2,10 @@
  * period.c: budget periods in UTC, from integers only.
  *
  * Calendar arithmetic uses the days-from-civil algorithm (proleptic Gregorian, eras of
- * 400 years), so there is no table, no time zone database and no libc time call: the
- * same stamp gives the same period on every replica.
+ * 400 years) in ledger/civil.h, so there is no table, no time zone database and no libc
+ * time call: the same stamp gives the same period on every replica.
  */
+#include "ledger/civil.h"
 #include "ledger/ledger_internal.h"
 
 #include <assert.h>
@@ -16,30 +17,6 @@ static int64_t floor_div(int64_t a, int64_t b)
     assert(b > 0);
     int64_t q = a / b;
     return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-
-int64_t ledger_days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    assert(m >= 1 && m <= 12 && d >= 1 && d <= 31);
-    y -= m <= 2;
-    int64_t era = floor_div(y, 400);
-    int64_t yoe = y - era * 400;                                      /* [0, 399] */
-    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;    /* [0, 365] */
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;             /* [0, 146096] */
-    return era * 146097 + doe - 719468;
-}
-
-void ledger_civil_from_days(int64_t days, int64_t *y, unsigned *m, unsigned *d)
-{
-    days += 719468;
-    int64_t era = floor_div(days, 146097);
-    int64_t doe = days - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    int64_t mp = (5 * doy + 2) / 153;
-    *d = (unsigned)(doy - (153 * mp + 2) / 5 + 1);
-    *m = (unsigned)(mp < 10 ? mp + 3 : mp - 9);
-    *y = yoe + era * 400 + (*m <= 2);
 }
 
 int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)

@@ -14,7 +14,7 @@ set -euo pipefail
 build=${1:-build}
 data=${TALLY_DATA:-data}
 tallyd="$build/tallyd/tallyd"
-tallyctl="$build/client/tallyctl"
+tallyctl="$build/tallyctl/tallyctl"
 host=127.0.0.1
 base=${TALLY_PORT_BASE:-7000}
 client_ports=($((base + 1)) $((base + 2)) $((base + 3)))

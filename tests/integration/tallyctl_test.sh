@@ -10,7 +10,7 @@ set -euo pipefail
 build=$(cd "${1:?usage: tallyctl_test.sh BUILD_DIR}" && pwd)
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/tally-tallyctl-test-XXXXXX")
-ctl="$build/client/tallyctl"
+ctl="$build/tallyctl/tallyctl"
 script_pid=""
 
 say() { printf '[tallyctl_test] %s\n' "$*" >&2; }
