@@ -135,12 +135,17 @@ static const struct rpc_token *token_find(const struct rpc_server *s, const char
 
 /* ---- HELLO and permissions. ---- */
 
+/* Refuse `c` with RPC_EAUTH (counted) and close it once the answer is written. */
+static void auth_refuse(struct rpc__conn *c, uint64_t seq, const char *message)
+{
+    c->srv->m.auth_failures++;
+    rpc__answer_error(c, seq, RPC_EAUTH, message, true);
+}
+
 bool rpc__auth_check(struct rpc__conn *c, const struct rpc_request *req)
 {
-    struct rpc_server *s = c->srv;
     if (c->role == RPC_ROLE_NONE && req->op != RPC_OP_HELLO) {
-        s->m.auth_failures++;
-        rpc__answer_error(c, req->seq, RPC_EAUTH, "the first request must be hello", true);
+        auth_refuse(c, req->seq, "the first request must be hello");
         return false;
     }
     if (!rpc_role_allows(c->role, req->op, req->op == RPC_OP_WRITE ? req->u.write.type : 0)) {
@@ -159,19 +164,16 @@ void rpc__auth_hello(struct rpc__conn *c, const struct rpc_request *req)
         return;
     }
     if (req->u.hello.version != RPC_PROTOCOL_VERSION) {
-        s->m.auth_failures++;
-        rpc__answer_error(c, req->seq, RPC_EAUTH, "unsupported protocol version", true);
+        auth_refuse(c, req->seq, "unsupported protocol version");
         return;
     }
     if (req->u.hello.token[0] == '\0' && c->tls != NULL) {
         char principal[RPC_TOKEN_MAX];
         int role = rpc_tls_peer_role(c->tls, principal, sizeof(principal));
         if (role == RPC_ROLE_NONE || !principal_valid(principal)) {
-            s->m.auth_failures++;
-            rpc__answer_error(c, req->seq, RPC_EAUTH,
-                              "no token, and no client certificate naming a role (OU) and a "
-                              "principal (CN)",
-                              true);
+            auth_refuse(c, req->seq,
+                        "no token, and no client certificate naming a role (OU) and a "
+                        "principal (CN)");
             return;
         }
         c->role = role;
@@ -179,8 +181,7 @@ void rpc__auth_hello(struct rpc__conn *c, const struct rpc_request *req)
     } else {
         const struct rpc_token *t = token_find(s, req->u.hello.token);
         if (t == NULL) {
-            s->m.auth_failures++;
-            rpc__answer_error(c, req->seq, RPC_EAUTH, "unknown token", true);
+            auth_refuse(c, req->seq, "unknown token");
             return;
         }
         c->role = t->role;

@@ -37,6 +37,18 @@ static uint64_t now_ns(void)
 
 /* ---- Answers. ---- */
 
+/* The client address configured for member `id` ("" if none: redirect by id only). */
+static const char *member_client_address(const struct rpc_server *s, uint64_t id)
+{
+    const char *address = "";
+    for (unsigned i = 0; i < s->n_members; i++) {
+        if (s->members[i].id == id) {
+            address = s->members[i].client_address;
+        }
+    }
+    return address;
+}
+
 void rpc__answer_error(struct rpc__conn *c, uint64_t seq, int status, const char *message,
                        bool close)
 {
@@ -45,11 +57,7 @@ void rpc__answer_error(struct rpc__conn *c, uint64_t seq, int status, const char
     const char *leader_address = "";
     if (status == RPC_ENOTLEADER) {
         node_leader(s->node, &leader_id, NULL);
-        for (unsigned i = 0; i < s->n_members; i++) {
-            if (s->members[i].id == leader_id) {
-                leader_address = s->members[i].client_address;
-            }
-        }
+        leader_address = member_client_address(s, leader_id);
         s->m.not_leader++;
     } else if (status == RPC_EUNAVAILABLE || status == RPC_EUNKNOWN) {
         s->m.unavailable++;
@@ -109,12 +117,21 @@ static void answer_node_error(struct rpc__conn *c, uint64_t seq, int rv)
     }
 }
 
+/* Answer a ledger error from a read: ENOTFOUND is the client's, anything else ours. */
+static void answer_ledger_error(struct rpc__conn *c, uint64_t seq, int rv)
+{
+    rpc__answer_error(c, seq, rv == -LEDGER_ENOTFOUND ? RPC_ENOTFOUND : RPC_EINTERNAL,
+                      ledger_strerror(rv), false);
+}
+
 /* ---- Pending requests. ---- */
 
+/* A pending request for `req` (copied) on `c`, or NULL with RPC_EBUSY answered. */
 static struct pending *pending_new(struct rpc__conn *c, const struct rpc_request *req)
 {
     struct pending *p = malloc(sizeof(*p));
     if (p == NULL) {
+        rpc__answer_error(c, req->seq, RPC_EBUSY, "out of memory", false);
         return NULL;
     }
     p->conn = c;
@@ -142,6 +159,15 @@ static void pending_free(struct pending *p)
     }
     free(p);
     rpc__conn_release(c);
+}
+
+/* `p` never reached the node, which refused it with `rv`: answer that and free `p`. */
+static void pending_refuse(struct pending *p, int rv)
+{
+    struct rpc__conn *c;
+    pending_end(p, &c);
+    answer_node_error(c, p->req.seq, rv);
+    pending_free(p);
 }
 
 /* ---- Writes. ---- */
@@ -196,17 +222,13 @@ static void handle_write(struct rpc__conn *c, const struct rpc_request *req)
 {
     struct pending *p = pending_new(c, req);
     if (p == NULL) {
-        rpc__answer_error(c, req->seq, RPC_EBUSY, "out of memory", false);
         return;
     }
     /* The connection's principal is the actor, whatever the client wrote. */
     snprintf(p->req.u.write.actor, sizeof(p->req.u.write.actor), "%s", c->principal);
     int rv = node_propose(c->srv->node, &p->req.u.write, 1, propose_cb, p);
     if (rv != 0) {
-        struct rpc__conn *cc;
-        pending_end(p, &cc);
-        answer_node_error(c, req->seq, rv);
-        pending_free(p);
+        pending_refuse(p, rv);
     }
 }
 
@@ -275,8 +297,7 @@ static void answer_list(struct rpc__conn *c, const struct rpc_request *req)
         rv = ledger_journal_list(l, filter, req->u.list.since_ms, until, collect_entry, &k);
     }
     if (rv < 0) {
-        rpc__answer_error(c, req->seq, rv == -LEDGER_ENOTFOUND ? RPC_ENOTFOUND : RPC_EINTERNAL,
-                          ledger_strerror(rv), false);
+        answer_ledger_error(c, req->seq, rv);
     } else {
         struct rpc_response resp = {.seq = req->seq};
         resp.u.list.n = k.n;
@@ -312,8 +333,7 @@ static void answer_read(struct rpc__conn *c, const struct rpc_request *req)
     if (rv == 0) {
         rpc__answer(c, req->op, &resp);
     } else {
-        rpc__answer_error(c, req->seq, rv == -LEDGER_ENOTFOUND ? RPC_ENOTFOUND : RPC_EINTERNAL,
-                          ledger_strerror(rv), false);
+        answer_ledger_error(c, req->seq, rv);
     }
 }
 
@@ -344,15 +364,11 @@ static void handle_read(struct rpc__conn *c, const struct rpc_request *req)
     }
     struct pending *p = pending_new(c, req);
     if (p == NULL) {
-        rpc__answer_error(c, req->seq, RPC_EBUSY, "out of memory", false);
         return;
     }
     int rv = node_read_barrier(c->srv->node, read_barrier_cb, p);
     if (rv != 0) {
-        struct rpc__conn *cc;
-        pending_end(p, &cc);
-        answer_node_error(c, req->seq, rv);
-        pending_free(p);
+        pending_refuse(p, rv);
     }
 }
 
@@ -370,12 +386,8 @@ static void answer_status(struct rpc__conn *c, const struct rpc_request *req)
     st->raft_state = (uint8_t)ns.state;
     st->serving = node_ready(s->node);
     node_leader(s->node, &st->leader_id, NULL);
-    for (unsigned i = 0; i < s->n_members; i++) {
-        if (s->members[i].id == st->leader_id) {
-            snprintf(st->leader_address, sizeof(st->leader_address), "%s",
-                     s->members[i].client_address);
-        }
-    }
+    snprintf(st->leader_address, sizeof(st->leader_address), "%s",
+             member_client_address(s, st->leader_id));
     st->commit_index = ns.commit_index;
     st->applied_index = ns.last_applied;
     st->ledger_now_ms = ledger_now_ms(node_ledger(s->node));
@@ -387,12 +399,8 @@ static void answer_status(struct rpc__conn *c, const struct rpc_request *req)
         m->id = members[i].id;
         m->role = (uint8_t)roles[i];
         snprintf(m->peer_address, sizeof(m->peer_address), "%s", members[i].address);
-        for (unsigned j = 0; j < s->n_members; j++) {
-            if (s->members[j].id == m->id) {
-                snprintf(m->client_address, sizeof(m->client_address), "%s",
-                         s->members[j].client_address);
-            }
-        }
+        snprintf(m->client_address, sizeof(m->client_address), "%s",
+                 member_client_address(s, m->id));
     }
     rpc__answer(c, RPC_OP_STATUS, &resp);
 }
@@ -431,7 +439,6 @@ static void handle_membership(struct rpc__conn *c, const struct rpc_request *req
 {
     struct pending *p = pending_new(c, req);
     if (p == NULL) {
-        rpc__answer_error(c, req->seq, RPC_EBUSY, "out of memory", false);
         return;
     }
     struct node *n = c->srv->node;

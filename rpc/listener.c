@@ -193,13 +193,10 @@ static void conn_flush(struct rpc__conn *c)
     rpc__conn_backpressure_update(c);
 }
 
-/* Once per loop iteration: write every connection's accumulated answers. */
-void rpc__flush_check_cb(uv_check_t *h)
+void rpc__flush_dirty(struct rpc_server *s)
 {
-    struct rpc_server *s = h->data;
     struct rpc__conn *c = s->dirty;
     s->dirty = NULL;
-    uv_idle_stop(&s->idle);
     while (c != NULL) {
         struct rpc__conn *next = c->dirty_next;
         c->dirty = false;
@@ -207,6 +204,14 @@ void rpc__flush_check_cb(uv_check_t *h)
         rpc__conn_release(c);
         c = next;
     }
+}
+
+/* Once per loop iteration: write every connection's accumulated answers. */
+void rpc__flush_check_cb(uv_check_t *h)
+{
+    struct rpc_server *s = h->data;
+    uv_idle_stop(&s->idle);
+    rpc__flush_dirty(s);
 }
 
 /* ---- Reading and framing. ---- */

@@ -156,15 +156,8 @@ void rpc_server_close(struct rpc_server *s, void (*cb)(void *), void *data)
         rpc__conn_close(s->conns);
     }
     /* Connections marked dirty keep a reference until the check handle runs; it will
-     * not run again, so drop them here. */
-    struct rpc__conn *c = s->dirty;
-    s->dirty = NULL;
-    while (c != NULL) {
-        struct rpc__conn *next = c->dirty_next;
-        c->dirty = false;
-        rpc__conn_release(c);
-        c = next;
-    }
+     * not run again, so drop them here (all are closing: nothing is written). */
+    rpc__flush_dirty(s);
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     uv_close((uv_handle_t *)&s->check, server_handle_closed);
     uv_close((uv_handle_t *)&s->idle, server_handle_closed);

@@ -97,6 +97,10 @@ void rpc__conn_backpressure_update(struct rpc__conn *c);
 /* The listener's connection callback (uv_listen); `listener->data` is the server. */
 void rpc__accept_cb(uv_stream_t *listener, int status);
 
+/* Take every connection off the server's dirty list, write its output (a closing
+ * connection writes nothing) and drop the reference the list held on it. */
+void rpc__flush_dirty(struct rpc_server *s);
+
 /* The server's uv_check callback: write every connection's accumulated answers. */
 void rpc__flush_check_cb(uv_check_t *h);
 
