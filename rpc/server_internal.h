@@ -1,0 +1,135 @@
+/*
+ * server_internal.h: what the files of the client-facing server share, and nothing else
+ * (rpc/server.h is the contract).
+ *
+ * The one idea: a connection is not a gateway. The server is four files, one concern
+ * each, all on the node's loop thread:
+ *   - listener.c: the listener, connection lifetimes, reading and framing, output
+ *     buffers, the once-per-iteration flush and backpressure;
+ *   - handle.c: what each decoded request does and the answer it gets (writes, reads,
+ *     status, membership), and the requests waiting for the node;
+ *   - auth.c: token files, HELLO, client-certificate roles, role/op permissions;
+ *   - server.c: the life cycle (start, metrics, close).
+ * The structs below are shared by all four; the functions are the only calls that cross
+ * files. Everything else is static in its file.
+ */
+#ifndef TALLY_RPC_SERVER_INTERNAL_H
+#define TALLY_RPC_SERVER_INTERNAL_H
+
+#include "rpc/server.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define RPC__READ_CHUNK_BYTES (64u << 10)
+
+struct rpc_tls;
+struct rpc_tls_ctx;
+
+struct rpc__conn {
+    uv_tcp_t tcp;
+    struct rpc_server *srv;
+    struct rpc__conn *prev, *next; /* srv->conns */
+    struct rpc__conn *dirty_next;  /* srv->dirty, while `dirty` */
+    struct rpc_framer framer;
+    struct rpc_tls *tls; /* NULL on a plain connection */
+    struct rpc_buf out;  /* answers (plaintext) not yet handed to uv_write */
+    size_t unsent;       /* bytes handed to uv_write and not yet written */
+    int role;            /* enum rpc_role */
+    char principal[LEDGER_ACTOR_MAX + 1];
+    unsigned inflight; /* pending requests */
+    unsigned refs;     /* handle + pending requests + writes */
+    bool reading, dirty, closing, close_after_flush, shut;
+};
+
+struct rpc_server {
+    uv_loop_t *loop;
+    struct node *node;
+    uv_tcp_t listener;
+    uv_check_t check;
+    uv_idle_t idle;
+    unsigned open_handles;
+    struct rpc_token *tokens;
+    size_t n_tokens;
+    struct rpc_tls_ctx *tls_ctx; /* NULL: plain TCP */
+    struct rpc_member members[RPC_MEMBERS_MAX];
+    unsigned n_members;
+    size_t max_frame;
+    unsigned max_inflight, max_connections;
+    struct rpc__conn *conns;
+    struct rpc__conn *dirty;
+    unsigned n_conns;
+    unsigned refs; /* 1 while open + 1 per connection alive */
+    bool closing;
+    void (*close_cb)(void *);
+    void *close_data;
+    char read_buf[RPC__READ_CHUNK_BYTES];
+    bool read_buf_busy;
+    struct rpc_metrics m; /* traffic counters only; Raft figures filled on demand */
+};
+
+/* ---- server.c ---- */
+
+/* Drop one reference on `s`; the last one frees it (tokens and TLS context too). */
+void rpc__server_release(struct rpc_server *s);
+
+/* ---- listener.c ---- */
+
+/* Drop one reference on `c`; the last one frees it and releases its server. */
+void rpc__conn_release(struct rpc__conn *c);
+
+/* Unlink `c` from its server and close its handle (no-op if already closing). Requests
+ * in flight keep `c` alive, marked closing, until they end. */
+void rpc__conn_close(struct rpc__conn *c);
+
+/* Have `c`'s output written at the end of this loop iteration (takes a reference until
+ * then; no-op if already scheduled or closing). */
+void rpc__conn_schedule_flush(struct rpc__conn *c);
+
+/* Stop reading `c` (no-op if not reading). */
+void rpc__conn_read_stop(struct rpc__conn *c);
+
+/* Stop or resume reading `c` by its requests in flight and its unsent output. */
+void rpc__conn_backpressure_update(struct rpc__conn *c);
+
+/* The listener's connection callback (uv_listen); `listener->data` is the server. */
+void rpc__accept_cb(uv_stream_t *listener, int status);
+
+/* Take every connection off the server's dirty list, write its output (a closing
+ * connection writes nothing) and drop the reference the list held on it. */
+void rpc__flush_dirty(struct rpc_server *s);
+
+/* The server's uv_check callback: write every connection's accumulated answers. */
+void rpc__flush_check_cb(uv_check_t *h);
+
+/* ---- handle.c ---- */
+
+/* Append an error answer to `c`'s output (counting not_leader and unavailable; a
+ * NOT_LEADER answer names the leader); `close` also stops reading and ends the
+ * connection once the answer is written. */
+void rpc__answer_error(struct rpc__conn *c, uint64_t seq, int status, const char *message,
+                       bool close);
+
+/* Append the answer `resp` (borrowed) to op `op` to `c`'s output; an answer that cannot
+ * be encoded becomes RPC_EINTERNAL. */
+void rpc__answer(struct rpc__conn *c, int op, const struct rpc_response *resp);
+
+/* Count, authorize and carry out one decoded request (borrowed; copied if it has to
+ * wait for the node). Every request gets exactly one answer, unless `c` closes first. */
+void rpc__handle_request(struct rpc__conn *c, const struct rpc_request *req);
+
+/* ---- auth.c ---- */
+
+/* Whether `c` may make `req`: it must have said HELLO first, and its role must allow
+ * the op. If not, the refusal is answered (RPC_EAUTH closes the connection) and the
+ * result is false. */
+bool rpc__auth_check(struct rpc__conn *c, const struct rpc_request *req);
+
+/* Answer HELLO: fix `c`'s role and principal from the bearer token, or, with no token
+ * on a TLS connection, from the client certificate. A second HELLO is RPC_EBADREQ; a
+ * bad version, token or certificate is RPC_EAUTH and closes the connection. */
+void rpc__auth_hello(struct rpc__conn *c, const struct rpc_request *req);
+
+#endif /* TALLY_RPC_SERVER_INTERNAL_H */
