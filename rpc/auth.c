@@ -70,7 +70,7 @@ int rpc_token_file_load(const char *path, struct rpc_token **out, size_t *n, cha
     FILE *f = fopen(path, "r");
     if (f == NULL) {
         snprintf(errmsg, size, "%s: %s", path, strerror(errno));
-        return -1;
+        return -RPC_START_ECONFIG;
     }
     struct rpc_token *tokens = NULL;
     size_t count = 0;
@@ -112,7 +112,7 @@ int rpc_token_file_load(const char *path, struct rpc_token **out, size_t *n, cha
     if (why != NULL) {
         snprintf(errmsg, size, "%s:%d: %s", path, lineno, why);
         free(tokens);
-        return -1;
+        return -RPC_START_ECONFIG;
     }
     *out = tokens;
     *n = count;

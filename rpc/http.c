@@ -310,25 +310,25 @@ int rpc_http_start(struct rpc_http **out, const char *address, char *errmsg, siz
     *out = NULL;
     if (parse_address(address, &sa, why, sizeof(why)) != 0) {
         snprintf(errmsg, errmsg_size, "http: cannot listen on %s: %s", address, why);
-        return -1;
+        return -RPC_START_ECONFIG;
     }
     struct rpc_http *h = calloc(1, sizeof(*h));
     if (h == NULL) {
         snprintf(errmsg, errmsg_size, "http: out of memory");
-        return -1;
+        return -RPC_START_ENOMEM;
     }
     int rv = pthread_mutex_init(&h->mu, NULL);
     if (rv != 0) {
         snprintf(errmsg, errmsg_size, "http: mutex: %s", strerror(rv));
         free(h);
-        return -1;
+        return -RPC_START_ENOMEM;
     }
     h->starting = true;
     if (start_daemon(h, &sa, why, sizeof(why)) != 0) {
         snprintf(errmsg, errmsg_size, "http: cannot listen on %s: %s", address, why);
         pthread_mutex_destroy(&h->mu);
         free(h);
-        return -1;
+        return -RPC_START_ELISTEN;
     }
     h->port = bound_port(h->daemon);
     *out = h;

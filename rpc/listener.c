@@ -227,8 +227,8 @@ static void conn_process(struct rpc__conn *c)
            (rv = rpc_framer_next(&c->framer, &body, &len)) != 0) {
         if (rv < 0) {
             s->m.protocol_errors++;
-            rpc__answer_error(c, 0, rv == -1 ? RPC_ETOOBIG : RPC_EINTERNAL,
-                              rv == -1 ? "frame longer than the limit" : "out of memory", true);
+            rpc__answer_error(c, 0, rv == -WIRE_ERANGE ? RPC_ETOOBIG : RPC_EINTERNAL,
+                              rv == -WIRE_ERANGE ? "frame longer than the limit" : "out of memory", true);
             return;
         }
         struct rpc_request req;

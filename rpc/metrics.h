@@ -16,6 +16,7 @@
 #define TALLY_RPC_METRICS_H
 
 #include "ledger/ledger.h"
+#include "rpc/errors.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -84,8 +85,8 @@ struct rpc_http;
 /*
  * Start the endpoint on `address` ("host:port", IPv4) in its own thread. On success
  * *out is the caller's until rpc_http_stop(). Until the first publish, /readyz answers
- * 503 and /metrics only the process's up gauge. Returns 0 or -1 with a message in
- * errmsg (errmsg_size bytes).
+ * 503 and /metrics only the process's up gauge. Returns 0 or -RPC_START_E* (rpc/errors.h)
+ * with a message in errmsg (errmsg_size bytes).
  */
 int rpc_http_start(struct rpc_http **out, const char *address, char *errmsg, size_t errmsg_size);
 

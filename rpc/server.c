@@ -38,18 +38,18 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     if (cfg->address == NULL || parse_ipv4(cfg->address, &sa) != 0) {
         snprintf(errmsg, size, "client address \"%s\" is not IPv4 host:port",
                  cfg->address != NULL ? cfg->address : "");
-        return -1;
+        return -RPC_START_ECONFIG;
     }
     if (cfg->n_members > RPC_MEMBERS_MAX) {
         snprintf(errmsg, size, "at most %d members", RPC_MEMBERS_MAX);
-        return -1;
+        return -RPC_START_ECONFIG;
     }
     struct rpc_server *s = calloc(1, sizeof(*s));
     if (s == NULL ||
         (cfg->n_tokens > 0 && (s->tokens = malloc(cfg->n_tokens * sizeof(*s->tokens))) == NULL)) {
         free(s);
         snprintf(errmsg, size, "out of memory");
-        return -1;
+        return -RPC_START_ENOMEM;
     }
     if (cfg->n_tokens > 0) {
         memcpy(s->tokens, cfg->tokens, cfg->n_tokens * sizeof(*s->tokens));
@@ -67,12 +67,14 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     if (s->max_frame > RPC_FRAME_LIMIT) {
         s->max_frame = RPC_FRAME_LIMIT;
     }
-    if (cfg->tls_cert_file != NULL &&
-        rpc_tls_ctx_new(&s->tls_ctx, cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_client_ca_file,
-                        errmsg, size) != 0) {
+    int rv_tls = cfg->tls_cert_file == NULL
+                     ? 0
+                     : rpc_tls_ctx_new(&s->tls_ctx, cfg->tls_cert_file, cfg->tls_key_file,
+                                       cfg->tls_client_ca_file, errmsg, size);
+    if (rv_tls != 0) {
         free(s->tokens);
         free(s);
-        return -1;
+        return rv_tls;
     }
     uv_tcp_init(loop, &s->listener);
     uv_check_init(loop, &s->check);
@@ -86,7 +88,7 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     if (rv != 0) {
         snprintf(errmsg, size, "cannot listen on %s: %s", cfg->address, uv_strerror(rv));
         rpc_server_close(s, NULL, NULL);
-        return -1;
+        return -RPC_START_ELISTEN;
     }
     uv_check_start(&s->check, rpc__flush_check_cb);
     *out = s;

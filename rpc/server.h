@@ -44,7 +44,7 @@ struct rpc_token {
  * Read a token file: one token per line, "ROLE NAME SHA256HEX" (role admin, gateway or
  * reader; '#' starts a comment; blank lines are skipped). At most RPC_TOKENS_MAX tokens,
  * lines of at most 512 bytes. On success *out (malloc'd, caller frees) holds *n tokens.
- * Returns 0 or -1 with "FILE:LINE: reason" in errmsg (size bytes).
+ * Returns 0 or -RPC_START_ECONFIG with "FILE:LINE: reason" in errmsg (size bytes).
  */
 int rpc_token_file_load(const char *path, struct rpc_token **out, size_t *n, char *errmsg,
                         size_t size);
@@ -75,7 +75,8 @@ struct rpc_server;
 
 /*
  * Listen on cfg->address on `loop` (borrowed) for `node` (borrowed; must outlive the
- * server). Returns 0, or -1 with a message in errmsg (size bytes).
+ * server). Returns 0, or -RPC_START_E* (rpc/errors.h) with a message in errmsg (size
+ * bytes).
  */
 int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node,
                      const struct rpc_server_config *cfg, char *errmsg, size_t size);

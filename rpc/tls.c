@@ -45,7 +45,7 @@ int rpc_tls_ctx_new(struct rpc_tls_ctx **out, const char *cert_file, const char 
     if (ctx == NULL || (ctx->ssl = SSL_CTX_new(TLS_server_method())) == NULL) {
         free(ctx);
         snprintf(errmsg, size, "out of memory");
-        return -1;
+        return -RPC_START_ENOMEM;
     }
     SSL_CTX_set_min_proto_version(ctx->ssl, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE);
@@ -72,7 +72,7 @@ int rpc_tls_ctx_new(struct rpc_tls_ctx **out, const char *cert_file, const char 
     }
     SSL_CTX_free(ctx->ssl);
     free(ctx);
-    return -1;
+    return -RPC_START_ECONFIG;
 }
 
 void rpc_tls_ctx_free(struct rpc_tls_ctx *ctx)

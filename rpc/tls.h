@@ -16,6 +16,7 @@
 #ifndef TALLY_RPC_TLS_H
 #define TALLY_RPC_TLS_H
 
+#include "rpc/errors.h"
 #include "wire/wire.h"
 
 #include <stddef.h>
@@ -25,8 +26,8 @@ struct rpc_tls;
 
 /*
  * Load the server certificate chain and key (PEM files) and, if client_ca is not NULL,
- * the CA that signs client certificates. TLS 1.2 or later. Returns 0, or -1 with the
- * reason (OpenSSL's, with the file name) in errmsg.
+ * the CA that signs client certificates. TLS 1.2 or later. Returns 0, or -RPC_START_ECONFIG
+ * (-RPC_START_ENOMEM) with the reason (OpenSSL's, with the file name) in errmsg.
  */
 int rpc_tls_ctx_new(struct rpc_tls_ctx **out, const char *cert_file, const char *key_file,
                     const char *client_ca_file, char *errmsg, size_t size);

@@ -790,7 +790,7 @@ static void http_bad_addresses_fail_with_a_message(void)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char err[256] = "";
         struct rpc_http *h = (struct rpc_http *)&err; /* must be reset to NULL */
-        CHECK_EQ_INT(rpc_http_start(&h, bad[i][0], err, sizeof(err)), -1);
+        CHECK_EQ_INT(rpc_http_start(&h, bad[i][0], err, sizeof(err)), -RPC_START_ECONFIG);
         CHECK(h == NULL);
         char want[128];
         snprintf(want, sizeof(want), "http: cannot listen on %s: ", bad[i][0]);
@@ -808,7 +808,7 @@ static void http_port_in_use_fails_with_the_reason(void)
     char address[64], err[256] = "";
     snprintf(address, sizeof(address), "127.0.0.1:%d", port);
     struct rpc_http *h = NULL;
-    CHECK_EQ_INT(rpc_http_start(&h, address, err, sizeof(err)), -1);
+    CHECK_EQ_INT(rpc_http_start(&h, address, err, sizeof(err)), -RPC_START_ELISTEN);
     CHECK(h == NULL);
     char want[128];
     snprintf(want, sizeof(want), "http: cannot listen on %s: ", address);
