@@ -473,21 +473,6 @@ static void check_request_equal(const struct rpc_request *a, const struct rpc_re
     }
 }
 
-static void check_result_equal(const struct ledger_result *a, const struct ledger_result *b)
-{
-    CHECK_EQ_INT(a->status, b->status);
-    CHECK_EQ_INT(a->cmd_type, b->cmd_type);
-    CHECK_EQ_INT(a->deny_reason, b->deny_reason);
-    CHECK_EQ_INT(a->flags, b->flags);
-    CHECK(memcmp(a->request_id, b->request_id, LEDGER_REQUEST_ID_SIZE) == 0);
-    CHECK_EQ_STR(a->account, b->account);
-    CHECK_EQ_INT(a->remaining, b->remaining);
-    CHECK_EQ_INT(a->retry_after_ms, b->retry_after_ms);
-    CHECK_EQ_INT(a->charged_micros, b->charged_micros);
-    CHECK_EQ_INT(a->overrun_micros, b->overrun_micros);
-    CHECK_EQ_INT(a->expires_at_ms, b->expires_at_ms);
-}
-
 static void check_account_equal(const struct ledger_account_info *a,
                                 const struct ledger_account_info *b)
 {
