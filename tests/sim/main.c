@@ -25,7 +25,7 @@
  * hashes the workload uses. The wall clock is read here only to report seconds.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* test.h: nftw, mkdtemp */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 #endif
 
 #include "ledger_testlib.h"

@@ -10,7 +10,7 @@
  * the end is caught.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 #endif
 
 #include "cmd_equal.h"

@@ -9,7 +9,7 @@
  * batch. The last test grows a tiny LMDB map many times over and checks no write is lost.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 #endif
 
 #include "cmd_equal.h"
