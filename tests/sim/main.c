@@ -20,12 +20,12 @@
  * crash prints the seed before the process dies.
  *
  * This file is also the one translation unit that includes the test harness
- * (tests/test.h, through ledger_testlib.h): its counters end the run with the
+ * (tests/lib/test.h, through ledger_testlib.h): its counters end the run with the
  * "N passed, M failed" line CI reads, and its builders give the request ids and key
  * hashes the workload uses. The wall clock is read here only to report seconds.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* test.h: nftw, mkdtemp */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 #endif
 
 #include "ledger_testlib.h"

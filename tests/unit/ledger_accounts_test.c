@@ -3,7 +3,7 @@
  * ("Accounts", "Keys", "Journal"): names, the depth-8 forest, moves (cycles and the
  * depth of a moved subtree), limit updates and their bounds, key add/revoke.
  */
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 
 #include "ledger_testlib_extra.h"
 

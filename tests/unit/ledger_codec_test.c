@@ -10,10 +10,12 @@
  * the end is caught.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 #endif
 
+#include "cmd_equal.h"
 #include "ledger_testlib.h"
+#include "mp_walk.h"
 
 #include <stdbool.h>
 
@@ -173,90 +175,6 @@ static void commands_at_bounds(struct ledger_cmd *out, bool at_max)
     }
 }
 
-/* ---- Comparing commands. ---- */
-
-static void check_limits_equal(const struct ledger_limits *a, const struct ledger_limits *b)
-{
-    CHECK_EQ_INT(a->set, b->set);
-    CHECK_EQ_INT(a->period_kind, b->period_kind);
-    CHECK_EQ_INT(a->blocked, b->blocked);
-    CHECK_EQ_INT(a->expiry_policy, b->expiry_policy);
-    CHECK_EQ_INT(a->budget_micros, b->budget_micros);
-    CHECK_EQ_INT(a->soft_budget_micros, b->soft_budget_micros);
-    CHECK_EQ_INT(a->period_ms, b->period_ms);
-    CHECK(a->rpm == b->rpm && a->rpm_burst == b->rpm_burst);
-    CHECK(a->tpm == b->tpm && a->tpm_burst == b->tpm_burst);
-    CHECK(a->max_parallel == b->max_parallel);
-    CHECK_EQ_INT(a->expires_at_ms, b->expires_at_ms);
-}
-
-/* Every field the type of `a` carries is equal in `b`. */
-static void check_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b)
-{
-    CHECK_EQ_INT(a->type, b->type);
-    CHECK(memcmp(a->request_id, b->request_id, LEDGER_REQUEST_ID_SIZE) == 0);
-    CHECK_EQ_STR(a->actor, b->actor);
-    if (a->type != b->type) {
-        return;
-    }
-    switch (a->type) {
-    case LEDGER_CMD_ACCOUNT_CREATE:
-        CHECK_EQ_STR(a->u.create.name, b->u.create.name);
-        CHECK_EQ_STR(a->u.create.parent, b->u.create.parent);
-        check_limits_equal(&a->u.create.limits, &b->u.create.limits);
-        break;
-    case LEDGER_CMD_ACCOUNT_UPDATE:
-        CHECK_EQ_STR(a->u.update.name, b->u.update.name);
-        check_limits_equal(&a->u.update.limits, &b->u.update.limits);
-        CHECK_EQ_INT(a->u.update.clear, b->u.update.clear);
-        CHECK_EQ_INT(a->u.update.set_parent, b->u.update.set_parent);
-        CHECK_EQ_STR(a->u.update.parent, b->u.update.parent);
-        break;
-    case LEDGER_CMD_KEY_ADD:
-        CHECK_EQ_STR(a->u.key.account, b->u.key.account);
-        /* fall through */
-    case LEDGER_CMD_KEY_REVOKE:
-        CHECK(memcmp(a->u.key.key_hash, b->u.key.key_hash, LEDGER_KEY_HASH_SIZE) == 0);
-        break;
-    case LEDGER_CMD_MODEL_LIMIT_SET: {
-        const struct ledger_model_limits *x = &a->u.model_limit.limits;
-        const struct ledger_model_limits *y = &b->u.model_limit.limits;
-        CHECK_EQ_STR(a->u.model_limit.account, b->u.model_limit.account);
-        CHECK_EQ_STR(a->u.model_limit.model, b->u.model_limit.model);
-        CHECK(x->set == y->set && x->budget_micros == y->budget_micros);
-        CHECK(x->rpm == y->rpm && x->rpm_burst == y->rpm_burst);
-        CHECK(x->tpm == y->tpm && x->tpm_burst == y->tpm_burst);
-        break;
-    }
-    case LEDGER_CMD_RESERVE:
-        CHECK_EQ_INT(a->u.reserve.by_account, b->u.reserve.by_account);
-        if (a->u.reserve.by_account) {
-            CHECK_EQ_STR(a->u.reserve.account, b->u.reserve.account);
-        } else {
-            CHECK(memcmp(a->u.reserve.key_hash, b->u.reserve.key_hash, LEDGER_KEY_HASH_SIZE) == 0);
-        }
-        CHECK_EQ_INT(a->u.reserve.estimate_micros, b->u.reserve.estimate_micros);
-        CHECK(a->u.reserve.estimate_tokens == b->u.reserve.estimate_tokens);
-        CHECK_EQ_STR(a->u.reserve.model, b->u.reserve.model);
-        CHECK_EQ_INT(a->u.reserve.ttl_ms, b->u.reserve.ttl_ms);
-        CHECK_EQ_INT(a->u.reserve.metadata_len, b->u.reserve.metadata_len);
-        CHECK(memcmp(a->u.reserve.metadata, b->u.reserve.metadata, a->u.reserve.metadata_len) == 0);
-        break;
-    case LEDGER_CMD_SETTLE:
-        CHECK_EQ_INT(a->u.settle.actual_micros, b->u.settle.actual_micros);
-        CHECK(a->u.settle.actual_tokens == b->u.settle.actual_tokens);
-        break;
-    case LEDGER_CMD_EXTEND:
-        CHECK_EQ_INT(a->u.extend.ttl_ms, b->u.extend.ttl_ms);
-        break;
-    case LEDGER_CMD_CONFIG_SET:
-        CHECK_EQ_INT(a->u.config.retention_ms, b->u.config.retention_ms);
-        break;
-    default:
-        break;
-    }
-}
-
 /* ---- Encoding and decoding helpers. ---- */
 
 static void encode_ok(int64_t stamp, const struct ledger_cmd *cmds, size_t n, uint8_t **buf,
@@ -323,100 +241,22 @@ static void check_rejected(const void *buf, size_t len, const char *what, size_t
     check_rejected_max(buf, len, MAX_DECODE, what, where);
 }
 
-/* ---- A msgpack walker over valid encodings. ---- */
-
-enum mp_kind { MP_UINT, MP_INT, MP_NIL, MP_BOOL, MP_FLOAT, MP_STR, MP_BIN, MP_ARRAY, MP_MAP };
-
-struct mp_node {
-    size_t off, hdr, len; /* position, header bytes, header + body + children bytes */
-    enum mp_kind kind;
-    uint64_t value; /* uint value, str/bin byte count, array element count */
-};
+/* ---- Valid encodings, walked (mp_walk.h). ---- */
 
 /* An encoded batch and its nodes in pre-order; nodes[0] is the whole batch. */
 struct enc {
     uint8_t *buf;
     size_t len, content_len;
-    struct mp_node *nodes;
-    size_t n_nodes, cap;
+    struct mpw_tree tree;
 };
-
-static uint64_t read_be(const uint8_t *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        v = v << 8 | p[i];
-    }
-    return v;
-}
-
-/* Walk the node at `off` and its children; returns the offset after it. */
-static size_t walk(struct enc *e, size_t off)
-{
-    REQUIRE(off < e->len);
-    const uint8_t *p = e->buf + off;
-    uint8_t t = p[0];
-    struct mp_node nd = {.off = off, .hdr = 1};
-    size_t body = 0, children = 0;
-    if (t <= 0x7f || (t >= 0xcc && t <= 0xcf)) {
-        nd.kind = MP_UINT;
-        nd.hdr = t <= 0x7f ? 1 : 1 + ((size_t)1 << (t - 0xcc));
-        nd.value = t <= 0x7f ? t : read_be(p + 1, nd.hdr - 1);
-    } else if (t >= 0xe0 || (t >= 0xd0 && t <= 0xd3)) {
-        nd.kind = MP_INT;
-        nd.hdr = t >= 0xe0 ? 1 : 1 + ((size_t)1 << (t - 0xd0));
-    } else if ((t & 0xf0) == 0x90 || t == 0xdc || t == 0xdd) {
-        nd.kind = MP_ARRAY;
-        nd.hdr = (t & 0xf0) == 0x90 ? 1 : t == 0xdc ? 3 : 5;
-        children = nd.hdr == 1 ? (t & 0x0f) : read_be(p + 1, nd.hdr - 1);
-    } else if ((t & 0xe0) == 0xa0 || (t >= 0xd9 && t <= 0xdb)) {
-        nd.kind = MP_STR;
-        nd.hdr = (t & 0xe0) == 0xa0 ? 1 : 1 + ((size_t)1 << (t - 0xd9));
-        body = nd.hdr == 1 ? (t & 0x1f) : read_be(p + 1, nd.hdr - 1);
-    } else if (t >= 0xc4 && t <= 0xc6) {
-        nd.kind = MP_BIN;
-        nd.hdr = 1 + ((size_t)1 << (t - 0xc4));
-        body = read_be(p + 1, nd.hdr - 1);
-    } else if (t == 0xc0 || t == 0xc2 || t == 0xc3) {
-        nd.kind = t == 0xc0 ? MP_NIL : MP_BOOL;
-    } else if (t == 0xca || t == 0xcb) {
-        nd.kind = MP_FLOAT;
-        body = t == 0xca ? 4 : 8;
-    } else if ((t & 0xf0) == 0x80 || t == 0xde || t == 0xdf) {
-        nd.kind = MP_MAP;
-        nd.hdr = (t & 0xf0) == 0x80 ? 1 : t == 0xde ? 3 : 5;
-        children = 2 * (nd.hdr == 1 ? (t & 0x0f) : read_be(p + 1, nd.hdr - 1));
-    } else {
-        fprintf(stderr, "  walk: unexpected byte 0x%02x at %zu\n", t, off);
-        REQUIRE(false);
-    }
-    if (nd.kind == MP_STR || nd.kind == MP_BIN) {
-        nd.value = body;
-    } else if (nd.kind == MP_ARRAY) {
-        nd.value = children;
-    }
-    if (e->n_nodes == e->cap) {
-        e->cap = e->cap ? 2 * e->cap : 256;
-        e->nodes = realloc(e->nodes, e->cap * sizeof(*e->nodes));
-        REQUIRE(e->nodes != NULL);
-    }
-    size_t idx = e->n_nodes++;
-    size_t end = off + nd.hdr + body;
-    for (size_t i = 0; i < children; i++) {
-        end = walk(e, end);
-    }
-    REQUIRE(end <= e->len);
-    nd.len = end - off;
-    e->nodes[idx] = nd;
-    return end;
-}
 
 /* Encode `n` commands and walk the encoding; the bytes after it are the zero padding. */
 static void enc_make(struct enc *e, int64_t stamp, const struct ledger_cmd *cmds, size_t n)
 {
     memset(e, 0, sizeof(*e));
     encode_ok(stamp, cmds, n, &e->buf, &e->len);
-    e->content_len = walk(e, 0);
+    e->content_len = mpw_walk(&e->tree, e->buf, e->len, 0, SIZE_MAX);
+    REQUIRE(e->content_len != 0);
     REQUIRE(e->len - e->content_len < 8);
     for (size_t i = e->content_len; i < e->len; i++) {
         REQUIRE(e->buf[i] == 0);
@@ -426,7 +266,7 @@ static void enc_make(struct enc *e, int64_t stamp, const struct ledger_cmd *cmds
 static void enc_free(struct enc *e)
 {
     free(e->buf);
-    free(e->nodes);
+    mpw_free(&e->tree);
     memset(e, 0, sizeof(*e));
 }
 
@@ -452,7 +292,7 @@ static uint8_t *splice(const struct enc *e, size_t off, size_t cut, const void *
 static void check_splice_rejected(const struct enc *e, size_t i, bool header_only, const void *ins,
                                   size_t ins_len, const char *what)
 {
-    const struct mp_node *nd = &e->nodes[i];
+    const struct mpw_node *nd = &e->tree.nodes[i];
     size_t len;
     uint8_t *b = splice(e, nd->off, header_only ? nd->hdr : nd->len, ins, ins_len, &len);
     check_rejected(b, len, what, i);
@@ -460,19 +300,19 @@ static void check_splice_rejected(const struct enc *e, size_t i, bool header_onl
 }
 
 /* The smallest header for a str, bin or array of `n`; returns its length. */
-static size_t put_header(uint8_t *out, enum mp_kind kind, uint64_t n)
+static size_t put_header(uint8_t *out, enum mpw_kind kind, uint64_t n)
 {
     static const uint8_t base[3][3] = {{0xd9, 0xda, 0xdb}, {0xc4, 0xc5, 0xc6}, {0, 0xdc, 0xdd}};
-    int row = kind == MP_STR ? 0 : kind == MP_BIN ? 1 : 2;
-    if (kind == MP_STR && n < 32) {
+    int row = kind == MPW_STR ? 0 : kind == MPW_BIN ? 1 : 2;
+    if (kind == MPW_STR && n < 32) {
         out[0] = (uint8_t)(0xa0 | n);
         return 1;
     }
-    if (kind == MP_ARRAY && n < 16) {
+    if (kind == MPW_ARRAY && n < 16) {
         out[0] = (uint8_t)(0x90 | n);
         return 1;
     }
-    size_t w = n < 256 && kind != MP_ARRAY ? 1 : n < 65536 ? 2 : 4;
+    size_t w = n < 256 && kind != MPW_ARRAY ? 1 : n < 65536 ? 2 : 4;
     out[0] = base[row][w == 1 ? 0 : w == 2 ? 1 : 2];
     for (size_t i = 0; i < w; i++) {
         out[1 + i] = (uint8_t)(n >> (8 * (w - 1 - i)));
@@ -481,10 +321,10 @@ static size_t put_header(uint8_t *out, enum mp_kind kind, uint64_t n)
 }
 
 /* A copy of node i's body (bytes after its header) behind a new header for `n`. */
-static uint8_t *reheader(const struct enc *e, size_t i, enum mp_kind kind, uint64_t n, size_t extra,
-                         size_t *out_len)
+static uint8_t *reheader(const struct enc *e, size_t i, enum mpw_kind kind, uint64_t n,
+                         size_t extra, size_t *out_len)
 {
-    const struct mp_node *nd = &e->nodes[i];
+    const struct mpw_node *nd = &e->tree.nodes[i];
     size_t body = nd->len - nd->hdr;
     uint8_t *out = malloc(5 + body + extra);
     REQUIRE(out != NULL);
@@ -507,9 +347,9 @@ static void enc_max_batch(struct enc *e)
  * `count` elements. */
 static size_t find_commands_node(const struct enc *e, uint64_t count)
 {
-    for (size_t i = 1; i < e->n_nodes; i++) {
-        if (e->nodes[i].kind == MP_ARRAY && e->nodes[i].value == count &&
-            e->nodes[i].off + e->nodes[i].len == e->content_len) {
+    for (size_t i = 1; i < e->tree.n; i++) {
+        if (e->tree.nodes[i].kind == MPW_ARRAY && e->tree.nodes[i].value == count &&
+            e->tree.nodes[i].off + e->tree.nodes[i].len == e->content_len) {
             return i;
         }
     }
@@ -520,8 +360,8 @@ static size_t find_commands_node(const struct enc *e, uint64_t count)
 /* Index of the node that starts at byte `off`. */
 static size_t node_at(const struct enc *e, size_t off)
 {
-    for (size_t i = 0; i < e->n_nodes; i++) {
-        if (e->nodes[i].off == off) {
+    for (size_t i = 0; i < e->tree.n; i++) {
+        if (e->tree.nodes[i].off == off) {
             return i;
         }
     }
@@ -532,10 +372,10 @@ static size_t node_at(const struct enc *e, size_t off)
 /* Indexes of the elements of array node `parent` into `out` (at most `max`). */
 static size_t children_of(const struct enc *e, size_t parent, size_t *out, size_t max)
 {
-    size_t off = e->nodes[parent].off + e->nodes[parent].hdr, n = 0;
-    while (n < e->nodes[parent].value && n < max) {
+    size_t off = e->tree.nodes[parent].off + e->tree.nodes[parent].hdr, n = 0;
+    while (n < e->tree.nodes[parent].value && n < max) {
         out[n] = node_at(e, off);
-        off += e->nodes[out[n]].len;
+        off += e->tree.nodes[out[n]].len;
         n++;
     }
     return n;
@@ -552,11 +392,11 @@ static uint8_t *batch_with_one_command_too_many(const struct ledger_cmd *c, int6
     struct enc e;
     enc_make(&e, stamp, many, LEDGER_BATCH_MAX_CMDS);
     size_t i = find_commands_node(&e, LEDGER_BATCH_MAX_CMDS);
-    const struct mp_node *first = &e.nodes[i + 1];
+    const struct mpw_node *first = &e.tree.nodes[i + 1];
     size_t more_len;
-    uint8_t *more = reheader(&e, i, MP_ARRAY, LEDGER_BATCH_MAX_CMDS + 1, first->len, &more_len);
+    uint8_t *more = reheader(&e, i, MPW_ARRAY, LEDGER_BATCH_MAX_CMDS + 1, first->len, &more_len);
     memcpy(more + more_len - first->len, e.buf + first->off, first->len);
-    uint8_t *b = splice(&e, e.nodes[i].off, e.nodes[i].len, more, more_len, len);
+    uint8_t *b = splice(&e, e.tree.nodes[i].off, e.tree.nodes[i].len, more, more_len, len);
     free(more);
     enc_free(&e);
     return b;
@@ -648,7 +488,7 @@ static void decode_rejects_truncated_content_padded_to_8(void)
     struct enc e;
     enc_max_batch(&e);
     size_t cmds_node = find_commands_node(&e, N_KINDS);
-    for (size_t k = 0; k <= e.nodes[cmds_node].off + e.nodes[cmds_node].hdr; k++) {
+    for (size_t k = 0; k <= e.tree.nodes[cmds_node].off + e.tree.nodes[cmds_node].hdr; k++) {
         size_t len;
         uint8_t *b = splice(&e, k, e.content_len - k, NULL, 0, &len);
         check_rejected(b, len, "truncated and padded", k);
@@ -756,9 +596,9 @@ static void decode_rejects_wrong_type_in_every_field(void)
         {0xa1, 'x'}, {0xc0}, {0xc3}, {0xcb, 0x3f, 0xf0}, {0xc4, 0x01, 'x'}};
     static const size_t not_int_len[] = {2, 1, 1, 9, 3};
     static const uint8_t int7 = 0x07, nil = 0xc0, empty_map = 0x80;
-    for (size_t i = 0; i < e.n_nodes; i++) {
-        const struct mp_node *nd = &e.nodes[i];
-        if (nd->kind == MP_UINT || nd->kind == MP_INT) {
+    for (size_t i = 0; i < e.tree.n; i++) {
+        const struct mpw_node *nd = &e.tree.nodes[i];
+        if (nd->kind == MPW_UINT || nd->kind == MPW_INT) {
             for (size_t j = 0; j < sizeof(not_int_len) / sizeof(not_int_len[0]); j++) {
                 check_splice_rejected(&e, i, false, not_int[j], not_int_len[j], "not an int");
             }
@@ -766,13 +606,13 @@ static void decode_rejects_wrong_type_in_every_field(void)
         }
         check_splice_rejected(&e, i, false, &int7, 1, "int instead");
         check_splice_rejected(&e, i, false, &nil, 1, "nil instead");
-        if (nd->kind == MP_ARRAY) {
+        if (nd->kind == MPW_ARRAY) {
             check_splice_rejected(&e, i, false, &empty_map, 1, "map instead");
-        } else if (nd->kind == MP_STR || nd->kind == MP_BIN) {
+        } else if (nd->kind == MPW_STR || nd->kind == MPW_BIN) {
             /* The same bytes as the other of str and bin. */
             size_t len;
             uint8_t *swapped =
-                reheader(&e, i, nd->kind == MP_STR ? MP_BIN : MP_STR, nd->value, 0, &len);
+                reheader(&e, i, nd->kind == MPW_STR ? MPW_BIN : MPW_STR, nd->value, 0, &len);
             check_splice_rejected(&e, i, false, swapped, len, "str/bin swapped");
             free(swapped);
         }
@@ -802,12 +642,12 @@ static void decode_rejects_huge_counts_in_every_header(void)
         {{0xc6, 0xff, 0xff, 0xff, 0xff}, {0xc5, 0xff, 0xff}},
         {{0xdd, 0xff, 0xff, 0xff, 0xff}, {0xdc, 0xff, 0xff}},
     };
-    for (size_t i = 0; i < e.n_nodes; i++) {
-        enum mp_kind k = e.nodes[i].kind;
-        if (k != MP_STR && k != MP_BIN && k != MP_ARRAY) {
+    for (size_t i = 0; i < e.tree.n; i++) {
+        enum mpw_kind k = e.tree.nodes[i].kind;
+        if (k != MPW_STR && k != MPW_BIN && k != MPW_ARRAY) {
             continue;
         }
-        int row = k == MP_STR ? 0 : k == MP_BIN ? 1 : 2;
+        int row = k == MPW_STR ? 0 : k == MPW_BIN ? 1 : 2;
         check_splice_rejected(&e, i, true, huge[row][0], 5, "count 2^32-1");
         check_splice_rejected(&e, i, true, huge[row][1], 3, "count 2^16-1");
     }
@@ -820,9 +660,9 @@ static void decode_rejects_every_string_one_byte_over_its_bound(void)
     struct enc e;
     enc_max_batch(&e);
     size_t grown = 0;
-    for (size_t i = 0; i < e.n_nodes; i++) {
-        const struct mp_node *nd = &e.nodes[i];
-        if (nd->kind != MP_STR && nd->kind != MP_BIN) {
+    for (size_t i = 0; i < e.tree.n; i++) {
+        const struct mpw_node *nd = &e.tree.nodes[i];
+        if (nd->kind != MPW_STR && nd->kind != MPW_BIN) {
             continue;
         }
         size_t len;
@@ -840,9 +680,9 @@ static void decode_rejects_fixed_size_fields_one_byte_short(void)
 {
     struct enc e;
     enc_max_batch(&e);
-    for (size_t i = 0; i < e.n_nodes; i++) {
-        const struct mp_node *nd = &e.nodes[i];
-        if (nd->kind == MP_BIN &&
+    for (size_t i = 0; i < e.tree.n; i++) {
+        const struct mpw_node *nd = &e.tree.nodes[i];
+        if (nd->kind == MPW_BIN &&
             (nd->value == LEDGER_REQUEST_ID_SIZE || nd->value == LEDGER_KEY_HASH_SIZE)) {
             uint8_t shorter[2 + LEDGER_KEY_HASH_SIZE] = {0xc4, (uint8_t)(nd->value - 1)};
             memcpy(shorter + 2, e.buf + nd->off + nd->hdr, nd->value - 1);
@@ -859,16 +699,16 @@ static void decode_rejects_commands_with_a_field_missing_or_extra(void)
     size_t cmds[N_KINDS], fields[32];
     REQUIRE(children_of(&e, find_commands_node(&e, N_KINDS), cmds, N_KINDS) == N_KINDS);
     for (size_t k = 0; k < N_KINDS; k++) {
-        const struct mp_node *cmd = &e.nodes[cmds[k]];
+        const struct mpw_node *cmd = &e.tree.nodes[cmds[k]];
         size_t nf = children_of(&e, cmds[k], fields, 32), len;
         REQUIRE(nf == cmd->value && nf >= 2);
         /* One more element ('a', a positive fixint) after the last field. */
-        uint8_t *b = reheader(&e, cmds[k], MP_ARRAY, cmd->value + 1, 1, &len);
+        uint8_t *b = reheader(&e, cmds[k], MPW_ARRAY, cmd->value + 1, 1, &len);
         check_splice_rejected(&e, cmds[k], false, b, len, "extra field");
         free(b);
         /* The last field and its count removed. */
-        b = reheader(&e, cmds[k], MP_ARRAY, cmd->value - 1, 0, &len);
-        len -= e.nodes[fields[nf - 1]].len;
+        b = reheader(&e, cmds[k], MPW_ARRAY, cmd->value - 1, 0, &len);
+        len -= e.tree.nodes[fields[nf - 1]].len;
         check_splice_rejected(&e, cmds[k], false, b, len, "missing field");
         free(b);
     }
@@ -892,8 +732,8 @@ static void decode_rejects_unknown_command_type(void)
         {0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
     };
     static const size_t bad_len[] = {1, 1, 1, 2, 3, 1, 9};
-    for (size_t i = 0; i < e.n_nodes; i++) {
-        if (e.nodes[i].kind != MP_UINT || e.nodes[i].value != LEDGER_CMD_CONFIG_SET) {
+    for (size_t i = 0; i < e.tree.n; i++) {
+        if (e.tree.nodes[i].kind != MPW_UINT || e.tree.nodes[i].value != LEDGER_CMD_CONFIG_SET) {
             continue;
         }
         found++;
@@ -957,7 +797,7 @@ static void decode_rejects_deep_nesting(void)
     deep[1000] = 0xc0;
     struct enc e;
     enc_max_batch(&e);
-    for (size_t i = 1; i < e.n_nodes; i++) {
+    for (size_t i = 1; i < e.tree.n; i++) {
         check_splice_rejected(&e, i, false, deep, 1001, "nested field");
     }
     enc_free(&e);

@@ -4,7 +4,7 @@
  * release policies of the leaf, late settles and voids as corrections (dropped when
  * the period closed), a clock that never goes backwards, and stale batch indexes.
  */
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 
 #include "ledger_testlib_extra.h"
 

@@ -4,7 +4,7 @@
  * id with other arguments is ECONFLICT, answers survive a restart and are forgotten
  * after the retention window, and a reservation resolves at most once.
  */
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 
 #include "ledger_testlib_extra.h"
 

@@ -6,7 +6,7 @@
  * batches, that a budget resets exactly at the period boundary while holds survive.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nftw() in test.h, timegm() */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them; timegm() */
 #endif
 
 #include "ledger/ledger_internal.h"

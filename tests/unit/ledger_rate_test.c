@@ -6,7 +6,7 @@
  * formulas of the contract. The last test shows a team's rpm limit through batches.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 #endif
 
 #include "ledger/ledger_internal.h"

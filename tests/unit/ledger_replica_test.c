@@ -9,9 +9,10 @@
  * batch. The last test grows a tiny LMDB map many times over and checks no write is lost.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 #endif
 
+#include "cmd_equal.h"
 #include "ledger_testlib.h"
 
 #include <dirent.h>
@@ -47,21 +48,6 @@ static bool hashes_equal(struct pair *p)
     return memcmp(ha, hb, 32) == 0;
 }
 
-static void check_results_equal(const struct ledger_result *x, const struct ledger_result *y)
-{
-    CHECK_EQ_INT(x->status, y->status);
-    CHECK_EQ_INT(x->cmd_type, y->cmd_type);
-    CHECK_EQ_INT(x->deny_reason, y->deny_reason);
-    CHECK_EQ_INT(x->flags, y->flags);
-    CHECK(memcmp(x->request_id, y->request_id, LEDGER_REQUEST_ID_SIZE) == 0);
-    CHECK_EQ_STR(x->account, y->account);
-    CHECK_EQ_INT(x->remaining, y->remaining);
-    CHECK_EQ_INT(x->retry_after_ms, y->retry_after_ms);
-    CHECK_EQ_INT(x->charged_micros, y->charged_micros);
-    CHECK_EQ_INT(x->overrun_micros, y->overrun_micros);
-    CHECK_EQ_INT(x->expires_at_ms, y->expires_at_ms);
-}
-
 /* Apply `cmds` at `now_ms` as the next batch of one replica; returns its results. */
 static struct ledger_result *apply_one(struct tl *t, int64_t now_ms, const struct ledger_cmd *cmds,
                                        size_t n, struct ledger_result *results)
@@ -83,7 +69,7 @@ static void apply_both(struct pair *p, int64_t now_ms, const struct ledger_cmd *
     apply_one(&p->a, now_ms, cmds, n, results_a);
     apply_one(&p->b, now_ms, cmds, n, results_b);
     for (size_t i = 0; i < n; i++) {
-        check_results_equal(&results_a[i], &results_b[i]);
+        check_result_equal(&results_a[i], &results_b[i]);
     }
     REQUIRE(ledger_applied_index(p->a.l) == ledger_applied_index(p->b.l));
     if (!hashes_equal(p)) {

@@ -4,7 +4,7 @@
  * chain org <- team <- user (key TLX_KEY on user) with the limits it is about and
  * checks the exact answer and counters the contract gives.
  */
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 
 #include "ledger_testlib_extra.h"
 

@@ -8,7 +8,7 @@
  * refused with the importing ledger left exactly as it was.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nftw() in test.h */
+#define _GNU_SOURCE /* GNU extensions, as test.h sets them */
 #endif
 
 #include "ledger_testlib.h"

@@ -15,6 +15,9 @@
  */
 #include "test.h"
 
+#include "cmd_equal.h"
+#include "mp_walk.h"
+
 #include "ledger/ledger.h"
 #include "wire/wire.h"
 
@@ -421,86 +424,6 @@ static struct rpc_response error_of(int status, bool at_max)
 
 /* ---- Comparing messages field by field. ---- */
 
-static void check_limits_equal(const struct ledger_limits *a, const struct ledger_limits *b)
-{
-    CHECK_EQ_INT(a->set, b->set);
-    CHECK_EQ_INT(a->period_kind, b->period_kind);
-    CHECK_EQ_INT(a->blocked, b->blocked);
-    CHECK_EQ_INT(a->expiry_policy, b->expiry_policy);
-    CHECK_EQ_INT(a->budget_micros, b->budget_micros);
-    CHECK_EQ_INT(a->soft_budget_micros, b->soft_budget_micros);
-    CHECK_EQ_INT(a->period_ms, b->period_ms);
-    CHECK(a->rpm == b->rpm && a->rpm_burst == b->rpm_burst);
-    CHECK(a->tpm == b->tpm && a->tpm_burst == b->tpm_burst);
-    CHECK(a->max_parallel == b->max_parallel);
-    CHECK_EQ_INT(a->expires_at_ms, b->expires_at_ms);
-}
-
-static void check_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b)
-{
-    CHECK_EQ_INT(a->type, b->type);
-    CHECK(memcmp(a->request_id, b->request_id, LEDGER_REQUEST_ID_SIZE) == 0);
-    CHECK_EQ_STR(a->actor, b->actor);
-    if (a->type != b->type) {
-        return;
-    }
-    switch (a->type) {
-    case LEDGER_CMD_ACCOUNT_CREATE:
-        CHECK_EQ_STR(a->u.create.name, b->u.create.name);
-        CHECK_EQ_STR(a->u.create.parent, b->u.create.parent);
-        check_limits_equal(&a->u.create.limits, &b->u.create.limits);
-        break;
-    case LEDGER_CMD_ACCOUNT_UPDATE:
-        CHECK_EQ_STR(a->u.update.name, b->u.update.name);
-        check_limits_equal(&a->u.update.limits, &b->u.update.limits);
-        CHECK_EQ_INT(a->u.update.clear, b->u.update.clear);
-        CHECK_EQ_INT(a->u.update.set_parent, b->u.update.set_parent);
-        CHECK_EQ_STR(a->u.update.parent, b->u.update.parent);
-        break;
-    case LEDGER_CMD_KEY_ADD:
-    case LEDGER_CMD_KEY_REVOKE:
-        CHECK_EQ_STR(a->u.key.account, b->u.key.account);
-        CHECK(memcmp(a->u.key.key_hash, b->u.key.key_hash, LEDGER_KEY_HASH_SIZE) == 0);
-        break;
-    case LEDGER_CMD_MODEL_LIMIT_SET: {
-        const struct ledger_model_limits *x = &a->u.model_limit.limits;
-        const struct ledger_model_limits *y = &b->u.model_limit.limits;
-        CHECK_EQ_STR(a->u.model_limit.account, b->u.model_limit.account);
-        CHECK_EQ_STR(a->u.model_limit.model, b->u.model_limit.model);
-        CHECK(x->set == y->set && x->budget_micros == y->budget_micros);
-        CHECK(x->rpm == y->rpm && x->rpm_burst == y->rpm_burst);
-        CHECK(x->tpm == y->tpm && x->tpm_burst == y->tpm_burst);
-        break;
-    }
-    case LEDGER_CMD_RESERVE:
-        CHECK_EQ_INT(a->u.reserve.by_account, b->u.reserve.by_account);
-        CHECK(memcmp(a->u.reserve.key_hash, b->u.reserve.key_hash, LEDGER_KEY_HASH_SIZE) == 0);
-        CHECK_EQ_STR(a->u.reserve.account, b->u.reserve.account);
-        CHECK_EQ_INT(a->u.reserve.estimate_micros, b->u.reserve.estimate_micros);
-        CHECK(a->u.reserve.estimate_tokens == b->u.reserve.estimate_tokens);
-        CHECK_EQ_STR(a->u.reserve.model, b->u.reserve.model);
-        CHECK_EQ_INT(a->u.reserve.ttl_ms, b->u.reserve.ttl_ms);
-        CHECK_EQ_INT(a->u.reserve.metadata_len, b->u.reserve.metadata_len);
-        if (a->u.reserve.metadata_len == b->u.reserve.metadata_len) {
-            size_t n = a->u.reserve.metadata_len;
-            CHECK(memcmp(a->u.reserve.metadata, b->u.reserve.metadata, n) == 0);
-        }
-        break;
-    case LEDGER_CMD_SETTLE:
-        CHECK_EQ_INT(a->u.settle.actual_micros, b->u.settle.actual_micros);
-        CHECK(a->u.settle.actual_tokens == b->u.settle.actual_tokens);
-        break;
-    case LEDGER_CMD_EXTEND:
-        CHECK_EQ_INT(a->u.extend.ttl_ms, b->u.extend.ttl_ms);
-        break;
-    case LEDGER_CMD_CONFIG_SET:
-        CHECK_EQ_INT(a->u.config.retention_ms, b->u.config.retention_ms);
-        break;
-    default:
-        break;
-    }
-}
-
 static void check_request_equal(const struct rpc_request *a, const struct rpc_request *b)
 {
     CHECK(a->seq == b->seq);
@@ -548,21 +471,6 @@ static void check_request_equal(const struct rpc_request *a, const struct rpc_re
     default:
         break;
     }
-}
-
-static void check_result_equal(const struct ledger_result *a, const struct ledger_result *b)
-{
-    CHECK_EQ_INT(a->status, b->status);
-    CHECK_EQ_INT(a->cmd_type, b->cmd_type);
-    CHECK_EQ_INT(a->deny_reason, b->deny_reason);
-    CHECK_EQ_INT(a->flags, b->flags);
-    CHECK(memcmp(a->request_id, b->request_id, LEDGER_REQUEST_ID_SIZE) == 0);
-    CHECK_EQ_STR(a->account, b->account);
-    CHECK_EQ_INT(a->remaining, b->remaining);
-    CHECK_EQ_INT(a->retry_after_ms, b->retry_after_ms);
-    CHECK_EQ_INT(a->charged_micros, b->charged_micros);
-    CHECK_EQ_INT(a->overrun_micros, b->overrun_micros);
-    CHECK_EQ_INT(a->expires_at_ms, b->expires_at_ms);
 }
 
 static void check_account_equal(const struct ledger_account_info *a,
@@ -891,113 +799,34 @@ static bool mpb_response_refused(struct mpb *b, int op)
     return refused;
 }
 
-/* ---- A msgpack walker over valid bodies. ---- */
+/* ---- Valid bodies, walked (mp_walk.h). ---- */
 
-struct node {
-    size_t off, len; /* the whole node */
-    size_t hdr;      /* type byte and length or count */
-    char kind;       /* 'i' integer, 'n' nil, 's' str, 'b' bin, 'a' array */
-    uint32_t count;  /* arrays: elements */
-    size_t parent;   /* SIZE_MAX for the root */
-    /* Arrays whose elements are all arrays are pages of records or members, whose length
-     * varies; every other array has the fixed shape of one record. */
-    bool variable;
-};
-
-struct tree {
-    struct node *nodes;
-    size_t n, cap;
-};
-
-static uint64_t be_bytes(const uint8_t *p, size_t n)
+/* Every node of a valid body, which holds only integers, nil, strings, bins and arrays.
+ * Aborts on anything else. */
+static struct mpw_tree tree_of(const uint8_t *p, size_t len)
 {
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        v = v << 8 | p[i];
-    }
-    return v;
-}
-
-/* Adds the node at `off` and its descendants (pre-order); returns the offset after it.
- * Aborts on what a valid body never holds. */
-static size_t walk(const uint8_t *p, size_t len, size_t off, size_t parent, struct tree *t)
-{
-    if (off >= len) {
-        fprintf(stderr, "walk: node past the end at %zu\n", off);
+    struct mpw_tree t = {NULL, 0, 0};
+    size_t end = mpw_walk(&t, p, len, 0, SIZE_MAX);
+    if (end == 0) {
         abort();
     }
-    if (t->n == t->cap) {
-        t->cap = t->cap != 0 ? 2 * t->cap : 64;
-        t->nodes = realloc(t->nodes, t->cap * sizeof(*t->nodes));
-        if (t->nodes == NULL) {
-            abort();
-        }
-    }
-    size_t idx = t->n++;
-    struct node nd = {.off = off, .hdr = 1, .parent = parent};
-    uint8_t b = p[off];
-    size_t content = 0;
-    if (b <= 0x7f || b >= 0xe0) {
-        nd.kind = 'i';
-    } else if (b >= 0xa0 && b <= 0xbf) {
-        nd.kind = 's';
-        content = b & 0x1f;
-    } else if (b >= 0x90 && b <= 0x9f) {
-        nd.kind = 'a';
-        nd.count = b & 0x0f;
-    } else if (b == 0xc0) {
-        nd.kind = 'n';
-    } else if (b >= 0xcc && b <= 0xcf) {
-        nd.kind = 'i';
-        nd.hdr = 1 + ((size_t)1 << (b - 0xcc));
-    } else if (b >= 0xd0 && b <= 0xd3) {
-        nd.kind = 'i';
-        nd.hdr = 1 + ((size_t)1 << (b - 0xd0));
-    } else if (b == 0xd9 || b == 0xda || b == 0xdb || b == 0xc4 || b == 0xc5 || b == 0xc6) {
-        nd.kind = b >= 0xd9 ? 's' : 'b';
-        size_t w = (size_t)1 << (b >= 0xd9 ? b - 0xd9 : b - 0xc4);
-        nd.hdr = 1 + w;
-        content = (size_t)be_bytes(p + off + 1, w);
-    } else if (b == 0xdc || b == 0xdd) {
-        nd.kind = 'a';
-        nd.hdr = b == 0xdc ? 3 : 5;
-        nd.count = (uint32_t)be_bytes(p + off + 1, nd.hdr - 1);
-    } else {
-        fprintf(stderr, "walk: unexpected type byte 0x%02x at %zu\n", b, off);
-        abort();
-    }
-    size_t end = off + nd.hdr + content;
-    if (nd.kind == 'a') {
-        bool all_arrays = nd.count > 0;
-        for (uint32_t i = 0; i < nd.count; i++) {
-            size_t child = t->n;
-            end = walk(p, len, end, idx, t);
-            all_arrays = all_arrays && t->nodes[child].kind == 'a';
-        }
-        nd.variable = all_arrays;
-    }
-    if (end > len) {
-        fprintf(stderr, "walk: node at %zu ends past the body\n", off);
-        abort();
-    }
-    nd.len = end - off;
-    t->nodes[idx] = nd;
-    return end;
-}
-
-static struct tree tree_of(const uint8_t *p, size_t len)
-{
-    struct tree t = {NULL, 0, 0};
-    size_t end = walk(p, len, 0, SIZE_MAX, &t);
     if (end != len) {
         fprintf(stderr, "walk: %zu bytes after the message\n", len - end);
         abort();
+    }
+    for (size_t i = 0; i < t.n; i++) {
+        enum mpw_kind k = t.nodes[i].kind;
+        if (k == MPW_BOOL || k == MPW_FLOAT || k == MPW_MAP) {
+            fprintf(stderr, "walk: unexpected type byte 0x%02x at %zu\n", p[t.nodes[i].off],
+                    t.nodes[i].off);
+            abort();
+        }
     }
     return t;
 }
 
 /* The last direct child of node `idx`, or SIZE_MAX. */
-static size_t last_child(const struct tree *t, size_t idx)
+static size_t last_child(const struct mpw_tree *t, size_t idx)
 {
     size_t last = SIZE_MAX;
     for (size_t i = idx + 1; i < t->n && t->nodes[i].off < t->nodes[idx].off + t->nodes[idx].len;
@@ -1662,7 +1491,7 @@ static void request_decode_refuses_wrong_field_counts_for_every_op(void)
             bytes_add(&b, &zero, 1);
             CHECK(request_refused(b.p, b.len));
             free(b.p);
-            struct tree t = tree_of(body.p, body.len);
+            struct mpw_tree t = tree_of(body.p, body.len);
             size_t last = last_child(&t, 0);
             REQUIRE(last != SIZE_MAX);
             b = splice(body.p, t.nodes[last].off, 0, 1, &fewer, 1, NULL, 0);
@@ -1908,20 +1737,20 @@ static void response_decode_refuses_failure_form_with_wrong_field_count(void)
  * first record repeated. */
 static struct bytes one_more_record(const struct body *body, size_t which)
 {
-    struct tree t = tree_of(body->p, body->len);
+    struct mpw_tree t = tree_of(body->p, body->len);
     size_t list = SIZE_MAX, k = 0;
     for (size_t i = 1; i < t.n; i++) {
         if (t.nodes[i].parent == 0 && k++ == which) {
             list = i;
         }
     }
-    if (list == SIZE_MAX || t.nodes[list].kind != 'a' || t.nodes[list].count == 0) {
+    if (list == SIZE_MAX || t.nodes[list].kind != MPW_ARRAY || t.nodes[list].value == 0) {
         fprintf(stderr, "one_more_record: no records\n");
         abort();
     }
-    const struct node *a = &t.nodes[list], *first = &t.nodes[list + 1];
+    const struct mpw_node *a = &t.nodes[list], *first = &t.nodes[list + 1];
     uint8_t h[5];
-    size_t hl = array_header(h, a->count + 1);
+    size_t hl = array_header(h, a->value + 1);
     struct bytes b = splice(body->p, body->len, a->off, a->hdr, h, hl, NULL, 0);
     /* The first record again, right after the new header. */
     struct bytes c = splice(b.p, b.len, a->off + hl, 0, body->p + first->off, first->len, NULL, 0);
@@ -1949,10 +1778,10 @@ static void response_decode_refuses_more_than_max_items_or_members(void)
     struct body body = response_body(RPC_OP_STATUS, &r);
     REQUIRE(body.p != NULL);
     /* The status record is the root's third child; its members are its tenth. */
-    struct tree t = tree_of(body.p, body.len);
+    struct mpw_tree t = tree_of(body.p, body.len);
     size_t status = SIZE_MAX;
     for (size_t i = 1; i < t.n; i++) {
-        if (t.nodes[i].parent == 0 && t.nodes[i].kind == 'a') {
+        if (t.nodes[i].parent == 0 && t.nodes[i].kind == MPW_ARRAY) {
             status = i;
         }
     }
@@ -2057,26 +1886,26 @@ static void decode_refuses_array_counts_one_off_in_every_message(void)
     static const uint8_t zero = 0x00;
     for (size_t i = 0; i < n_samples; i++) {
         const struct sample *s = &samples[i];
-        struct tree t = tree_of(s->body.p, s->body.len);
+        struct mpw_tree t = tree_of(s->body.p, s->body.len);
         for (size_t k = 0; k < t.n; k++) {
-            const struct node *a = &t.nodes[k];
-            if (a->kind != 'a') {
+            const struct mpw_node *a = &t.nodes[k];
+            if (a->kind != MPW_ARRAY) {
                 continue;
             }
             uint8_t h[5];
             /* A count one off with the elements left as they are. */
-            size_t hl = array_header(h, a->count + 1);
+            size_t hl = array_header(h, a->value + 1);
             struct bytes d = splice(s->body.p, s->body.len, a->off, a->hdr, h, hl, NULL, 0);
             check_refused(s, d.p, d.len, "array count one more than its elements", a->off);
             free(d.p);
-            if (a->count > 0) {
-                hl = array_header(h, a->count - 1);
+            if (a->value > 0) {
+                hl = array_header(h, a->value - 1);
                 d = splice(s->body.p, s->body.len, a->off, a->hdr, h, hl, NULL, 0);
                 check_refused(s, d.p, d.len, "array count one less than its elements", a->off);
                 free(d.p);
             }
             /* One element more (a 0 appended): refused by every array, fixed or not. */
-            hl = array_header(h, a->count + 1);
+            hl = array_header(h, a->value + 1);
             struct bytes b = splice(s->body.p, s->body.len, a->off, a->len, h, hl,
                                     s->body.p + a->off + a->hdr, a->len - a->hdr);
             struct bytes c =
@@ -2086,10 +1915,10 @@ static void decode_refuses_array_counts_one_off_in_every_message(void)
             free(c.p);
             /* One element fewer (the last dropped): refused by records of fixed shape. */
             size_t last = last_child(&t, k);
-            if (a->variable || last == SIZE_MAX) {
+            if (a->all_arrays || last == SIZE_MAX) {
                 continue;
             }
-            hl = array_header(h, a->count - 1);
+            hl = array_header(h, a->value - 1);
             b = splice(s->body.p, s->body.len, a->off, a->len, h, hl, s->body.p + a->off + a->hdr,
                        t.nodes[last].off - a->off - a->hdr);
             check_refused(s, b.p, b.len, "array with its last element dropped", a->off);
@@ -2105,10 +1934,10 @@ static void decode_refuses_every_scalar_nested_in_an_array(void)
     static const uint8_t wrap = 0x91;
     for (size_t i = 0; i < n_samples; i++) {
         const struct sample *s = &samples[i];
-        struct tree t = tree_of(s->body.p, s->body.len);
+        struct mpw_tree t = tree_of(s->body.p, s->body.len);
         for (size_t k = 0; k < t.n; k++) {
-            const struct node *nd = &t.nodes[k];
-            if (nd->kind == 'a') {
+            const struct mpw_node *nd = &t.nodes[k];
+            if (nd->kind == MPW_ARRAY) {
                 continue;
             }
             struct bytes b = splice(s->body.p, s->body.len, nd->off, 0, &wrap, 1, NULL, 0);
@@ -2125,9 +1954,9 @@ static void decode_refuses_nil_in_place_of_every_node(void)
     static const uint8_t nil = 0xc0;
     for (size_t i = 0; i < n_samples; i++) {
         const struct sample *s = &samples[i];
-        struct tree t = tree_of(s->body.p, s->body.len);
+        struct mpw_tree t = tree_of(s->body.p, s->body.len);
         for (size_t k = 0; k < t.n; k++) {
-            const struct node *nd = &t.nodes[k];
+            const struct mpw_node *nd = &t.nodes[k];
             struct bytes b = splice(s->body.p, s->body.len, nd->off, nd->len, &nil, 1, NULL, 0);
             check_refused(s, b.p, b.len, "nil in place of a node", nd->off);
             free(b.p);
@@ -2142,11 +1971,11 @@ static void decode_refuses_embedded_nul_in_every_string(void)
     size_t tried = 0;
     for (size_t i = 0; i < n_samples; i++) {
         const struct sample *s = &samples[i];
-        struct tree t = tree_of(s->body.p, s->body.len);
+        struct mpw_tree t = tree_of(s->body.p, s->body.len);
         for (size_t k = 0; k < t.n; k++) {
-            const struct node *nd = &t.nodes[k];
+            const struct mpw_node *nd = &t.nodes[k];
             size_t content = nd->len - nd->hdr;
-            if (nd->kind != 's' || content == 0) {
+            if (nd->kind != MPW_STR || content == 0) {
                 continue;
             }
             /* A NUL first, in the middle and last. */
@@ -2170,13 +1999,13 @@ static void decode_refuses_fixed_size_bins_one_byte_off(void)
     size_t tried = 0;
     for (size_t i = 0; i < n_samples; i++) {
         const struct sample *s = &samples[i];
-        struct tree t = tree_of(s->body.p, s->body.len);
+        struct mpw_tree t = tree_of(s->body.p, s->body.len);
         for (size_t k = 0; k < t.n; k++) {
-            const struct node *nd = &t.nodes[k];
+            const struct mpw_node *nd = &t.nodes[k];
             size_t content = nd->len - nd->hdr;
             /* Request ids are 16 bytes; key hashes, state and admin hashes 32. Metadata,
              * the only bin of varying length, is 0 or 256 bytes in the samples. */
-            if (nd->kind != 'b' || (content != 16 && content != 32)) {
+            if (nd->kind != MPW_BIN || (content != 16 && content != 32)) {
                 continue;
             }
             uint8_t h[5], extra = 0xee;
@@ -2208,15 +2037,16 @@ static void decode_refuses_every_string_and_bin_one_byte_over_its_bound(void)
         if (!s->at_max) {
             continue; /* only there is every string and bin at its bound */
         }
-        struct tree t = tree_of(s->body.p, s->body.len);
+        struct mpw_tree t = tree_of(s->body.p, s->body.len);
         for (size_t k = 0; k < t.n; k++) {
-            const struct node *nd = &t.nodes[k];
-            if (nd->kind != 's' && nd->kind != 'b') {
+            const struct mpw_node *nd = &t.nodes[k];
+            if (nd->kind != MPW_STR && nd->kind != MPW_BIN) {
                 continue;
             }
             size_t content = nd->len - nd->hdr;
             uint8_t h[5], extra = 'x';
-            size_t hl = nd->kind == 's' ? str_header(h, content + 1) : bin_header(h, content + 1);
+            size_t hl =
+                nd->kind == MPW_STR ? str_header(h, content + 1) : bin_header(h, content + 1);
             struct bytes b = splice(s->body.p, s->body.len, nd->off, nd->len, h, hl,
                                     s->body.p + nd->off + nd->hdr, content);
             struct bytes c = splice(b.p, b.len, nd->off + hl + content, 0, &extra, 1, NULL, 0);

@@ -1,29 +1,12 @@
 /*
- * ledger_testlib.h: builders for ledger commands and a one-call way to apply them.
+ * ledger_testlib.c: the builders and runners of ledger_testlib.h.
  *
- * struct tl wraps a ledger opened in a temp directory with its own Raft-like index
- * counter and a test-controlled clock (`now_ms`), so a test reads like a script:
- *
- *     struct tl t; tl_open(&t, 1000);
- *     struct ledger_result r = tl_run(&t, tl_create("org", "", NULL));
- *
- * Everything is static inline: include it from any test file.
+ * The ledgers a test opens are recorded here and closed by the harness's end-of-test hook,
+ * so a test that stops on a REQUIRE leaves nothing open.
  */
-#ifndef TALLY_LEDGER_TESTLIB_H
-#define TALLY_LEDGER_TESTLIB_H
-
-#include "ledger/ledger.h"
-#include "test.h"
+#include "ledger_testlib.h"
 
 #include <openssl/sha.h>
-
-struct tl {
-    struct ledger *l;
-    const char *dir;
-    uint64_t index;  /* next batch is applied at index + 1 */
-    int64_t now_ms;  /* stamp of the next batch */
-    uint64_t next_id; /* request ids from tl_next_id() */
-};
 
 /* Ledgers a test opened and has not closed: closed when the test ends. */
 static struct ledger *tl_open_ledgers[64];
@@ -36,7 +19,7 @@ static void tl_close_all(void)
     }
 }
 
-static inline void tl_track(struct ledger *l, struct ledger *replace)
+void tl_track(struct ledger *l, struct ledger *replace)
 {
     test_end_hook = tl_close_all;
     for (int i = 0; i < 64; i++) {
@@ -49,7 +32,7 @@ static inline void tl_track(struct ledger *l, struct ledger *replace)
     abort();
 }
 
-static inline void tl_open_opts(struct tl *t, int64_t now_ms, const struct ledger_options *o)
+void tl_open_opts(struct tl *t, int64_t now_ms, const struct ledger_options *o)
 {
     char err[LEDGER_ERRMSG_SIZE] = "";
     memset(t, 0, sizeof(*t));
@@ -64,20 +47,19 @@ static inline void tl_open_opts(struct tl *t, int64_t now_ms, const struct ledge
     tl_track(t->l, NULL);
 }
 
-static inline void tl_open(struct tl *t, int64_t now_ms)
+void tl_open(struct tl *t, int64_t now_ms)
 {
     tl_open_opts(t, now_ms, NULL);
 }
 
-static inline void tl_close(struct tl *t)
+void tl_close(struct tl *t)
 {
     tl_track(NULL, t->l);
     ledger_close(t->l);
     t->l = NULL;
 }
 
-/* A request id whose first 8 bytes are `n` big-endian and the rest zero. */
-static inline void tl_id(uint8_t id[LEDGER_REQUEST_ID_SIZE], uint64_t n)
+void tl_id(uint8_t id[LEDGER_REQUEST_ID_SIZE], uint64_t n)
 {
     memset(id, 0, LEDGER_REQUEST_ID_SIZE);
     for (int i = 0; i < 8; i++) {
@@ -85,12 +67,12 @@ static inline void tl_id(uint8_t id[LEDGER_REQUEST_ID_SIZE], uint64_t n)
     }
 }
 
-static inline void tl_key_hash(const char *secret, uint8_t out[LEDGER_KEY_HASH_SIZE])
+void tl_key_hash(const char *secret, uint8_t out[LEDGER_KEY_HASH_SIZE])
 {
     SHA256((const unsigned char *)secret, strlen(secret), out);
 }
 
-static inline struct ledger_cmd tl_cmd(struct tl *t, uint8_t type)
+struct ledger_cmd tl_cmd(struct tl *t, uint8_t type)
 {
     struct ledger_cmd c;
     memset(&c, 0, sizeof(c));
@@ -100,9 +82,8 @@ static inline struct ledger_cmd tl_cmd(struct tl *t, uint8_t type)
     return c;
 }
 
-/* Apply `n` commands as one batch at the next index; results into `out`. */
-static inline int tl_apply(struct tl *t, const struct ledger_cmd *cmds, size_t n,
-                           struct ledger_result *out, size_t *n_out)
+int tl_apply(struct tl *t, const struct ledger_cmd *cmds, size_t n, struct ledger_result *out,
+             size_t *n_out)
 {
     void *buf = NULL;
     size_t len = 0;
@@ -117,9 +98,7 @@ static inline int tl_apply(struct tl *t, const struct ledger_cmd *cmds, size_t n
     return rv;
 }
 
-/* Apply one command as its own batch and return its result (fails the test on a batch
- * error). */
-static inline struct ledger_result tl_run(struct tl *t, struct ledger_cmd c)
+struct ledger_result tl_run(struct tl *t, struct ledger_cmd c)
 {
     static struct ledger_result results[LEDGER_BATCH_MAX_CMDS];
     size_t n = 0;
@@ -133,12 +112,8 @@ static inline struct ledger_result tl_run(struct tl *t, struct ledger_cmd c)
     return results[0];
 }
 
-/* Apply an empty-effect batch (a config_set that keeps retention) so time advances and
- * expiry runs at t->now_ms. */
-static inline void tl_tick(struct tl *t);
-
-static inline struct ledger_cmd tl_create(struct tl *t, const char *name, const char *parent,
-                                          const struct ledger_limits *lim)
+struct ledger_cmd tl_create(struct tl *t, const char *name, const char *parent,
+                            const struct ledger_limits *lim)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_ACCOUNT_CREATE);
     snprintf(c.u.create.name, sizeof(c.u.create.name), "%s", name);
@@ -149,8 +124,8 @@ static inline struct ledger_cmd tl_create(struct tl *t, const char *name, const 
     return c;
 }
 
-static inline struct ledger_cmd tl_update(struct tl *t, const char *name,
-                                          const struct ledger_limits *lim, uint32_t clear)
+struct ledger_cmd tl_update(struct tl *t, const char *name, const struct ledger_limits *lim,
+                            uint32_t clear)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_ACCOUNT_UPDATE);
     snprintf(c.u.update.name, sizeof(c.u.update.name), "%s", name);
@@ -161,7 +136,7 @@ static inline struct ledger_cmd tl_update(struct tl *t, const char *name,
     return c;
 }
 
-static inline struct ledger_cmd tl_move(struct tl *t, const char *name, const char *parent)
+struct ledger_cmd tl_move(struct tl *t, const char *name, const char *parent)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_ACCOUNT_UPDATE);
     snprintf(c.u.update.name, sizeof(c.u.update.name), "%s", name);
@@ -170,7 +145,7 @@ static inline struct ledger_cmd tl_move(struct tl *t, const char *name, const ch
     return c;
 }
 
-static inline struct ledger_cmd tl_key_add(struct tl *t, const char *account, const char *secret)
+struct ledger_cmd tl_key_add(struct tl *t, const char *account, const char *secret)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_KEY_ADD);
     snprintf(c.u.key.account, sizeof(c.u.key.account), "%s", account);
@@ -178,16 +153,15 @@ static inline struct ledger_cmd tl_key_add(struct tl *t, const char *account, co
     return c;
 }
 
-static inline struct ledger_cmd tl_key_revoke(struct tl *t, const char *secret)
+struct ledger_cmd tl_key_revoke(struct tl *t, const char *secret)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_KEY_REVOKE);
     tl_key_hash(secret, c.u.key.key_hash);
     return c;
 }
 
-static inline struct ledger_cmd tl_model_limit(struct tl *t, const char *account,
-                                               const char *model,
-                                               const struct ledger_model_limits *lim)
+struct ledger_cmd tl_model_limit(struct tl *t, const char *account, const char *model,
+                                 const struct ledger_model_limits *lim)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_MODEL_LIMIT_SET);
     snprintf(c.u.model_limit.account, sizeof(c.u.model_limit.account), "%s", account);
@@ -198,10 +172,8 @@ static inline struct ledger_cmd tl_model_limit(struct tl *t, const char *account
     return c;
 }
 
-/* Reserve by account name with request id `id`. */
-static inline struct ledger_cmd tl_reserve(struct tl *t, uint64_t id, const char *account,
-                                           int64_t estimate_micros, uint64_t tokens,
-                                           int64_t ttl_ms)
+struct ledger_cmd tl_reserve(struct tl *t, uint64_t id, const char *account,
+                             int64_t estimate_micros, uint64_t tokens, int64_t ttl_ms)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_RESERVE);
     tl_id(c.request_id, id);
@@ -213,10 +185,8 @@ static inline struct ledger_cmd tl_reserve(struct tl *t, uint64_t id, const char
     return c;
 }
 
-/* Reserve by virtual key secret (hashed here, as libtally does). */
-static inline struct ledger_cmd tl_reserve_key(struct tl *t, uint64_t id, const char *secret,
-                                               int64_t estimate_micros, uint64_t tokens,
-                                               int64_t ttl_ms)
+struct ledger_cmd tl_reserve_key(struct tl *t, uint64_t id, const char *secret,
+                                 int64_t estimate_micros, uint64_t tokens, int64_t ttl_ms)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_RESERVE);
     tl_id(c.request_id, id);
@@ -227,8 +197,8 @@ static inline struct ledger_cmd tl_reserve_key(struct tl *t, uint64_t id, const 
     return c;
 }
 
-static inline struct ledger_cmd tl_settle(struct tl *t, uint64_t id, int64_t actual_micros,
-                                          uint64_t actual_tokens)
+struct ledger_cmd tl_settle(struct tl *t, uint64_t id, int64_t actual_micros,
+                            uint64_t actual_tokens)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_SETTLE);
     tl_id(c.request_id, id);
@@ -237,14 +207,14 @@ static inline struct ledger_cmd tl_settle(struct tl *t, uint64_t id, int64_t act
     return c;
 }
 
-static inline struct ledger_cmd tl_void(struct tl *t, uint64_t id)
+struct ledger_cmd tl_void(struct tl *t, uint64_t id)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_VOID);
     tl_id(c.request_id, id);
     return c;
 }
 
-static inline struct ledger_cmd tl_extend(struct tl *t, uint64_t id, int64_t ttl_ms)
+struct ledger_cmd tl_extend(struct tl *t, uint64_t id, int64_t ttl_ms)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_EXTEND);
     tl_id(c.request_id, id);
@@ -252,23 +222,21 @@ static inline struct ledger_cmd tl_extend(struct tl *t, uint64_t id, int64_t ttl
     return c;
 }
 
-static inline struct ledger_cmd tl_config(struct tl *t, int64_t retention_ms)
+struct ledger_cmd tl_config(struct tl *t, int64_t retention_ms)
 {
     struct ledger_cmd c = tl_cmd(t, LEDGER_CMD_CONFIG_SET);
     c.u.config.retention_ms = retention_ms;
     return c;
 }
 
-/* An extend of a reservation nobody holds: changes nothing but lets time advance. */
-static inline void tl_tick(struct tl *t)
+void tl_tick(struct tl *t)
 {
     struct ledger_cmd c = tl_extend(t, UINT64_MAX, 1);
     struct ledger_result r = tl_run(t, c);
     REQUIRE(r.status == -LEDGER_ENOTFOUND);
 }
 
-/* Account state, failing the test if the account is missing. */
-static inline struct ledger_account_info tl_account(struct tl *t, const char *name)
+struct ledger_account_info tl_account(struct tl *t, const char *name)
 {
     struct ledger_account_info a;
     int rv = ledger_account_get(t->l, name, &a);
@@ -278,15 +246,3 @@ static inline struct ledger_account_info tl_account(struct tl *t, const char *na
     REQUIRE(rv == 0);
     return a;
 }
-
-/* Invariants hold, with the checker's message on failure. */
-#define TL_CHECK_INVARIANTS(t)                                                                 \
-    do {                                                                                       \
-        int tl_rv_ = ledger_check_invariants((t)->l);                                          \
-        if (tl_rv_ != 0) {                                                                     \
-            fprintf(stderr, "  invariants: %s\n", ledger_errmsg((t)->l));                      \
-        }                                                                                      \
-        CHECK(tl_rv_ == 0);                                                                    \
-    } while (0)
-
-#endif /* TALLY_LEDGER_TESTLIB_H */
