@@ -471,16 +471,8 @@ static int tls_configure(struct tally *c, const struct tally_config *cfg, char *
 /* Free what tally_open() allocated (the thread is not running). */
 static void client_free(struct tally *c)
 {
-    SSL_free(c->conn.ssl);
+    client__conn_free(&c->conn);
     SSL_CTX_free(c->tls_ctx);
-    if (c->conn.fd >= 0) {
-        close(c->conn.fd);
-    }
-    if (c->conn.addrs != NULL) {
-        freeaddrinfo(c->conn.addrs);
-    }
-    rpc_framer_free(&c->conn.framer);
-    rpc_buf_free(&c->conn.out);
     if (c->wake_fd >= 0) {
         close(c->wake_fd);
     }
@@ -554,10 +546,9 @@ int tally_open(struct tally **out, const struct tally_config *cfg, char *errmsg)
         set_errmsg(errmsg, "cannot create a mutex");
         return -TALLY_EINTERNAL;
     }
-    c->conn.fd = -1;
+    client__io_init(c);
     c->wake_fd = -1;
     c->next_seq = 1;
-    rpc_framer_init(&c->conn.framer, c->max_frame_bytes);
     if (client__random_bytes(&c->rng, sizeof(c->rng)) != 0 || c->rng == 0) {
         c->rng = (uint64_t)client__mono_ms() | 1;
     }

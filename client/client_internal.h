@@ -7,7 +7,8 @@
  * The files, by concern: client.c (configuration, open/close, stats, submitting a call),
  * calls.c (building every call, validation, copying answers, results), io.c (the I/O
  * thread: loop, deadline heap, pending list, sent table, answers), conn.c (the connection:
- * endpoints, connect, TLS, HELLO, frames) and status.c (tally_status()).
+ * endpoints, connect, TLS, HELLO, frames) and status.c (tally_status(): the same
+ * connection, driven once on the caller's thread).
  */
 #ifndef TALLY_CLIENT_INTERNAL_H
 #define TALLY_CLIENT_INTERNAL_H
@@ -121,7 +122,37 @@ struct tls_io {
     int err;
 };
 
+/* Why a connection failed, as a mask, for the code that drives it (0: otherwise). */
+enum conn_fail {
+    CONN_FAIL_CONNECT = 1u << 0,   /* socket or TCP connect: the next address may be tried */
+    CONN_FAIL_HANDSHAKE = 1u << 1, /* the TLS handshake: so may the next address */
+    CONN_FAIL_VERIFY = 1u << 2,    /* with HANDSHAKE: the server's certificate did not verify */
+    CONN_FAIL_PROTO = 1u << 3,     /* the server broke the protocol (a frame over the bound) */
+    CONN_FAIL_NOMEM = 1u << 4,     /* out of memory */
+    CONN_FAIL_CLOSED = 1u << 5,    /* the node ended the stream or reset it (plain TCP) */
+};
+
+/*
+ * What a connection (conn.c) reports to the code that drives it: the I/O thread (io.c),
+ * or tally_status() on its caller's thread (status.c). Each is called with `arg`, the
+ * connection's ops_arg, from within a client__conn_*() call of the driver's.
+ */
+struct conn_ops {
+    /* TCP is connected and TLS, when configured, is done: the driver sends HELLO
+     * (client__conn_send_hello()). */
+    void (*up)(void *arg, int64_t now_ms);
+    /* The connection failed (`fail`: enum conn_fail bits; `why` borrowed): the driver
+     * closes it (client__conn_close()) before it returns. */
+    void (*failed)(void *arg, int64_t now_ms, unsigned fail, const char *why);
+    /* One complete frame from the server (`len` bytes of `body`, borrowed until the call
+     * returns). The driver may close the connection: the rest of the stream is then void. */
+    void (*frame)(void *arg, const uint8_t *body, size_t len, int64_t now_ms);
+};
+
 struct conn {
+    const struct tally *client; /* its configuration only (read-only after tally_open()) */
+    const struct conn_ops *ops;
+    void *ops_arg;
     int fd;
     uint8_t state; /* enum conn_state */
     char target[TALLY_ADDRESS_MAX + 1];
@@ -280,20 +311,11 @@ void client__status_from_wire(const struct rpc_node_status *in, struct tally_nod
 
 /* ---- io.c: the I/O thread. ---- */
 
+/* Set up the client's connection (DOWN) for the I/O thread. */
+void client__io_init(struct tally *c);
+
 /* The I/O thread's body; `arg` is the client. Returns when the client closes. */
 void *client__io_main(void *arg);
-
-/*
- * Close the connection (if any) and decide where and when to connect next. Calls that
- * were sent on it go back to the pending list: a write is resent with the same id. With
- * `connect_failed` and more addresses of the same target left, the next one is tried at
- * once; otherwise the client moves to the redirect target or the next endpoint, after a
- * backoff that grows with consecutive failures.
- */
-void client__conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, const char *why);
-
-/* One frame (`len` bytes of `body`, borrowed) from the server. */
-void client__handle_frame(struct tally *c, const uint8_t *body, size_t len, int64_t now_ms);
 
 /* ---- conn.c: endpoints, TLS, the connection. ---- */
 
@@ -331,11 +353,33 @@ bool client__tls_failure(SSL *ssl, const struct tls_io *io, int err, const char 
 SSL *client__tls_session_new(const struct tally *c, const char *host, struct tls_io *io, char *why,
                              size_t why_size);
 
-/* Send buffered bytes until the socket would block. Returns 0, or -1 if it was dropped. */
-int client__conn_flush(struct tally *c, int64_t now_ms);
+/* Set up `k` (DOWN, no target) for a client `c` (borrowed; outlives k), reporting to
+ * `ops` with `ops_arg`. Free it with client__conn_free(). */
+void client__conn_init(struct conn *k, const struct tally *c, const struct conn_ops *ops,
+                       void *ops_arg);
 
-/* Start a non-blocking connect to the next address (resolving the target first). */
-void client__conn_start(struct tally *c, int64_t now_ms);
+/* Close the connection (if any): DOWN, its buffers empty, its epoch one more. The
+ * resolved addresses stay (client__conn_forget_addrs()). */
+void client__conn_close(struct conn *k);
+
+/* Free the resolved addresses of the target. */
+void client__conn_forget_addrs(struct conn *k);
+
+/* Close `k` and free what it holds. */
+void client__conn_free(struct conn *k);
+
+/* Make `ep` (borrowed) the target and resolve its addresses. Returns 0, or -1 with why. */
+int client__conn_resolve(struct conn *k, const struct endpoint *ep, char *why, size_t why_size);
+
+/* Start a non-blocking connect to the next address of the target (there is one): the
+ * connection is CONNECTING, or failed (CONN_FAIL_CONNECT). */
+void client__conn_connect(struct conn *k, int64_t now_ms);
+
+/* Send HELLO with `seq` and the client's token: the connection is HELLO, or failed. */
+void client__conn_send_hello(struct conn *k, uint64_t seq, int64_t now_ms);
+
+/* Send buffered bytes until the socket would block. Returns 0, or -1 if it failed. */
+int client__conn_flush(struct conn *k, int64_t now_ms);
 
 /* What to poll the connection's socket for. */
 short client__conn_events(const struct conn *k);
@@ -344,7 +388,8 @@ short client__conn_events(const struct conn *k);
  * so poll() would not report them. */
 bool client__conn_buffered(const struct conn *k);
 
-/* Act on what poll() reported for the socket (`revents`, and `buffered` plaintext). */
-void client__conn_io(struct tally *c, short revents, bool buffered, int64_t now_ms);
+/* Act on what poll() reported for the socket (`revents`, and `buffered` plaintext):
+ * finish the connect, drive the TLS handshake, send, read frames. */
+void client__conn_io(struct conn *k, short revents, bool buffered, int64_t now_ms);
 
 #endif

@@ -1,7 +1,11 @@
 /*
  * conn.c: the client's connection to one node: endpoints and their resolution, the
- * non-blocking connect, TLS, HELLO, reading frames and sending bytes. It runs on the I/O
- * thread (io.c), which decides what a dropped connection means for the calls on it.
+ * non-blocking connect, TLS, HELLO, reading frames and sending bytes. The one idea: the
+ * connection is mechanism only, and reports what happens to it (up, failed, a frame)
+ * through its struct conn_ops to the code that drives it, which decides what that means:
+ * the I/O thread (io.c) for the calls it holds, tally_status() (status.c) for its one
+ * question on the caller's thread. So there is one implementation of connect, TLS and
+ * HELLO; this file touches no state of the client's but its connection's.
  *
  * TLS, when configured, is OpenSSL driven over the same non-blocking socket: a connection
  * goes CONNECTING -> TLS (handshake) -> HELLO -> READY, and every SSL_connect, SSL_read
@@ -110,15 +114,7 @@ int client__endpoints_parse(const char *list, struct endpoint *eps, char *why, s
     }
 }
 
-/* Remember the current endpoint for tally_stats(). */
-static void set_endpoint_now(struct tally *c, const char *target)
-{
-    pthread_mutex_lock(&c->mu);
-    client__copy_text(c->endpoint_now, sizeof(c->endpoint_now), target);
-    pthread_mutex_unlock(&c->mu);
-}
-
-/* ---- TLS helpers (I/O thread and tally_status()'s callers). ---- */
+/* ---- TLS helpers. ---- */
 
 /*
  * OpenSSL's own socket BIO writes with write(2), which raises SIGPIPE when the peer has
@@ -285,17 +281,78 @@ SSL *client__tls_session_new(const struct tally *c, const char *host, struct tls
     return ssl;
 }
 
-/* ---- The connection (I/O thread). ---- */
+/* ---- The connection (the I/O thread's, or tally_status()'s on its caller's thread). ---- */
+
+void client__conn_init(struct conn *k, const struct tally *c, const struct conn_ops *ops,
+                       void *ops_arg)
+{
+    memset(k, 0, sizeof(*k));
+    k->fd = -1;
+    k->client = c;
+    k->ops = ops;
+    k->ops_arg = ops_arg;
+    rpc_framer_init(&k->framer, c->max_frame_bytes);
+}
+
+void client__conn_close(struct conn *k)
+{
+    if (k->ssl != NULL) {
+        SSL_free(k->ssl); /* no close_notify: the socket closes anyway */
+        k->ssl = NULL;
+    }
+    k->tls_wait = 0;
+    k->write_wants_read = false;
+    k->read_wants_write = false;
+    if (k->fd >= 0) {
+        close(k->fd);
+        k->fd = -1;
+    }
+    k->state = CONN_DOWN;
+    k->epoch++;
+    rpc_framer_free(&k->framer);
+    rpc_framer_init(&k->framer, k->client->max_frame_bytes);
+    k->out.len = 0;
+    k->out_off = 0;
+    k->silent_since_ms = 0;
+    k->unavailable_streak = 0;
+}
+
+void client__conn_free(struct conn *k)
+{
+    SSL_free(k->ssl);
+    k->ssl = NULL;
+    if (k->fd >= 0) {
+        close(k->fd);
+        k->fd = -1;
+    }
+    client__conn_forget_addrs(k);
+    rpc_framer_free(&k->framer);
+    rpc_buf_free(&k->out);
+}
+
+void client__conn_forget_addrs(struct conn *k)
+{
+    if (k->addrs != NULL) {
+        freeaddrinfo(k->addrs);
+    }
+    k->addrs = k->addr_next = NULL;
+}
+
+/* Report a failure to the driver, which closes the connection before it returns. */
+static void conn_fail(struct conn *k, int64_t now_ms, unsigned fail, const char *why)
+{
+    k->ops->failed(k->ops_arg, now_ms, fail, why);
+    assert(k->state == CONN_DOWN && k->fd < 0);
+}
 
 /*
  * Encrypt and send buffered bytes with SSL_write until it would wait. A write that waited
  * is repeated with the same bytes at the head (out_off does not move until SSL_write
  * takes them; the buffer may have moved and grown, which ACCEPT_MOVING_WRITE_BUFFER and a
- * length that never shrinks allow). Returns 0, or -1 if the connection was dropped.
+ * length that never shrinks allow). Returns 0, or -1 if the connection failed.
  */
-static int conn_flush_tls(struct tally *c, int64_t now_ms)
+static int conn_flush_tls(struct conn *k, int64_t now_ms)
 {
-    struct conn *k = &c->conn;
     char text[TLS_TEXT_MAX], why[WHY_MAX];
     while (k->out_off < k->out.len) {
         size_t left = k->out.len - k->out_off;
@@ -312,10 +369,10 @@ static int conn_flush_tls(struct tally *c, int64_t now_ms)
             k->write_wants_read = err == SSL_ERROR_WANT_READ;
             return 0;
         }
-        client__tls_failure(k->ssl, &k->io, err, "write", client__tls_name(c, k->host), text,
-                            sizeof(text));
+        client__tls_failure(k->ssl, &k->io, err, "write", client__tls_name(k->client, k->host),
+                            text, sizeof(text));
         snprintf(why, sizeof(why), "%s: %s", k->target, text);
-        client__conn_drop(c, now_ms, false, why);
+        conn_fail(k, now_ms, 0, why);
         return -1;
     }
     k->out.len = 0;
@@ -323,11 +380,10 @@ static int conn_flush_tls(struct tally *c, int64_t now_ms)
     return 0;
 }
 
-int client__conn_flush(struct tally *c, int64_t now_ms)
+int client__conn_flush(struct conn *k, int64_t now_ms)
 {
-    struct conn *k = &c->conn;
     if (k->ssl != NULL) {
-        return conn_flush_tls(c, now_ms);
+        return conn_flush_tls(k, now_ms);
     }
     while (k->out_off < k->out.len) {
         ssize_t n = send(k->fd, k->out.data + k->out_off, k->out.len - k->out_off,
@@ -341,7 +397,7 @@ int client__conn_flush(struct tally *c, int64_t now_ms)
             }
             char why[WHY_MAX];
             snprintf(why, sizeof(why), "%s: send: %s", k->target, strerror(errno));
-            client__conn_drop(c, now_ms, false, why);
+            conn_fail(k, now_ms, 0, why);
             return -1;
         }
         k->out_off += (size_t)n;
@@ -351,96 +407,74 @@ int client__conn_flush(struct tally *c, int64_t now_ms)
     return 0;
 }
 
-static int conn_resolve(struct tally *c, char *why, size_t why_size)
+int client__conn_resolve(struct conn *k, const struct endpoint *ep, char *why, size_t why_size)
 {
-    struct conn *k = &c->conn;
-    struct endpoint ep;
-    if (c->redirect[0] != '\0') {
-        int rc = client__endpoint_parse(c->redirect, strlen(c->redirect), &ep);
-        c->redirect[0] = '\0';
-        if (rc != 0) {
-            snprintf(why, why_size, "the leader's address \"%s\" is not host:port", ep.text);
-            return -1;
-        }
-    } else {
-        ep = c->endpoints[c->ep_idx];
-    }
-    client__copy_text(k->target, sizeof(k->target), ep.text);
-    client__copy_text(k->host, sizeof(k->host), ep.host);
-    set_endpoint_now(c, k->target);
+    client__conn_forget_addrs(k);
+    client__copy_text(k->target, sizeof(k->target), ep->text);
+    client__copy_text(k->host, sizeof(k->host), ep->host);
     struct addrinfo hints = {
         .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    int rc = getaddrinfo(ep.host, ep.port, &hints, &k->addrs);
+    int rc = getaddrinfo(ep->host, ep->port, &hints, &k->addrs);
     if (rc != 0) {
         k->addrs = NULL;
-        snprintf(why, why_size, "%s: %s", ep.text, gai_strerror(rc));
+        snprintf(why, why_size, "%s: %s", ep->text, gai_strerror(rc));
         return -1;
     }
     k->addr_next = k->addrs;
     return 0;
 }
 
-void client__conn_start(struct tally *c, int64_t now_ms)
+void client__conn_connect(struct conn *k, int64_t now_ms)
 {
-    struct conn *k = &c->conn;
     char why[WHY_MAX];
-    assert(k->state == CONN_DOWN && k->fd < 0);
-    c->tried_once = true;
-    if (k->addr_next == NULL && conn_resolve(c, why, sizeof(why)) != 0) {
-        client__conn_drop(c, now_ms, false, why);
-        return;
-    }
+    assert(k->state == CONN_DOWN && k->fd < 0 && k->addr_next != NULL);
     const struct addrinfo *ai = k->addr_next;
     k->addr_next = ai->ai_next;
     k->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (k->fd < 0) {
         snprintf(why, sizeof(why), "%s: socket: %s", k->target, strerror(errno));
-        client__conn_drop(c, now_ms, true, why);
+        conn_fail(k, now_ms, CONN_FAIL_CONNECT, why);
         return;
     }
     int one = 1;
     (void)setsockopt(k->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (connect(k->fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
         snprintf(why, sizeof(why), "%s: connect: %s", k->target, strerror(errno));
-        client__conn_drop(c, now_ms, true, why);
+        conn_fail(k, now_ms, CONN_FAIL_CONNECT, why);
         return;
     }
     k->state = CONN_CONNECTING;
-    k->phase_deadline_ms = now_ms + c->connect_timeout_ms;
 }
 
-/* The connection is up (TCP, and TLS when configured): send HELLO. */
-static void conn_send_hello(struct tally *c, int64_t now_ms)
+void client__conn_send_hello(struct conn *k, uint64_t seq, int64_t now_ms)
 {
-    struct conn *k = &c->conn;
     struct rpc_request hello;
     memset(&hello, 0, sizeof(hello));
-    hello.seq = k->hello_seq = c->next_seq++;
+    hello.seq = k->hello_seq = seq;
     hello.op = RPC_OP_HELLO;
     hello.u.hello.version = RPC_PROTOCOL_VERSION;
-    client__copy_text(hello.u.hello.token, sizeof(hello.u.hello.token), c->token);
+    client__copy_text(hello.u.hello.token, sizeof(hello.u.hello.token), k->client->token);
     if (rpc_request_encode(&k->out, &hello) != 0) {
         k->out.failed = false;
-        client__conn_drop(c, now_ms, false, "out of memory encoding HELLO");
+        conn_fail(k, now_ms, CONN_FAIL_NOMEM, "out of memory encoding HELLO");
         return;
     }
     k->state = CONN_HELLO;
-    client__conn_flush(c, now_ms);
+    client__conn_flush(k, now_ms);
 }
 
-/* Drive the TLS handshake as far as the socket allows; send HELLO once it is done. A
- * failed handshake is a failed connect (the next address or endpoint is tried). */
-static void conn_handshake(struct tally *c, int64_t now_ms)
+/* Drive the TLS handshake as far as the socket allows; the connection is up once it is
+ * done. A failed handshake is a failed connect (the I/O thread tries the next address or
+ * endpoint). */
+static void conn_handshake(struct conn *k, int64_t now_ms)
 {
-    struct conn *k = &c->conn;
     char text[TLS_TEXT_MAX], why[WHY_MAX];
     assert(k->state == CONN_TLS && k->ssl != NULL);
     ERR_clear_error();
     int rc = SSL_connect(k->ssl);
     if (rc == 1) {
         k->tls_wait = 0;
-        c->tls_verify_why[0] = '\0';
-        conn_send_hello(c, now_ms);
+        k->ops->up(k->ops_arg, now_ms);
         return;
     }
     int err = SSL_get_error(k->ssl, rc);
@@ -448,19 +482,15 @@ static void conn_handshake(struct tally *c, int64_t now_ms)
         k->tls_wait = err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
         return;
     }
-    bool verify_failed = client__tls_failure(k->ssl, &k->io, err, "handshake",
-                                             client__tls_name(c, k->host), text, sizeof(text));
+    bool verify_failed = client__tls_failure(
+        k->ssl, &k->io, err, "handshake", client__tls_name(k->client, k->host), text, sizeof(text));
     snprintf(why, sizeof(why), "%s: %s", k->target, text);
-    if (verify_failed) {
-        client__copy_text(c->tls_verify_why, sizeof(c->tls_verify_why), why);
-    }
-    client__conn_drop(c, now_ms, true, why);
+    conn_fail(k, now_ms, CONN_FAIL_HANDSHAKE | (verify_failed ? CONN_FAIL_VERIFY : 0u), why);
 }
 
-/* The TCP connect finished (POLLOUT): check it, then start TLS or send HELLO. */
-static void conn_connected(struct tally *c, int64_t now_ms)
+/* The TCP connect finished (POLLOUT): check it, then start TLS, or the connection is up. */
+static void conn_connected(struct conn *k, int64_t now_ms)
 {
-    struct conn *k = &c->conn;
     int err = 0;
     socklen_t len = sizeof(err);
     char text[TLS_TEXT_MAX], why[WHY_MAX];
@@ -469,33 +499,34 @@ static void conn_connected(struct tally *c, int64_t now_ms)
     }
     if (err != 0) {
         snprintf(why, sizeof(why), "%s: connect: %s", k->target, strerror(err));
-        client__conn_drop(c, now_ms, true, why);
+        conn_fail(k, now_ms, CONN_FAIL_CONNECT, why);
         return;
     }
-    if (c->tls_ctx == NULL) {
-        conn_send_hello(c, now_ms);
+    if (k->client->tls_ctx == NULL) {
+        k->ops->up(k->ops_arg, now_ms);
         return;
     }
     k->io.fd = k->fd;
     k->io.err = 0;
-    k->ssl = client__tls_session_new(c, k->host, &k->io, text, sizeof(text));
+    k->ssl = client__tls_session_new(k->client, k->host, &k->io, text, sizeof(text));
     if (k->ssl == NULL) {
         snprintf(why, sizeof(why), "%s: %s", k->target, text);
-        client__conn_drop(c, now_ms, false, why);
+        conn_fail(k, now_ms, 0, why);
         return;
     }
     k->state = CONN_TLS;
-    conn_handshake(c, now_ms);
+    conn_handshake(k, now_ms);
 }
 
 /*
  * Read up to `size` bytes from the connection, through TLS when it is on (one record's
  * plaintext at most). Returns the count, 0 if nothing can be read now, or -1 if the
- * connection ended or failed (why written).
+ * connection ended or failed (why written, and *fail: enum conn_fail).
  */
-static ssize_t conn_recv(struct tally *c, uint8_t *buf, size_t size, char *why, size_t why_size)
+static ssize_t conn_recv(struct conn *k, uint8_t *buf, size_t size, char *why, size_t why_size,
+                         unsigned *fail)
 {
-    struct conn *k = &c->conn;
+    *fail = 0;
     if (k->ssl != NULL) {
         char text[TLS_TEXT_MAX];
         ERR_clear_error();
@@ -509,7 +540,7 @@ static ssize_t conn_recv(struct tally *c, uint8_t *buf, size_t size, char *why, 
             k->read_wants_write = err == SSL_ERROR_WANT_WRITE;
             return 0;
         }
-        client__tls_failure(k->ssl, &k->io, err, "read", client__tls_name(c, k->host), text,
+        client__tls_failure(k->ssl, &k->io, err, "read", client__tls_name(k->client, k->host), text,
                             sizeof(text));
         snprintf(why, why_size, "%s: %s", k->target, text);
         return -1;
@@ -527,28 +558,29 @@ static ssize_t conn_recv(struct tally *c, uint8_t *buf, size_t size, char *why, 
         }
         snprintf(why, why_size, "%s closed the connection%s%s", k->target, n < 0 ? ": " : "",
                  n < 0 ? strerror(errno) : "");
+        *fail = CONN_FAIL_CLOSED;
         return -1;
     }
 }
 
-/* Read what the socket has and handle every complete frame. */
-static void conn_read(struct tally *c, int64_t now_ms)
+/* Read what the socket has and hand every complete frame to the driver. */
+static void conn_read(struct conn *k, int64_t now_ms)
 {
-    struct conn *k = &c->conn;
     uint8_t chunk[READ_CHUNK];
     uint64_t epoch = k->epoch;
     char why[WHY_MAX];
+    unsigned fail;
     for (int i = 0; i < READS_PER_WAKE; i++) {
-        ssize_t n = conn_recv(c, chunk, sizeof(chunk), why, sizeof(why));
+        ssize_t n = conn_recv(k, chunk, sizeof(chunk), why, sizeof(why), &fail);
         if (n == 0) {
             return;
         }
         if (n < 0) {
-            client__conn_drop(c, now_ms, false, why);
+            conn_fail(k, now_ms, fail, why);
             return;
         }
         if (rpc_framer_feed(&k->framer, chunk, (size_t)n) != 0) {
-            client__conn_drop(c, now_ms, false, "out of memory reading a frame");
+            conn_fail(k, now_ms, CONN_FAIL_NOMEM, "out of memory reading a frame");
             return;
         }
         for (;;) {
@@ -560,11 +592,11 @@ static void conn_read(struct tally *c, int64_t now_ms)
             }
             if (rc < 0) {
                 snprintf(why, sizeof(why), "%s sent a frame over %zu bytes", k->target,
-                         c->max_frame_bytes);
-                client__conn_drop(c, now_ms, false, why);
+                         k->client->max_frame_bytes);
+                conn_fail(k, now_ms, CONN_FAIL_PROTO, why);
                 return;
             }
-            client__handle_frame(c, body, len, now_ms);
+            k->ops->frame(k->ops_arg, body, len, now_ms);
             if (k->epoch != epoch) {
                 return; /* dropped while handling: the rest of the stream is void */
             }
@@ -601,25 +633,24 @@ bool client__conn_buffered(const struct conn *k)
            SSL_pending(k->ssl) > 0;
 }
 
-void client__conn_io(struct tally *c, short revents, bool buffered, int64_t now_ms)
+void client__conn_io(struct conn *k, short revents, bool buffered, int64_t now_ms)
 {
-    struct conn *k = &c->conn;
     if (k->state == CONN_CONNECTING) {
-        conn_connected(c, now_ms);
+        conn_connected(k, now_ms);
         return;
     }
     if (k->state == CONN_TLS) {
-        conn_handshake(c, now_ms);
+        conn_handshake(k, now_ms);
         return;
     }
     /* A TLS write may wait for the socket readable, a TLS read for it writable. */
     bool writable = (revents & POLLOUT) || (k->write_wants_read && (revents & POLLIN));
     bool readable = (revents & (POLLIN | POLLHUP | POLLERR)) || buffered ||
                     (k->read_wants_write && (revents & POLLOUT));
-    if (writable && client__conn_flush(c, now_ms) != 0) {
+    if (writable && client__conn_flush(k, now_ms) != 0) {
         return;
     }
     if (readable) {
-        conn_read(c, now_ms);
+        conn_read(k, now_ms);
     }
 }

@@ -280,6 +280,7 @@ static bool granted_seen(const struct tally *c, const uint8_t *id)
 }
 
 static void bg_void_start(struct tally *c, const struct call *reserve, int64_t now_ms);
+static void conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, const char *why);
 
 /*
  * Deliver the final answer of `call` and free it. `r` is the answer (the I/O thread's);
@@ -458,7 +459,7 @@ static void answer(struct tally *c, struct call *call, const struct rpc_response
         if (resp->leader_address[0] != '\0' && strcmp(resp->leader_address, c->conn.target) != 0) {
             client__copy_text(c->redirect, sizeof(c->redirect), resp->leader_address);
         }
-        client__conn_drop(c, now_ms, false, why);
+        conn_drop(c, now_ms, false, why);
         return;
     case RPC_EUNKNOWN:
         if (call->resend_unsafe) {
@@ -469,12 +470,12 @@ static void answer(struct tally *c, struct call *call, const struct rpc_response
     case RPC_EUNAVAILABLE:
         requeue(c, call, true, now_ms, why);
         if (++c->conn.unavailable_streak >= UNAVAILABLE_STREAK_ROTATE) {
-            client__conn_drop(c, now_ms, false, why);
+            conn_drop(c, now_ms, false, why);
         }
         return;
     case RPC_ESHUTDOWN:
         requeue(c, call, true, now_ms, why);
-        client__conn_drop(c, now_ms, false, why);
+        conn_drop(c, now_ms, false, why);
         return;
     case RPC_EBUSY:
         requeue(c, call, true, now_ms, why);
@@ -482,7 +483,7 @@ static void answer(struct tally *c, struct call *call, const struct rpc_response
     case RPC_EPROTO:
     case RPC_ETOOBIG:
         finish_error(c, call, client__error_of_status(resp->status), why, now_ms);
-        client__conn_drop(c, now_ms, false, why); /* the server closes it too */
+        conn_drop(c, now_ms, false, why); /* the server closes it too */
         return;
     default:
         finish_error(c, call, client__error_of_status(resp->status), why, now_ms);
@@ -521,22 +522,24 @@ static void hello_answer(struct tally *c, const struct rpc_response *resp, int64
         /* Not retried: a wrong token stays wrong. Every waiting call learns it now. */
         fail_all(c, TALLY_EAUTH, why, now_ms);
     }
-    client__conn_drop(c, now_ms, false, why);
+    conn_drop(c, now_ms, false, why);
 }
 
-void client__handle_frame(struct tally *c, const uint8_t *body, size_t len, int64_t now_ms)
+/* One frame from the server (the connection's frame report; `arg` is the client). */
+static void handle_frame(void *arg, const uint8_t *body, size_t len, int64_t now_ms)
 {
+    struct tally *c = arg;
     uint64_t seq;
     char why[RPC_MESSAGE_MAX + 1] = "";
     if (rpc_response_seq(body, len, &seq) != 0) {
-        client__conn_drop(c, now_ms, false, "malformed frame from the server");
+        conn_drop(c, now_ms, false, "malformed frame from the server");
         return;
     }
     struct rpc_response resp;
     if (c->conn.state == CONN_HELLO) {
         if (seq != c->conn.hello_seq ||
             rpc_response_decode(body, len, RPC_OP_HELLO, &resp, why) != 0) {
-            client__conn_drop(c, now_ms, false, "malformed answer to HELLO");
+            conn_drop(c, now_ms, false, "malformed answer to HELLO");
             return;
         }
         hello_answer(c, &resp, now_ms);
@@ -551,40 +554,29 @@ void client__handle_frame(struct tally *c, const uint8_t *body, size_t len, int6
         char msg[WHY_MAX];
         snprintf(msg, sizeof(msg), "malformed answer from %s: %.*s", c->conn.target,
                  (int)WHY_MESSAGE_MAX, why);
-        client__conn_drop(c, now_ms, false, msg);
+        conn_drop(c, now_ms, false, msg);
         return;
     }
     answer(c, call, &resp, now_ms);
     rpc_response_free(&resp);
 }
 
-void client__conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, const char *why)
+/*
+ * Close the connection (if any) and decide where and when to connect next. Calls that
+ * were sent on it go back to the pending list: a write is resent with the same id. With
+ * `connect_failed` and more addresses of the same target left, the next one is tried at
+ * once; otherwise the client moves to the redirect target or the next endpoint, after a
+ * backoff that grows with consecutive failures.
+ */
+static void conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, const char *why)
 {
     struct conn *k = &c->conn;
     client__copy_text(c->conn_why, sizeof(c->conn_why), why);
-    if (k->ssl != NULL) {
-        SSL_free(k->ssl); /* no close_notify: the socket closes anyway */
-        k->ssl = NULL;
-    }
-    k->tls_wait = 0;
-    k->write_wants_read = false;
-    k->read_wants_write = false;
-    if (k->fd >= 0) {
-        close(k->fd);
-        k->fd = -1;
-    }
     if (k->state == CONN_READY) {
         client__stat_add(&c->stats.reconnects, 1);
     }
     __atomic_store_n(&c->stats.connected, 0, __ATOMIC_RELAXED);
-    k->state = CONN_DOWN;
-    k->epoch++;
-    rpc_framer_free(&k->framer);
-    rpc_framer_init(&k->framer, c->max_frame_bytes);
-    k->out.len = 0;
-    k->out_off = 0;
-    k->silent_since_ms = 0;
-    k->unavailable_streak = 0;
+    client__conn_close(k);
     for (size_t i = 0; i <= c->table_mask; i++) {
         while (c->table[i] != NULL) {
             struct call *call = c->table[i];
@@ -604,10 +596,7 @@ void client__conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, con
         c->reconnect_at_ms = now_ms; /* another address of the same name */
         return;
     }
-    if (k->addrs != NULL) {
-        freeaddrinfo(k->addrs);
-        k->addrs = k->addr_next = NULL;
-    }
+    client__conn_forget_addrs(k);
     if (c->redirect[0] == '\0') {
         c->ep_idx = (c->ep_idx + 1) % c->n_endpoints;
     }
@@ -615,6 +604,77 @@ void client__conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, con
     if (c->conn_failures < 32) {
         c->conn_failures++;
     }
+}
+
+/* Remember the current endpoint for tally_stats(). */
+static void set_endpoint_now(struct tally *c, const char *target)
+{
+    pthread_mutex_lock(&c->mu);
+    client__copy_text(c->endpoint_now, sizeof(c->endpoint_now), target);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Resolve the next target (the redirect, else the current endpoint). Returns 0 or -1. */
+static int conn_resolve(struct tally *c, char *why, size_t why_size)
+{
+    struct endpoint ep;
+    if (c->redirect[0] != '\0') {
+        int rc = client__endpoint_parse(c->redirect, strlen(c->redirect), &ep);
+        c->redirect[0] = '\0';
+        if (rc != 0) {
+            snprintf(why, why_size, "the leader's address \"%s\" is not host:port", ep.text);
+            return -1;
+        }
+    } else {
+        ep = c->endpoints[c->ep_idx];
+    }
+    set_endpoint_now(c, ep.text);
+    return client__conn_resolve(&c->conn, &ep, why, why_size);
+}
+
+/* Start a non-blocking connect to the next address. */
+static void conn_start(struct tally *c, int64_t now_ms)
+{
+    struct conn *k = &c->conn;
+    char why[WHY_MAX];
+    assert(k->state == CONN_DOWN && k->fd < 0);
+    c->tried_once = true;
+    if (k->addr_next == NULL && conn_resolve(c, why, sizeof(why)) != 0) {
+        conn_drop(c, now_ms, false, why);
+        return;
+    }
+    client__conn_connect(k, now_ms);
+    if (k->state == CONN_CONNECTING) {
+        k->phase_deadline_ms = now_ms + c->connect_timeout_ms;
+    }
+}
+
+/* The connection is up (its report; `arg` is the client): say HELLO. */
+static void io_conn_up(void *arg, int64_t now_ms)
+{
+    struct tally *c = arg;
+    if (c->conn.ssl != NULL) {
+        c->tls_verify_why[0] = '\0'; /* this server's certificate verified */
+    }
+    client__conn_send_hello(&c->conn, c->next_seq++, now_ms);
+}
+
+/* The connection failed (its report; `arg` is the client). */
+static void io_conn_failed(void *arg, int64_t now_ms, unsigned fail, const char *why)
+{
+    struct tally *c = arg;
+    if (fail & CONN_FAIL_VERIFY) {
+        client__copy_text(c->tls_verify_why, sizeof(c->tls_verify_why), why);
+    }
+    conn_drop(c, now_ms, (fail & (CONN_FAIL_CONNECT | CONN_FAIL_HANDSHAKE)) != 0, why);
+}
+
+static const struct conn_ops io_conn_ops = {
+    .up = io_conn_up, .failed = io_conn_failed, .frame = handle_frame};
+
+void client__io_init(struct tally *c)
+{
+    client__conn_init(&c->conn, c, &io_conn_ops, c);
 }
 
 /* Resolve the next target (the redirect, else the current endpoint). Returns 0 or -1. */
@@ -720,7 +780,7 @@ static void manage_connection(struct tally *c, int64_t now_ms)
     switch (k->state) {
     case CONN_DOWN:
         if ((c->pending_head != NULL || !c->tried_once) && now_ms >= c->reconnect_at_ms) {
-            client__conn_start(c, now_ms);
+            conn_start(c, now_ms);
         }
         break;
     case CONN_CONNECTING:
@@ -733,14 +793,14 @@ static void manage_connection(struct tally *c, int64_t now_ms)
                      : k->state == CONN_TLS      ? "TLS handshake"
                                                  : "answer to HELLO",
                      (long long)c->connect_timeout_ms);
-            client__conn_drop(c, now_ms, k->state != CONN_HELLO, why);
+            conn_drop(c, now_ms, k->state != CONN_HELLO, why);
         }
         break;
     case CONN_READY:
         if (k->silent_since_ms != 0 && now_ms - k->silent_since_ms >= c->silence_ms) {
             snprintf(why, sizeof(why), "%s: no answer for %lld ms", k->target,
                      (long long)(now_ms - k->silent_since_ms));
-            client__conn_drop(c, now_ms, false, why);
+            conn_drop(c, now_ms, false, why);
         }
         break;
     }
@@ -813,7 +873,7 @@ void *client__io_main(void *arg)
         if (k->state == CONN_READY) {
             next_try_ms = send_due(c, now_ms);
             if (k->out.len > k->out_off) {
-                client__conn_flush(c, now_ms);
+                client__conn_flush(k, now_ms);
             }
         }
         struct pollfd fds[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = -1}};
@@ -828,10 +888,10 @@ void *client__io_main(void *arg)
         if (rc < 0 || nfds < 2 || (fds[1].revents == 0 && !buffered)) {
             continue;
         }
-        client__conn_io(c, fds[1].revents, buffered, client__mono_ms());
+        client__conn_io(k, fds[1].revents, buffered, client__mono_ms());
     }
     int64_t now_ms = client__mono_ms();
     drain_on_close(c, now_ms);
-    client__conn_drop(c, now_ms, false, "closing");
+    conn_drop(c, now_ms, false, "closing");
     return NULL;
 }

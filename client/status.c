@@ -1,305 +1,209 @@
 /*
  * status.c: tally_status(), the one call that does not go through the I/O thread: it asks
  * one named node over a short-lived connection of its own, on the caller's thread.
+ *
+ * The connection is conn.c's, the code the I/O thread drives too (connect, TLS, HELLO,
+ * frames); here a small blocking loop drives it, polling its one socket until the answer,
+ * a failure or the call's deadline. Only that deadline bounds it (connect_timeout_ms does
+ * not), and nothing is redirected or retried elsewhere: a failed TCP connect moves on to
+ * the next address of the same name, as the I/O thread does, but anything later ends the
+ * call. Nothing of the I/O thread's is touched: the client's configuration, all this
+ * reads of it, is read-only after tally_open().
  */
 #define _GNU_SOURCE
 #include "client/tally.h"
 #include "rpc/proto.h"
 
-#include <arpa/inet.h>
-#include <assert.h>
 #include <errno.h>
-#include <limits.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <openssl/err.h>
-#include <openssl/sha.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <poll.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/random.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 #include "client/client_internal.h"
 
-/* ---- Status of one node, on the caller's thread. ---- */
+/* One exchange with the node: the connection and what it reported. */
+struct oneshot {
+    struct conn conn;
+    uint64_t seq;  /* of the request whose answer is awaited */
+    uint8_t op;    /* its op, to decode the answer */
+    bool answered; /* resp holds the answer to seq */
+    bool failed;   /* the connection failed: fail, code and why say how */
+    unsigned fail; /* enum conn_fail */
+    int code;      /* positive tally error */
+    char why[WHY_MAX];
+    struct rpc_response resp;
+};
 
-/* Wait for `events` on `fd` until `deadline_at_ms`. Returns 1 ready, 0 timed out, -1. */
-static int wait_fd(int fd, short events, int64_t deadline_at_ms)
+/* End the exchange with error `code` and `why`; the connection closes. */
+static void oneshot_end(struct oneshot *o, unsigned fail, int code, const char *why)
 {
-    for (;;) {
-        int64_t left_ms = deadline_at_ms - client__mono_ms();
-        if (left_ms <= 0) {
-            return 0;
+    o->failed = true;
+    o->fail = fail;
+    o->code = code;
+    client__copy_text(o->why, sizeof(o->why), why);
+    client__conn_close(&o->conn);
+}
+
+/* The connection's reports (`arg` is the struct oneshot). */
+static void oneshot_up(void *arg, int64_t now_ms)
+{
+    struct oneshot *o = arg;
+    client__conn_send_hello(&o->conn, o->seq, now_ms);
+}
+
+static void oneshot_failed(void *arg, int64_t now_ms, unsigned fail, const char *why)
+{
+    struct oneshot *o = arg;
+    size_t n = strlen(o->conn.target);
+    (void)now_ms;
+    /* The call's message starts with the endpoint, so a text that starts with it too gives
+     * it once; a failed connect's keeps it, as tally_status()'s messages always had it
+     * ("host:port: host:port: connect: ..."). */
+    if (fail & CONN_FAIL_CLOSED) {
+        why = "the node closed the connection";
+    } else if (fail & CONN_FAIL_PROTO) {
+        why = "the answer is larger than the frame bound";
+    } else if (!(fail & CONN_FAIL_CONNECT) && strncmp(why, o->conn.target, n) == 0 &&
+               why[n] == ':' && why[n + 1] == ' ') {
+        why += n + 2;
+    }
+    oneshot_end(o, fail,
+                (fail & CONN_FAIL_NOMEM)   ? TALLY_ENOMEM
+                : (fail & CONN_FAIL_PROTO) ? TALLY_EPROTO
+                                           : TALLY_EUNAVAILABLE,
+                why);
+}
+
+static void oneshot_frame(void *arg, const uint8_t *body, size_t len, int64_t now_ms)
+{
+    struct oneshot *o = arg;
+    char reason[RPC_MESSAGE_MAX + 1] = "";
+    char why[WHY_MAX];
+    (void)now_ms;
+    if (o->answered) {
+        return; /* nothing else was asked */
+    }
+    if (rpc_response_decode(body, len, o->op, &o->resp, reason) != 0 || o->resp.seq != o->seq) {
+        rpc_response_free(&o->resp);
+        snprintf(why, sizeof(why), "malformed answer: %.*s", (int)WHY_MESSAGE_MAX, reason);
+        oneshot_end(o, CONN_FAIL_PROTO, TALLY_EPROTO, why);
+        return;
+    }
+    o->answered = true;
+}
+
+static const struct conn_ops oneshot_ops = {
+    .up = oneshot_up, .failed = oneshot_failed, .frame = oneshot_frame};
+
+/* The deadline passed (or poll() failed) with the connection in its current state. */
+static void oneshot_timed_out(struct oneshot *o)
+{
+    const struct conn *k = &o->conn;
+    char why[WHY_MAX];
+    if (k->state == CONN_CONNECTING) {
+        snprintf(why, sizeof(why), "%s: connect: %s", k->target, strerror(ETIMEDOUT));
+    } else {
+        snprintf(why, sizeof(why), "%s",
+                 k->state == CONN_TLS      ? "no TLS handshake before the deadline"
+                 : k->out.len > k->out_off ? "cannot send the request before the deadline"
+                                           : "no answer before the deadline");
+    }
+    oneshot_end(o, 0, TALLY_EUNAVAILABLE, why);
+}
+
+/* Drive the connection (resolved) until the answer to o->seq, a failure or
+ * `deadline_at_ms`. Returns 0 (o->resp holds the answer) or -code (o->why says why). */
+static int oneshot_wait(struct oneshot *o, int64_t deadline_at_ms)
+{
+    struct conn *k = &o->conn;
+    o->answered = false;
+    while (!o->answered) {
+        int64_t now_ms = client__mono_ms();
+        if (k->state == CONN_DOWN) {
+            if (o->failed && (!(o->fail & CONN_FAIL_CONNECT) || k->addr_next == NULL)) {
+                return -o->code;
+            }
+            o->failed = false;
+            client__conn_connect(k, now_ms);
+            continue;
         }
-        struct pollfd p = {.fd = fd, .events = events};
-        int rc = poll(&p, 1, left_ms > 60000 ? 60000 : (int)left_ms);
+        int64_t left_ms = deadline_at_ms - now_ms;
+        if (left_ms <= 0) {
+            oneshot_timed_out(o);
+            return -o->code;
+        }
+        bool buffered = client__conn_buffered(k);
+        struct pollfd p = {.fd = k->fd, .events = client__conn_events(k)};
+        int rc = poll(&p, 1, buffered ? 0 : left_ms > 60000 ? 60000 : (int)left_ms);
         if (rc < 0 && errno == EINTR) {
             continue;
         }
-        if (rc != 0) {
-            return rc > 0 ? 1 : -1;
+        if (rc < 0) {
+            oneshot_timed_out(o);
+            return -o->code;
         }
-    }
-}
-
-/* Connect to one of `ep`'s addresses by `deadline_at_ms`. Returns the fd or -code. */
-static int direct_connect(const struct endpoint *ep, int64_t deadline_at_ms, char *why,
-                          size_t why_size)
-{
-    struct addrinfo hints = {
-        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *addrs;
-    int rc = getaddrinfo(ep->host, ep->port, &hints, &addrs);
-    if (rc != 0) {
-        snprintf(why, why_size, "%s: %s", ep->text, gai_strerror(rc));
-        return -TALLY_EUNAVAILABLE;
-    }
-    snprintf(why, why_size, "%s: no address", ep->text);
-    for (struct addrinfo *ai = addrs; ai != NULL; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            snprintf(why, why_size, "%s: socket: %s", ep->text, strerror(errno));
-            continue;
-        }
-        int err = 0;
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-            err = errno;
-            if (err == EINPROGRESS) {
-                socklen_t len = sizeof(err);
-                rc = wait_fd(fd, POLLOUT, deadline_at_ms);
-                err = rc == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 ? err
-                      : rc == 0                                                        ? ETIMEDOUT
-                                                                                       : errno;
-            }
-        }
-        if (err == 0) {
-            freeaddrinfo(addrs);
-            return fd;
-        }
-        snprintf(why, why_size, "%s: connect: %s", ep->text, strerror(err));
-        close(fd);
-    }
-    freeaddrinfo(addrs);
-    return -TALLY_EUNAVAILABLE;
-}
-
-/* tally_status()'s own connection: a socket, and a TLS session over it when configured. */
-struct direct {
-    int fd;
-    SSL *ssl; /* NULL: plain TCP */
-    struct tls_io io;
-};
-
-/* The poll event an SSL_get_error() code waits for; 0 if it is a failure. */
-static short tls_wait_events(int err)
-{
-    return err == SSL_ERROR_WANT_READ ? POLLIN : err == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
-}
-
-/* Run the TLS handshake on `d` with the node at `ep` by the deadline. Returns 0 or -code
- * with `why`. */
-static int direct_handshake(struct tally *c, struct direct *d, const struct endpoint *ep,
-                            int64_t deadline_at_ms, char *why, size_t why_size)
-{
-    d->io.fd = d->fd;
-    d->io.err = 0;
-    d->ssl = client__tls_session_new(c, ep->host, &d->io, why, why_size);
-    if (d->ssl == NULL) {
-        return -TALLY_EUNAVAILABLE;
-    }
-    for (;;) {
-        ERR_clear_error();
-        int rc = SSL_connect(d->ssl);
-        if (rc == 1) {
-            return 0;
-        }
-        int err = SSL_get_error(d->ssl, rc);
-        short events = tls_wait_events(err);
-        if (events == 0) {
-            client__tls_failure(d->ssl, &d->io, err, "handshake", client__tls_name(c, ep->host),
-                                why, why_size);
-            return -TALLY_EUNAVAILABLE;
-        }
-        if (wait_fd(d->fd, events, deadline_at_ms) != 1) {
-            snprintf(why, why_size, "no TLS handshake before the deadline");
-            return -TALLY_EUNAVAILABLE;
-        }
-    }
-}
-
-/* Send `len` bytes on `d` by the deadline. Returns 0 or -1 with `why`. */
-static int direct_send(struct direct *d, const uint8_t *data, size_t len, int64_t deadline_at_ms,
-                       char *why, size_t why_size)
-{
-    size_t off = 0;
-    while (off < len) {
-        short events = POLLOUT;
-        if (d->ssl != NULL) {
-            /* After a wait, the same bytes are offered again (off has not moved). */
-            size_t left = len - off;
-            ERR_clear_error();
-            int n = SSL_write(d->ssl, data + off, left > TLS_WRITE_MAX ? TLS_WRITE_MAX : (int)left);
-            if (n > 0) {
-                off += (size_t)n;
-                continue;
-            }
-            int err = SSL_get_error(d->ssl, n);
-            events = tls_wait_events(err);
-            if (events == 0) {
-                client__tls_failure(d->ssl, &d->io, err, "write", "", why, why_size);
-                return -1;
-            }
-        } else {
-            ssize_t n = send(d->fd, data + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (n >= 0) {
-                off += (size_t)n;
-                continue;
-            }
-            if (errno == EINTR) {
-                continue;
-            }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                snprintf(why, why_size, "cannot send the request: %s", strerror(errno));
-                return -1;
-            }
-        }
-        if (wait_fd(d->fd, events, deadline_at_ms) != 1) {
-            snprintf(why, why_size, "cannot send the request before the deadline");
-            return -1;
+        if (rc > 0 || buffered) {
+            client__conn_io(k, rc > 0 ? p.revents : 0, buffered, client__mono_ms());
         }
     }
     return 0;
 }
 
-/* Read some bytes from `d` by the deadline (plaintext OpenSSL holds first). Returns the
- * count, or -TALLY_EUNAVAILABLE with `why`. */
-static ssize_t direct_recv(struct direct *d, uint8_t *buf, size_t size, int64_t deadline_at_ms,
-                           char *why, size_t why_size)
+/* Send STATUS (seq 2) on the connection HELLO was answered on. Returns 0 or -code. */
+static int oneshot_send_status(struct oneshot *o)
 {
-    for (;;) {
-        short events = POLLIN;
-        if (d->ssl != NULL) {
-            ERR_clear_error();
-            int n = SSL_read(d->ssl, buf, size > INT_MAX ? INT_MAX : (int)size);
-            if (n > 0) {
-                return n;
-            }
-            int err = SSL_get_error(d->ssl, n);
-            events = tls_wait_events(err);
-            if (events == 0) {
-                client__tls_failure(d->ssl, &d->io, err, "read", "", why, why_size);
-                return -TALLY_EUNAVAILABLE;
-            }
-        } else {
-            ssize_t n = recv(d->fd, buf, size, MSG_DONTWAIT);
-            if (n > 0) {
-                return n;
-            }
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
-                snprintf(why, why_size, "the node closed the connection");
-                return -TALLY_EUNAVAILABLE;
-            }
-        }
-        if (wait_fd(d->fd, events, deadline_at_ms) != 1) {
-            snprintf(why, why_size, "no answer before the deadline");
-            return -TALLY_EUNAVAILABLE;
-        }
-    }
-}
-
-/* Send `req` and read the answer to it (decoded as `op`) by the deadline. */
-static int direct_exchange(struct direct *d, struct rpc_framer *fr, const struct rpc_request *req,
-                           struct rpc_response *resp, int64_t deadline_at_ms, char *why,
-                           size_t why_size)
-{
-    struct rpc_buf out = {0};
-    memset(resp, 0, sizeof(*resp));
-    if (rpc_request_encode(&out, req) != 0) {
-        rpc_buf_free(&out);
-        snprintf(why, why_size, "cannot encode the request");
-        return -TALLY_ENOMEM;
-    }
-    int rc = direct_send(d, out.data, out.len, deadline_at_ms, why, why_size);
-    rpc_buf_free(&out);
-    if (rc != 0) {
-        return -TALLY_EUNAVAILABLE;
-    }
-    for (;;) {
-        const uint8_t *body;
-        size_t len;
-        char reason[RPC_MESSAGE_MAX + 1];
-        rc = rpc_framer_next(fr, &body, &len);
-        if (rc < 0) {
-            snprintf(why, why_size, "the answer is larger than the frame bound");
-            return -TALLY_EPROTO;
-        }
-        if (rc == 1) {
-            if (rpc_response_decode(body, len, req->op, resp, reason) != 0 ||
-                resp->seq != req->seq) {
-                snprintf(why, why_size, "malformed answer: %s", reason);
-                return -TALLY_EPROTO;
-            }
-            return 0;
-        }
-        uint8_t chunk[4096];
-        ssize_t n = direct_recv(d, chunk, sizeof(chunk), deadline_at_ms, why, why_size);
-        if (n < 0) {
-            return (int)n;
-        }
-        if (rpc_framer_feed(fr, chunk, (size_t)n) != 0) {
-            snprintf(why, why_size, "out of memory");
-            return -TALLY_ENOMEM;
-        }
-    }
-}
-
-/* HELLO then STATUS on `d`. Returns 0 or -code with `why`. */
-static int direct_status(struct tally *c, struct direct *d, int64_t deadline_at_ms,
-                         struct tally_node_status *out, char *why, size_t why_size)
-{
-    struct rpc_framer fr;
+    struct conn *k = &o->conn;
     struct rpc_request req;
-    struct rpc_response resp;
-    rpc_framer_init(&fr, c->max_frame_bytes);
+    if (o->failed) {
+        return -o->code; /* the node closed the connection after its answer to HELLO */
+    }
     memset(&req, 0, sizeof(req));
-    req.seq = 1;
-    req.op = RPC_OP_HELLO;
-    req.u.hello.version = RPC_PROTOCOL_VERSION;
-    client__copy_text(req.u.hello.token, sizeof(req.u.hello.token), c->token);
-    int rc = direct_exchange(d, &fr, &req, &resp, deadline_at_ms, why, why_size);
-    if (rc == 0 && resp.status != RPC_OK) {
-        snprintf(why, why_size, "HELLO refused: %s: %s", rpc_status_name(resp.status),
-                 resp.message);
-        rc = resp.status == RPC_EAUTH ? -TALLY_EAUTH : -client__error_of_status(resp.status);
+    req.seq = o->seq = 2;
+    req.op = o->op = RPC_OP_STATUS;
+    if (rpc_request_encode(&k->out, &req) != 0) {
+        k->out.failed = false;
+        oneshot_end(o, CONN_FAIL_NOMEM, TALLY_ENOMEM, "cannot encode the request");
+        return -o->code;
     }
-    rpc_response_free(&resp);
+    k->state = CONN_READY;
+    return client__conn_flush(k, client__mono_ms()) == 0 ? 0 : -o->code;
+}
+
+/* HELLO then STATUS to the node at `ep` by `deadline_at_ms`. Returns 0 or -code with
+ * `why`. */
+static int status_ask(struct tally *c, const struct endpoint *ep, int64_t deadline_at_ms,
+                      struct tally_node_status *out, char *why, size_t why_size)
+{
+    struct oneshot o;
+    memset(&o, 0, sizeof(o));
+    client__conn_init(&o.conn, c, &oneshot_ops, &o);
+    o.seq = 1;
+    o.op = RPC_OP_HELLO;
+    int rc = client__conn_resolve(&o.conn, ep, o.why, sizeof(o.why)) == 0
+                 ? oneshot_wait(&o, deadline_at_ms)
+                 : -TALLY_EUNAVAILABLE;
+    client__copy_text(why, why_size, o.why);
+    if (rc == 0 && o.resp.status != RPC_OK) {
+        snprintf(why, why_size, "HELLO refused: %s: %s", rpc_status_name(o.resp.status),
+                 o.resp.message);
+        rc = o.resp.status == RPC_EAUTH ? -TALLY_EAUTH : -client__error_of_status(o.resp.status);
+    }
+    rpc_response_free(&o.resp);
     if (rc == 0) {
-        memset(&req, 0, sizeof(req));
-        req.seq = 2;
-        req.op = RPC_OP_STATUS;
-        rc = direct_exchange(d, &fr, &req, &resp, deadline_at_ms, why, why_size);
-        if (rc == 0 && resp.status != RPC_OK) {
-            snprintf(why, why_size, "%s: %s", rpc_status_name(resp.status), resp.message);
-            rc = -client__error_of_status(resp.status);
-        } else if (rc == 0) {
-            client__status_from_wire(&resp.u.status, out);
+        rc = oneshot_send_status(&o);
+        if (rc == 0) {
+            rc = oneshot_wait(&o, deadline_at_ms);
         }
-        rpc_response_free(&resp);
+        client__copy_text(why, why_size, o.why);
+        if (rc == 0 && o.resp.status != RPC_OK) {
+            snprintf(why, why_size, "%s: %s", rpc_status_name(o.resp.status), o.resp.message);
+            rc = -client__error_of_status(o.resp.status);
+        } else if (rc == 0) {
+            client__status_from_wire(&o.resp.u.status, out);
+        }
+        rpc_response_free(&o.resp);
     }
-    rpc_framer_free(&fr);
+    client__conn_free(&o.conn);
     return rc;
 }
 
@@ -318,17 +222,7 @@ int tally_status(struct tally *c, const char *endpoint, int64_t deadline_ms,
     }
     int64_t deadline_at_ms = client__mono_ms() + (deadline_ms != 0 ? deadline_ms : c->deadline_ms);
     char why[WHY_MAX];
-    int rc = direct_connect(&ep, deadline_at_ms, why, sizeof(why));
-    if (rc >= 0) {
-        struct direct d = {.fd = rc, .ssl = NULL};
-        rc =
-            c->tls_ctx != NULL ? direct_handshake(c, &d, &ep, deadline_at_ms, why, sizeof(why)) : 0;
-        if (rc == 0) {
-            rc = direct_status(c, &d, deadline_at_ms, out, why, sizeof(why));
-        }
-        SSL_free(d.ssl);
-        close(d.fd);
-    }
+    int rc = status_ask(c, &ep, deadline_at_ms, out, why, sizeof(why));
     if (res != NULL) {
         client__result_init(res, NULL);
         if (rc != 0) {
