@@ -307,6 +307,14 @@ static int call_write(struct call *call, uint8_t type, const uint8_t *request_id
                : TALLY_EINTERNAL;
 }
 
+/* The command a write call carries passes wire/'s check, the same one the ledger makes:
+ * a bad argument fails here, before anything is sent. Returns 0 or a positive TALLY_E*
+ * code (the ledger's codes and libtally's are the same numbers) with `msg`. */
+static int write_check(const struct call *call, const char **msg)
+{
+    return -ledger_cmd_check(&call->req.u.write, msg);
+}
+
 /* The hash of a key into `out`: `key_hash` when given, else the hash of `key_secret`. */
 static void key_hash_of(const char *key_secret, const uint8_t *key_hash,
                         uint8_t out[LEDGER_KEY_HASH_SIZE])
@@ -342,15 +350,7 @@ static int reserve_check(const struct tally_reserve_args *a, const char **msg)
         *msg = "model is not a valid name (1-64 bytes of [A-Za-z0-9._:/@-])";
         return TALLY_ENAME;
     }
-    if (a->estimate_micros < 0 || a->estimate_micros > AMOUNT_MAX ||
-        a->estimate_tokens > TOKENS_MAX) {
-        *msg = "estimate out of range (0 .. 10^15 micros, 0 .. 10^12 tokens)";
-        return TALLY_EINVAL;
-    }
-    if (a->ttl_ms < 1 || a->ttl_ms > TTL_MAX_MS) {
-        *msg = "ttl_ms must be 1 ms .. 7 days";
-        return TALLY_EINVAL;
-    }
+    /* The estimate and ttl are judged with the built command (write_check). */
     if (a->metadata_len > TALLY_METADATA_MAX || (a->metadata_len > 0 && a->metadata == NULL)) {
         *msg = "metadata longer than 256 bytes, or NULL with a length";
         return TALLY_EINVAL;
@@ -396,6 +396,11 @@ static struct call *reserve_call(struct tally *c, const struct tally_reserve_arg
     cmd->u.reserve.metadata_len = (uint16_t)a->metadata_len;
     if (a->metadata_len > 0) {
         memcpy(cmd->u.reserve.metadata, a->metadata, a->metadata_len);
+    }
+    *code = write_check(call, msg);
+    if (*code != 0) {
+        free(call);
+        return NULL;
     }
     return call;
 }
@@ -445,14 +450,6 @@ static struct call *resolve_call(struct tally *c, uint8_t type, const uint8_t *r
         *msg = "request_id is NULL";
         return NULL;
     }
-    if (type == LEDGER_CMD_SETTLE && (amount < 0 || amount > AMOUNT_MAX || tokens > TOKENS_MAX)) {
-        *msg = "actual out of range (0 .. 10^15 micros, 0 .. 10^12 tokens)";
-        return NULL;
-    }
-    if (type == LEDGER_CMD_EXTEND && (amount < 1 || amount > TTL_MAX_MS)) {
-        *msg = "ttl_ms must be 1 ms .. 7 days";
-        return NULL;
-    }
     struct call *call = client__call_new(c, RPC_OP_WRITE, deadline_ms);
     if (call == NULL) {
         *code = TALLY_ENOMEM;
@@ -466,6 +463,11 @@ static struct call *resolve_call(struct tally *c, uint8_t type, const uint8_t *r
         call->req.u.write.u.settle.actual_tokens = tokens;
     } else if (type == LEDGER_CMD_EXTEND) {
         call->req.u.write.u.extend.ttl_ms = amount;
+    }
+    *code = write_check(call, msg);
+    if (*code != 0) {
+        free(call);
+        return NULL;
     }
     return call;
 }
@@ -570,6 +572,12 @@ static int admin_run(struct tally *c, uint8_t type, const struct ledger_cmd *cmd
         return client__fail_early(res, TALLY_EINTERNAL, "getrandom failed");
     }
     call->req.u.write.u = cmd->u;
+    const char *msg;
+    int code = write_check(call, &msg);
+    if (code != 0) {
+        free(call);
+        return client__fail_early(res, code, msg);
+    }
     return client__run(c, call, res, NULL, NULL);
 }
 
@@ -597,10 +605,6 @@ int tally_account_update(struct tally *c, const char *name, const struct tally_l
     if (!client__name_valid(name, TALLY_NAME_MAX) ||
         (!client__is_empty(new_parent) && !client__name_valid(new_parent, TALLY_NAME_MAX))) {
         return client__fail_early(res, TALLY_ENAME, "not a valid account name");
-    }
-    if ((clear & ~(uint32_t)TALLY_LIM_ALL) != 0 ||
-        (limits != NULL && (limits->set & ~(uint32_t)TALLY_LIM_ALL) != 0)) {
-        return client__fail_early(res, TALLY_EINVAL, "unknown limit bits");
     }
     memset(&cmd, 0, sizeof(cmd));
     client__copy_text(cmd.u.update.name, sizeof(cmd.u.update.name), name);
@@ -652,10 +656,6 @@ int tally_model_limit_set(struct tally *c, const char *account, const char *mode
         !client__name_valid(model, TALLY_MODEL_MAX)) {
         return client__fail_early(res, TALLY_ENAME, "not a valid account or model name");
     }
-    const uint32_t allowed = TALLY_LIM_BUDGET | TALLY_LIM_RPM | TALLY_LIM_TPM;
-    if (limits != NULL && (limits->set & ~allowed) != 0) {
-        return client__fail_early(res, TALLY_EINVAL, "model limits take only budget, rpm and tpm");
-    }
     memset(&cmd, 0, sizeof(cmd));
     client__copy_text(cmd.u.model_limit.account, sizeof(cmd.u.model_limit.account), account);
     client__copy_text(cmd.u.model_limit.model, sizeof(cmd.u.model_limit.model), model);
@@ -671,9 +671,6 @@ int tally_retention_set(struct tally *c, int64_t retention_ms, const uint8_t *re
                         int64_t deadline_ms, struct tally_result *res)
 {
     struct ledger_cmd cmd;
-    if (retention_ms < 1 || retention_ms > RETENTION_MAX_MS) {
-        return client__fail_early(res, TALLY_EINVAL, "retention_ms must be 1 ms .. 90 days");
-    }
     memset(&cmd, 0, sizeof(cmd));
     cmd.u.config.retention_ms = retention_ms;
     return admin_run(c, LEDGER_CMD_CONFIG_SET, &cmd, request_id, deadline_ms, res);

@@ -52,6 +52,14 @@ _Static_assert(TALLY_LIST_MAX == RPC_LIST_MAX, "list bound");
 _Static_assert(TALLY_MEMBERS_MAX == RPC_MEMBERS_MAX, "members bound");
 _Static_assert(TALLY_FRAME_DEFAULT == RPC_FRAME_MAX, "frame default");
 _Static_assert(TALLY_FRAME_LIMIT == RPC_FRAME_LIMIT, "frame limit");
+_Static_assert(TALLY_AMOUNT_MAX == LEDGER_AMOUNT_MAX && TALLY_TOKENS_MAX == LEDGER_TOKENS_MAX &&
+                   TALLY_RATE_MAX == LEDGER_RATE_MAX && TALLY_PARALLEL_MAX == LEDGER_PARALLEL_MAX,
+               "amount and count bounds");
+_Static_assert(TALLY_TTL_MAX_MS == LEDGER_TTL_MAX_MS && TALLY_PERIOD_MIN_MS == LEDGER_PERIOD_MIN_MS &&
+                   TALLY_PERIOD_MAX_MS == LEDGER_PERIOD_MAX_MS &&
+                   TALLY_RETENTION_MAX_MS == LEDGER_RETENTION_MAX_MS &&
+                   TALLY_TIME_MAX_MS == LEDGER_TIME_MAX_MS,
+               "time bounds");
 #define SAME(a, b) ((int)(a) == (int)(b))
 _Static_assert(SAME(TALLY_EINVAL, LEDGER_EINVAL) && SAME(TALLY_ENOTFOUND, LEDGER_ENOTFOUND) &&
                    SAME(TALLY_ERESOLVED, LEDGER_ERESOLVED) && SAME(TALLY_ESTALE, LEDGER_ESTALE) &&

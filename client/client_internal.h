@@ -35,10 +35,6 @@
 #define DEFAULT_BACKOFF_MIN_MS 10
 #define DEFAULT_BACKOFF_MAX_MS 200
 #define DURATION_MAX_MS (24LL * 3600 * 1000) /* any configured or per-call time budget */
-#define AMOUNT_MAX 1000000000000000LL        /* 10^15 micros */
-#define TOKENS_MAX 1000000000000ULL          /* 10^12 */
-#define TTL_MAX_MS (7LL * 24 * 3600 * 1000)
-#define RETENTION_MAX_MS (90LL * 24 * 3600 * 1000)
 #define UNAVAILABLE_STREAK_ROTATE 3 /* "no quorum" answers in a row before trying elsewhere */
 #define VOID_NOTFOUND_RETRIES 2     /* a void may overtake its reserve: look again */
 #define VOID_NOTFOUND_DELAY_MS 1000

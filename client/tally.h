@@ -60,6 +60,18 @@ extern "C" {
 #define TALLY_FRAME_DEFAULT (1u << 20) /* default frame body bound (1 MiB) */
 #define TALLY_FRAME_LIMIT (64u << 20)  /* the largest configurable frame bound */
 
+/* Ranges of amounts, counts and times; a call outside them fails with TALLY_EINVAL before
+ * anything is sent. */
+#define TALLY_AMOUNT_MAX 1000000000000000LL /* 10^15 micros: an estimate, actual or budget */
+#define TALLY_TOKENS_MAX 1000000000000ULL   /* 10^12 tokens in one request */
+#define TALLY_RATE_MAX 1000000000000ULL     /* rpm, tpm and their bursts */
+#define TALLY_PARALLEL_MAX 1000000000ULL    /* max_parallel */
+#define TALLY_TTL_MAX_MS (7LL * 24 * 3600 * 1000)         /* a reservation's ttl (>= 1 ms) */
+#define TALLY_PERIOD_MIN_MS 1000LL                        /* a fixed budget period */
+#define TALLY_PERIOD_MAX_MS (366LL * 24 * 3600 * 1000)
+#define TALLY_RETENTION_MAX_MS (90LL * 24 * 3600 * 1000)  /* stored answers (>= 1 ms) */
+#define TALLY_TIME_MAX_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z: expires_at_ms */
+
 /* ---- Outcomes, errors, reasons. ---- */
 
 /* tally_result.outcome. */

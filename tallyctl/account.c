@@ -12,14 +12,12 @@
 #include <inttypes.h>
 #include <string.h>
 
-#define RATE_MAX UINT64_C(1000000000000)  /* rates and bursts */
-#define PARALLEL_MAX UINT64_C(1000000000) /* max_parallel */
 
 /* ---- Limits from options. ---- */
 
 /*
- * A rate limit from option `rate` (1 .. RATE_MAX) and its optional burst option `burst`
- * (0 .. RATE_MAX) into *per_minute and *burst_size, adding `bit` to *set when the rate is
+ * A rate limit from option `rate` (1 .. TALLY_RATE_MAX) and its optional burst option `burst`
+ * (0 .. TALLY_RATE_MAX) into *per_minute and *burst_size, adding `bit` to *set when the rate is
  * given. A burst needs its rate, since the ledger sets both under one bit.
  */
 static int rate_from_opts(struct ctl__ctx *x, enum ctl__opt_id rate, enum ctl__opt_id burst,
@@ -34,8 +32,8 @@ static int rate_from_opts(struct ctl__ctx *x, enum ctl__opt_id rate, enum ctl__o
     if (!given[rate]) {
         return 0;
     }
-    if (ctl__opt_uint(x, rate, 1, RATE_MAX, per_minute) != 0 ||
-        (given[burst] && ctl__opt_uint(x, burst, 0, RATE_MAX, burst_size) != 0)) {
+    if (ctl__opt_uint(x, rate, 1, TALLY_RATE_MAX, per_minute) != 0 ||
+        (given[burst] && ctl__opt_uint(x, burst, 0, TALLY_RATE_MAX, burst_size) != 0)) {
         return -1;
     }
     *set |= bit;
@@ -48,13 +46,13 @@ static int limits_from_opts(struct ctl__ctx *x, struct tally_limits *lim)
     const bool *given = x->a->given;
     memset(lim, 0, sizeof(*lim));
     if (given[CTL_OPT_BUDGET]) {
-        if (ctl__opt_int(x, CTL_OPT_BUDGET, 0, CTL_AMOUNT_MAX, &lim->budget_micros) != 0) {
+        if (ctl__opt_int(x, CTL_OPT_BUDGET, 0, TALLY_AMOUNT_MAX, &lim->budget_micros) != 0) {
             return -1;
         }
         lim->set |= TALLY_LIM_BUDGET;
     }
     if (given[CTL_OPT_SOFT_BUDGET]) {
-        if (ctl__opt_int(x, CTL_OPT_SOFT_BUDGET, 0, CTL_AMOUNT_MAX, &lim->soft_budget_micros) !=
+        if (ctl__opt_int(x, CTL_OPT_SOFT_BUDGET, 0, TALLY_AMOUNT_MAX, &lim->soft_budget_micros) !=
             0) {
             return -1;
         }
@@ -74,7 +72,7 @@ static int limits_from_opts(struct ctl__ctx *x, struct tally_limits *lim)
         return -1;
     }
     if (given[CTL_OPT_MAX_PARALLEL]) {
-        if (ctl__opt_uint(x, CTL_OPT_MAX_PARALLEL, 0, PARALLEL_MAX, &lim->max_parallel) != 0) {
+        if (ctl__opt_uint(x, CTL_OPT_MAX_PARALLEL, 0, TALLY_PARALLEL_MAX, &lim->max_parallel) != 0) {
             return -1;
         }
         lim->set |= TALLY_LIM_PARALLEL;

@@ -144,7 +144,7 @@ int ctl__call_failed(struct ctl__ctx *x, const char *subject, int rc,
 
 const char *ctl__fmt_time(int64_t ms, char *buf)
 {
-    if (ms < 0 || ms > CTL_TIME_MAX_MS) {
+    if (ms < 0 || ms > TALLY_TIME_MAX_MS) {
         snprintf(buf, CTL_TIME_TEXT, "%" PRId64 " ms", ms);
         return buf;
     }

@@ -15,8 +15,6 @@
 #include <inttypes.h>
 #include <string.h>
 
-#define PERIOD_MIN_MS INT64_C(1000) /* a fixed budget period */
-#define PERIOD_MAX_MS (366 * CTL_DAY_MS)
 #define OPT_LABEL_SIZE 32
 
 int ctl__parse_uint(struct ctl__ctx *x, const char *label, const char *s, uint64_t min,
@@ -214,7 +212,7 @@ static bool parse_iso_time(const char *s, int64_t *out_ms)
 static int parse_time(struct ctl__ctx *x, const char *label, const char *s, int64_t *out_ms)
 {
     if (s[0] >= '0' && s[0] <= '9' && strspn(s, "0123456789") == strlen(s)) {
-        return ctl__parse_int(x, label, s, 0, CTL_TIME_MAX_MS, out_ms);
+        return ctl__parse_int(x, label, s, 0, TALLY_TIME_MAX_MS, out_ms);
     }
     if (s[0] == '-') {
         return ctl__usage_error(x, "%s: '%s' must not be negative", label, s), -1;
@@ -265,8 +263,8 @@ int ctl__parse_period(struct ctl__ctx *x, const char *s, uint8_t *kind, int64_t 
             for (size_t j = 0; j < ndigits; j++) {
                 n = n * 10 + (s[j] - '0'); /* at most 12 digits: no overflow */
             }
-            if (__builtin_mul_overflow(n, units[i].ms, &ms) || ms < PERIOD_MIN_MS ||
-                ms > PERIOD_MAX_MS) {
+            if (__builtin_mul_overflow(n, units[i].ms, &ms) || ms < TALLY_PERIOD_MIN_MS ||
+                ms > TALLY_PERIOD_MAX_MS) {
                 return ctl__usage_error(x, "--period: %s is out of range (1s .. 366d)", s), -1;
             }
             *kind = TALLY_PERIOD_FIXED;

@@ -12,8 +12,6 @@
 #include <string.h>
 #include <time.h>
 
-#define TOKENS_MAX UINT64_C(1000000000000) /* 10^12 tokens */
-#define TTL_MAX_MS (7 * CTL_DAY_MS)        /* reservation ttl */
 #define TTL_DEFAULT_MS INT64_C(60000)
 
 /* ---- Reserve. ---- */
@@ -144,14 +142,14 @@ int ctl__cmd_reserve(struct ctl__ctx *x)
     if (!a->given[CTL_OPT_ESTIMATE]) {
         return ctl__usage_error(x, "--estimate MICROS is required");
     }
-    if (ctl__opt_int(x, CTL_OPT_ESTIMATE, 0, CTL_AMOUNT_MAX, &ra.estimate_micros) != 0 ||
+    if (ctl__opt_int(x, CTL_OPT_ESTIMATE, 0, TALLY_AMOUNT_MAX, &ra.estimate_micros) != 0 ||
         (a->given[CTL_OPT_TOKENS] &&
-         ctl__opt_uint(x, CTL_OPT_TOKENS, 0, TOKENS_MAX, &ra.estimate_tokens)) ||
+         ctl__opt_uint(x, CTL_OPT_TOKENS, 0, TALLY_TOKENS_MAX, &ra.estimate_tokens)) ||
         ctl__opt_name(x, CTL_OPT_MODEL, TALLY_MODEL_MAX, &ra.model) != 0) {
         return CTL_USAGE;
     }
     ra.ttl_ms = TTL_DEFAULT_MS;
-    if (a->given[CTL_OPT_TTL] && ctl__opt_int(x, CTL_OPT_TTL, 1, TTL_MAX_MS, &ra.ttl_ms) != 0) {
+    if (a->given[CTL_OPT_TTL] && ctl__opt_int(x, CTL_OPT_TTL, 1, TALLY_TTL_MAX_MS, &ra.ttl_ms) != 0) {
         return CTL_USAGE;
     }
     if (ctl__opt_request_id(x, idbuf, &ra.request_id) != 0) {
@@ -288,9 +286,9 @@ int ctl__cmd_settle(struct ctl__ctx *x)
     if (!x->a->given[CTL_OPT_ACTUAL]) {
         return ctl__usage_error(x, "--actual MICROS is required");
     }
-    if (ctl__opt_int(x, CTL_OPT_ACTUAL, 0, CTL_AMOUNT_MAX, &actual) != 0 ||
+    if (ctl__opt_int(x, CTL_OPT_ACTUAL, 0, TALLY_AMOUNT_MAX, &actual) != 0 ||
         (x->a->given[CTL_OPT_TOKENS] &&
-         ctl__opt_uint(x, CTL_OPT_TOKENS, 0, TOKENS_MAX, &tokens) != 0)) {
+         ctl__opt_uint(x, CTL_OPT_TOKENS, 0, TALLY_TOKENS_MAX, &tokens) != 0)) {
         return CTL_USAGE;
     }
     return resolve(x, RESOLVE_SETTLE, id, actual, tokens);
@@ -315,7 +313,7 @@ int ctl__cmd_extend(struct ctl__ctx *x)
     if (!x->a->given[CTL_OPT_TTL]) {
         return ctl__usage_error(x, "--ttl MS is required");
     }
-    if (ctl__opt_int(x, CTL_OPT_TTL, 1, TTL_MAX_MS, &ttl_ms) != 0) {
+    if (ctl__opt_int(x, CTL_OPT_TTL, 1, TALLY_TTL_MAX_MS, &ttl_ms) != 0) {
         return CTL_USAGE;
     }
     return resolve(x, RESOLVE_EXTEND, id, ttl_ms, 0);

@@ -29,10 +29,8 @@ enum {
     CTL_USAGE = 3,       /* bad input, or the request was refused */
 };
 
-#define CTL_AMOUNT_MAX INT64_C(1000000000000000) /* 10^15 micros */
 #define CTL_DAY_MS INT64_C(86400000)
 #define CTL_STATUS_DEADLINE_MS INT64_C(2000)     /* a status probe without --timeout */
-#define CTL_TIME_MAX_MS INT64_C(253402300799999) /* 9999-12-31T23:59:59.999Z */
 #define CTL_WORDS_MAX 32                         /* positional words on one line */
 #define CTL_SECRET_MAX 1024                      /* a key secret given on the command line */
 #define CTL_REQUEST_ID_HEX (2 * TALLY_REQUEST_ID_SIZE)
@@ -282,7 +280,7 @@ int ctl__opt_name(struct ctl__ctx *x, enum ctl__opt_id o, size_t max, const char
 /* Parse exactly 2n hex digits (either case) in `s` into `out`. */
 int ctl__parse_hex(struct ctl__ctx *x, const char *label, const char *s, uint8_t *out, size_t n);
 
-/* The value of option `o` (given) as a time: ms since the epoch (0 .. CTL_TIME_MAX_MS) or
+/* The value of option `o` (given) as a time: ms since the epoch (0 .. TALLY_TIME_MAX_MS) or
  * UTC ISO-8601 ("2026-11-01", "2026-11-01T10:00:00.5Z"; years 1970 .. 9999). */
 int ctl__opt_time(struct ctl__ctx *x, enum ctl__opt_id o, int64_t *out_ms);
 

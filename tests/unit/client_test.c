@@ -301,6 +301,39 @@ static void bad_reserves_are_refused(void)
     tally_close(c);
 }
 
+/* Limits out of range fail on the caller's thread with wire/'s check, the same the ledger
+ * makes; before it, libtally sent them and a cluster had to answer. */
+static void limits_out_of_range_are_refused_before_sending(void)
+{
+    struct tally *c = open_at(closed_port(), 0, 0);
+    struct tally_result res;
+    struct tally_limits budget = {.set = TALLY_LIM_BUDGET, .budget_micros = -1};
+    struct tally_limits rpm = {.set = TALLY_LIM_RPM, .rpm = 0};
+    struct tally_limits period = {.set = TALLY_LIM_PERIOD, .period_kind = TALLY_PERIOD_FIXED,
+                                  .period_ms = TALLY_PERIOD_MIN_MS - 1};
+    struct tally_limits parallel = {.set = TALLY_LIM_PARALLEL,
+                                    .max_parallel = TALLY_PARALLEL_MAX + 1};
+    struct tally_model_limits model_tpm = {.set = TALLY_LIM_TPM, .tpm = TALLY_RATE_MAX + 1};
+
+    expect_refused(tally_account_create(c, "org", NULL, &budget, NULL, 0, &res), &res,
+                   TALLY_EINVAL);
+    expect_refused(tally_account_update(c, "org", &rpm, 0, NULL, NULL, 0, &res), &res,
+                   TALLY_EINVAL);
+    expect_refused(tally_account_update(c, "org", &period, 0, NULL, NULL, 0, &res), &res,
+                   TALLY_EINVAL);
+    expect_refused(tally_account_create(c, "org", NULL, &parallel, NULL, 0, &res), &res,
+                   TALLY_EINVAL);
+    expect_refused(tally_model_limit_set(c, "org", "gpt-4", &model_tpm, NULL, 0, &res), &res,
+                   TALLY_EINVAL);
+    expect_refused(tally_retention_set(c, TALLY_RETENTION_MAX_MS + 1, NULL, 0, &res), &res,
+                   TALLY_EINVAL);
+
+    struct tally_stats st;
+    tally_stats(c, &st);
+    CHECK_EQ_INT(st.calls, 0);
+    tally_close(c);
+}
+
 static void bad_other_calls_are_refused(void)
 {
     struct tally *c = open_at(closed_port(), 0, 0);
@@ -1606,6 +1639,7 @@ int main(void)
     TEST(request_ids_are_random);
     TEST(names_cover_every_value);
     TEST(bad_reserves_are_refused);
+    TEST(limits_out_of_range_are_refused_before_sending);
     TEST(bad_other_calls_are_refused);
     TEST(reserve_to_closed_port_is_unavailable_by_the_deadline);
     TEST(fail_open_grants_with_a_flag);
