@@ -167,6 +167,8 @@ struct conn {
     uint32_t n_sent;
     uint32_t unavailable_streak;
     struct rpc_framer framer;
+    uint8_t *chunk; /* READ_CHUNK bytes read at a time; on the heap, since tally_status()
+                       runs a connection on the caller's stack, which may be small */
     struct rpc_buf out;
     size_t out_off;
 };

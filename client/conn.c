@@ -327,6 +327,8 @@ void client__conn_free(struct conn *k)
     }
     client__conn_forget_addrs(k);
     rpc_framer_free(&k->framer);
+    free(k->chunk);
+    k->chunk = NULL;
     rpc_buf_free(&k->out);
 }
 
@@ -566,12 +568,16 @@ static ssize_t conn_recv(struct conn *k, uint8_t *buf, size_t size, char *why, s
 /* Read what the socket has and hand every complete frame to the driver. */
 static void conn_read(struct conn *k, int64_t now_ms)
 {
-    uint8_t chunk[READ_CHUNK];
     uint64_t epoch = k->epoch;
     char why[WHY_MAX];
     unsigned fail;
+    if (k->chunk == NULL && (k->chunk = malloc(READ_CHUNK)) == NULL) {
+        conn_fail(k, now_ms, CONN_FAIL_NOMEM, "out of memory reading a frame");
+        return;
+    }
+    uint8_t *chunk = k->chunk;
     for (int i = 0; i < READS_PER_WAKE; i++) {
-        ssize_t n = conn_recv(k, chunk, sizeof(chunk), why, sizeof(why), &fail);
+        ssize_t n = conn_recv(k, chunk, READ_CHUNK, why, sizeof(why), &fail);
         if (n == 0) {
             return;
         }
