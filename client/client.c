@@ -61,10 +61,12 @@ _Static_assert(TALLY_TTL_MAX_MS == LEDGER_TTL_MAX_MS && TALLY_PERIOD_MIN_MS == L
                    TALLY_TIME_MAX_MS == LEDGER_TIME_MAX_MS,
                "time bounds");
 #define SAME(a, b) ((int)(a) == (int)(b))
-_Static_assert(SAME(TALLY_EINVAL, LEDGER_EINVAL) && SAME(TALLY_ENOTFOUND, LEDGER_ENOTFOUND) &&
-                   SAME(TALLY_ERESOLVED, LEDGER_ERESOLVED) && SAME(TALLY_ESTALE, LEDGER_ESTALE) &&
-                   SAME(TALLY_ESTALE + 1, LEDGER_ECODE_MAX),
-               "ledger error codes");
+/* libtally's codes 1..15 are the ledger's, code for code (LEDGER_ERRORS in wire/types.h). */
+#define SAME_AS_LEDGER(code, number, name, message)                                          \
+    _Static_assert(SAME(TALLY_##code, LEDGER_##code), "TALLY_" #code " is LEDGER_" #code);
+LEDGER_ERRORS(SAME_AS_LEDGER)
+#undef SAME_AS_LEDGER
+_Static_assert(SAME(TALLY_ESTALE + 1, LEDGER_ECODE_MAX), "ledger error codes");
 _Static_assert(SAME(TALLY_DENY_MODEL_TPM, LEDGER_DENY_MODEL_TPM) &&
                    SAME(TALLY_DENY_MAX, LEDGER_DENY_MAX),
                "deny reasons");
@@ -136,42 +138,14 @@ const char *tally_outcome_name(int outcome)
 
 const char *tally_deny_reason_name(int reason)
 {
-    static const char *const names[TALLY_DENY_MAX] = {
-        [TALLY_DENY_NONE] = "none",
-        [TALLY_DENY_UNKNOWN_KEY] = "unknown_key",
-        [TALLY_DENY_KEY_REVOKED] = "key_revoked",
-        [TALLY_DENY_BLOCKED] = "blocked",
-        [TALLY_DENY_EXPIRED] = "expired",
-        [TALLY_DENY_PARALLEL] = "parallel",
-        [TALLY_DENY_BUDGET] = "budget",
-        [TALLY_DENY_RPM] = "rpm",
-        [TALLY_DENY_TPM] = "tpm",
-        [TALLY_DENY_MODEL_BUDGET] = "model_budget",
-        [TALLY_DENY_MODEL_RPM] = "model_rpm",
-        [TALLY_DENY_MODEL_TPM] = "model_tpm",
-    };
-    return reason >= 0 && reason < TALLY_DENY_MAX ? names[reason] : "unknown";
+    return ledger_deny_reason_name(reason); /* the same numbers, asserted above */
 }
 
 const char *tally_strerror(int code)
 {
+    /* The codes that come from the server or the client; the ledger's own are named by
+     * the ledger's table. */
     static const char *const names[TALLY_ECODE_MAX] = {
-        [TALLY_OK] = "ok",
-        [TALLY_EINVAL] = "invalid_argument",
-        [TALLY_ENAME] = "invalid_name",
-        [TALLY_ENOTFOUND] = "not_found",
-        [TALLY_EEXIST] = "already_exists",
-        [TALLY_ECONFLICT] = "conflict",
-        [TALLY_ERESOLVED] = "already_resolved",
-        [TALLY_EDEPTH] = "too_deep",
-        [TALLY_ECYCLE] = "cycle",
-        [TALLY_EOVERFLOW] = "overflow",
-        [TALLY_EDECODE] = "decode_error",
-        [TALLY_ETOOBIG] = "too_big",
-        [TALLY_ENOMEM] = "out_of_memory",
-        [TALLY_EIO] = "io_error",
-        [TALLY_ECORRUPT] = "corrupt",
-        [TALLY_ESTALE] = "stale",
         [TALLY_EUNAVAILABLE] = "unavailable",
         [TALLY_EAUTH] = "unauthenticated",
         [TALLY_EFORBIDDEN] = "forbidden",
@@ -183,6 +157,9 @@ const char *tally_strerror(int code)
     };
     if (code < 0) {
         code = -code;
+    }
+    if (code < LEDGER_ECODE_MAX) {
+        return ledger_error_name(code);
     }
     return code < TALLY_ECODE_MAX && names[code] != NULL ? names[code] : "unknown";
 }
