@@ -7,6 +7,12 @@
  * a decoder needs no map lookups. Encoding uses msgpack-c's packer; decoding uses the
  * bounded reader of mp.h, which never allocates, so a hostile batch cannot make the
  * ledger allocate more than its fixed command array.
+ *
+ * The one idea: nothing here names a command's fields. Pack, read, the field counts, the
+ * fingerprint, equality and the shape check are each one macro per field kind, expanded
+ * over the command table of types.h, so a field added there is handled everywhere.
+ * Only ledger_cmd_check()'s argument ranges are written per command, in the order the
+ * ledger has always judged them.
  */
 #include "wire/wire.h"
 
