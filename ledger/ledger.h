@@ -39,7 +39,7 @@ enum {
     /* Do not fsync on commit. The Raft log is then the durable record and a replica
      * replays from it after a crash. LMDB stays consistent through a process crash (the
      * written map is in the page cache), not through a machine crash: the OS may write
-     * the map's pages in any order. raft/node.c therefore rebuilds a ledger that was
+     * the map's pages in any order. raft/storage.c therefore rebuilds a ledger that was
      * open when the machine went down (its boot marker). */
     LEDGER_OPEN_NOSYNC = 1u << 0,
 };
@@ -48,7 +48,8 @@ enum {
  * The ledger writes its LMDB map in place (MDB_WRITEMAP). A write that needs a new disk
  * block when there is none (a full disk) or that fails in the kernel is therefore not
  * an error code but a SIGBUS in the writing thread; a process that opens a ledger must
- * treat SIGBUS as a fatal storage error (raft/node.c traps it and exits 74).
+ * treat SIGBUS as a fatal storage error (node_exit_on_storage_fault in raft/storage.c
+ * traps it and exits 74).
  */
 
 struct ledger_options {
