@@ -152,7 +152,7 @@ bool cluster_member_restore(int t);
 /* ---- Faults (nemesis.c); main thread only. ---- */
 
 /* Enable "all" or a comma-separated subset of kill,pause,partition,disk,clock,member.
- * 0, or -1 (message on stderr). */
+ * 0, or -1 on an unknown kind (named on stderr) or an empty list. */
 int nemesis_parse(const char *list);
 /* One history line `nemesis KIND` per enabled kind. */
 void nemesis_hist_enabled(void);
