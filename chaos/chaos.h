@@ -35,6 +35,7 @@
 #include "client/tally.h"
 
 #include <limits.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -50,13 +51,13 @@
  * them back from the history's `acct` lines). ---- */
 struct ch_account {
     const char *name;
-    const char *parent; /* NULL: a root */
-    int64_t budget_micros; /* -1: none */
-    int64_t max_parallel;  /* -1: none */
+    const char *parent;     /* NULL: a root */
+    int64_t budget_micros;  /* -1: none */
+    int64_t max_parallel;   /* -1: none */
     int64_t rpm, rpm_burst; /* -1: none */
     int release;            /* expiry policy release (1) or charge (0) */
     /* Leaves only (est_max > 0): how the workload uses them. */
-    int by_key;              /* reserve with the key secret (1) or the account name (0) */
+    int by_key; /* reserve with the key secret (1) or the account name (0) */
     int64_t est_min, est_max;
     int full_charge; /* settle charges most of the estimate (the budget runs out) */
     int abandon;     /* the workload sometimes never resolves a reservation (expiry) */
@@ -68,16 +69,17 @@ extern const int ch_n_accounts;
 /* ---- The run (filled by the runner's main from the cluster file). ---- */
 struct ch_node {
     int id;
-    char ns[64];   /* network namespace (made by run.sh) */
-    char ip[32];   /* its address on the private bridge */
-    char veth[64]; /* the root-namespace end of its veth pair */
-    char dir[PATH_MAX];        /* data dir: a tmpfs mounted by run.sh */
+    char ns[64];                    /* network namespace (made by run.sh) */
+    char ip[32];                    /* its address on the private bridge */
+    char veth[64];                  /* the root-namespace end of its veth pair */
+    char dir[PATH_MAX];             /* data dir: a tmpfs mounted by run.sh */
     char clock_file[PATH_MAX + 32]; /* --debug-clock-offset-file */
     char log[PATH_MAX + 32];
     char endpoint[64]; /* "ip:7001" */
     pid_t pid;         /* 0: not running */
     bool paused;
-    bool member; /* in the Raft configuration as the runner last set it */
+    bool member;      /* in the Raft configuration as the runner last set it */
+    int64_t tmpfs_mb; /* its data dir's tmpfs size as the runner last set it */
 };
 
 struct ch_run {
@@ -99,7 +101,75 @@ struct ch_run {
 
 extern struct ch_run ch;
 
+/* ---- The runner's main thread (runner.c). ---- */
+
+/* Set by SIGINT/SIGTERM: every loop of the main thread stops at it. */
+extern volatile sig_atomic_t runner_interrupted;
+/* The main thread's generator, seeded from --seed: the run's nonce and every fault
+ * choice are drawn from it in one order, so a seed replays the same faults. */
+extern uint64_t runner_rng;
+
+/* ---- The cluster's processes (cluster.c); main thread only. Nodes are named by their
+ * index into ch.nodes (0..CH_NODES-1) or by pointer. ---- */
+
+/* The admin client (status, membership, setup), opened by main before the first start. */
+extern struct tally *cluster_ctl;
+
+/* Fill `ch` from run.sh's cluster file (tokens, dirs, the nodes, their tmpfs sizes).
+ * 0, or -1 with a message on stderr. */
+int cluster_read_file(const char *path);
+/* Bootstrap: start every node (without --join; every later start has it) and wait until
+ * each answers STATUS. 0, or -1 (logged) if one does not come up. */
+int cluster_start_all(void);
+/* SIGTERM every running node and reap it (`stop` events). */
+void cluster_stop_all(void);
+/* Start node i and wait until it answers (an `up` event), up to 3 attempts; false if it
+ * never came up. */
+bool cluster_node_start(int i);
+/* Stop node n with `sig` (SIGKILL after 8 s), continuing it first if paused, and reap
+ * it (a `stop` event). No-op if it is not running. */
+void cluster_node_stop(struct ch_node *n, int sig);
+/* STATUS of node n into *st: 0, or -1 if it is down, paused or did not answer. */
+int cluster_node_status(struct ch_node *n, struct tally_node_status *st, int timeout_ms);
+/* Index of the node that leads and serves, waiting up to timeout_ms; -1 if none. */
+int cluster_find_leader(int timeout_ms);
+/* Reap nodes that ended on their own (`exit` events); how many. */
+int cluster_reap_all(void);
+/* Restart every member node that is not running. */
+void cluster_revive_all(void);
+/* Sleep `ms`, reaping nodes that die meanwhile and flushing the history; returns early
+ * on runner_interrupted. */
+void cluster_hold_ms(int64_t ms);
+/* The leader's view of the entries each peer lacks, as " 1=0 3=812" ("" if unknown). */
+void cluster_peer_lags(int leader, char *out, size_t size);
+/* Remove node t from the Raft configuration and confirm the removal committed (within
+ * 20 s); false if it could not be. */
+bool cluster_member_remove(int t);
+/* Stop node t, wipe its data dir, restart it with --join and add it back until it is a
+ * voter in a committed configuration and caught up; false if that failed. */
+bool cluster_member_restore(int t);
+
+/* ---- Faults (nemesis.c); main thread only. ---- */
+
+/* Enable "all" or a comma-separated subset of kill,pause,partition,disk,clock,member.
+ * 0, or -1 on an unknown kind (named on stderr) or an empty list. */
+int nemesis_parse(const char *list);
+/* One history line `nemesis KIND` per enabled kind. */
+void nemesis_hist_enabled(void);
+/* Write offset_ms into node n's --debug-clock-offset-file (replaced atomically). */
+void nemesis_clock_set(const struct ch_node *n, int64_t offset_ms);
+/* Run a --faults script (see nemesis.c); -1 on a step it cannot read. */
+int nemesis_script(const char *script);
+/* Inject faults in shuffled rounds of every enabled kind until end_us (ch_now_us()) or
+ * runner_interrupted, logging progress every 15 s. */
+void nemesis_rounds(int64_t end_us);
+/* Undo every fault: links, rules, pauses, clocks, disks, dead nodes, membership. */
+void nemesis_heal_all(void);
+
 /* ---- Utilities (common.c). ---- */
+
+/* Run a shell command (at most 1 KiB) with system(); its status, logged if not 0. */
+__attribute__((format(printf, 1, 2))) int ch_sh(const char *fmt, ...);
 
 /* Microseconds of CLOCK_MONOTONIC since ch_clock_start(); the history's time base. */
 void ch_clock_start(void);

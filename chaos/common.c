@@ -1,6 +1,7 @@
 /*
  * common.c: the chaos runner's small shared pieces: the workload's account table, the
- * clock, the random generator, the history and log files, and helpers around libtally.
+ * clock, the random generator, the history and log files, shell commands, and helpers
+ * around libtally.
  */
 #define _GNU_SOURCE
 #include "chaos.h"
@@ -158,6 +159,22 @@ void ch_log(const char *fmt, ...)
         fflush(logf_);
     }
     pthread_mutex_unlock(&log_mu);
+}
+
+/* ---- Shell commands on what run.sh created. ---- */
+
+int ch_sh(const char *fmt, ...)
+{
+    char cmd[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    int rv = system(cmd);
+    if (rv != 0) {
+        ch_log("command failed (%d): %s", rv, cmd);
+    }
+    return rv;
 }
 
 /* ---- libtally helpers. ---- */

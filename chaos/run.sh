@@ -17,7 +17,7 @@
 #   --workers N --rate N the workload's size (default 6 workers of ~50 ops/s)
 #   --nemeses LIST       all (the default), or a subset of kill,pause,partition,disk,
 #                        clock,member
-#   --faults SCRIPT      a fixed fault sequence instead of random ones (see runner.c,
+#   --faults SCRIPT      a fixed fault sequence instead of random ones (see nemesis.c,
 #                        e.g. "member:follower,hold:10000,kill:follower,hold:3000")
 #
 # As root, this script creates - and removes again on every exit path, failures and
