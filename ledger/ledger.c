@@ -1167,6 +1167,12 @@ static void exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct le
         reserve_reject(l, c, fp, -LEDGER_EOVERFLOW, NULL, r);
         return;
     }
+    struct ledger__chain ch = {.rec = &rec, .n = n};
+    for (uint32_t i = 0; i < n; i++) {
+        ch.acct[i] = plan[i].acct;
+        ch.model[i] = plan[i].has_model ? &plan[i].model : NULL;
+    }
+    ledger__chain_mark(&ch);
 
     memset(&rec, 0, sizeof(rec));
     rec.state = LEDGER_RESV_OPEN;
@@ -1217,6 +1223,7 @@ static void exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct le
             model_put(l, a->id, c->u.reserve.model, m);
         }
     }
+    ledger__chain_assert_invariants(&ch, LEDGER__CHAIN_GRANT, l->now_ms);
     resv_put(l, c->request_id, &rec);
     timer_put(l, rec.expires_at_ms, c->request_id, 0);
     reserve_answer(l, &rec, r);
@@ -1232,6 +1239,7 @@ struct resolve_ctx {
     struct acct_rec *acct[LEDGER_DEPTH_MAX];
     struct model_rec model[LEDGER_DEPTH_MAX];
     char model_name[LEDGER_MODEL_MAX + 1];
+    struct ledger__chain chain; /* the records above, marked as loaded */
 };
 
 static bool resolve_load(struct ledger *l, struct resolve_ctx *x)
@@ -1248,7 +1256,12 @@ static bool resolve_load(struct ledger *l, struct resolve_ctx *x)
             failed(l, MDB_CORRUPTED);
             return false;
         }
+        x->chain.acct[i] = x->acct[i];
+        x->chain.model[i] = (x->rec->model_mask & (1u << i)) ? &x->model[i] : NULL;
     }
+    x->chain.rec = x->rec;
+    x->chain.n = (uint32_t)x->rec->chain_len;
+    ledger__chain_mark(&x->chain);
     return true;
 }
 
@@ -1370,6 +1383,7 @@ static void expire_one(struct ledger *l, struct resv_rec *rec, const uint8_t *re
     }
     rec->state = LEDGER_RESV_EXPIRED;
     rec->resolved_ms = l->now_ms;
+    ledger__chain_assert_invariants(&x.chain, LEDGER__CHAIN_RELEASE, l->now_ms);
     resolve_store(l, &x);
     /* The timer that expired it is gone: schedule the end of its retention. */
     timer_put(l, l->now_ms + l->work.retention_ms, request_id, 0);
@@ -1495,7 +1509,8 @@ static void exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct le
     if (!resolve_load(l, &x)) {
         return;
     }
-    if (rec.state == LEDGER_RESV_EXPIRED) {
+    bool late = rec.state == LEDGER_RESV_EXPIRED;
+    if (late) {
         int64_t actual = c->type == LEDGER_CMD_SETTLE ? c->u.settle.actual_micros : 0;
         late_correct(l, &x, actual, r);
     } else {
@@ -1507,6 +1522,8 @@ static void exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct le
     }
     rec.resolve_type = c->type;
     rec.resolve_fp = fp;
+    ledger__chain_assert_invariants(&x.chain, late ? LEDGER__CHAIN_LATE : LEDGER__CHAIN_RELEASE,
+                                    l->now_ms);
     resolve_store(l, &x);
     resolve_answer(&rec, r);
 }
@@ -1534,6 +1551,8 @@ static void exec_extend(struct ledger *l, const struct ledger_cmd *c, struct led
         resv_put(l, c->request_id, &rec);
         timer_put(l, want, c->request_id, 0);
     }
+    struct ledger__chain ch = {.rec = &rec, .n = 0}; /* an extend touches no account */
+    ledger__chain_assert_invariants(&ch, LEDGER__CHAIN_EXTEND, l->now_ms);
     r->status = LEDGER_OK;
     r->expires_at_ms = rec.expires_at_ms;
 }
