@@ -337,6 +337,8 @@ static void model_roll(struct model_rec *m, const struct acct_rec *a, int64_t no
 
 static void timer_put(struct ledger *l, int64_t due_ms, const uint8_t *request_id, uint8_t kind)
 {
+    /* I8: this batch's timers already ran; one due now would wait for the next batch. */
+    assert(due_ms > l->now_ms);
     uint8_t k[TIMER_KEY_SIZE];
     store_be64(k, (uint64_t)due_ms);
     memcpy(k + 8, request_id, LEDGER_REQUEST_ID_SIZE);
@@ -357,6 +359,8 @@ static void jrec_init(struct ledger *l, struct jrec *j, uint64_t kind, const uin
 
 static void journal_append(struct ledger *l, struct jrec *j, const void *payload, size_t plen)
 {
+    assert(j->ts_ms >= l->meta.clock_ms && "I9: journal times never decrease");
+    assert(j->chain_len <= LEDGER_DEPTH_MAX && (plen == 0 || payload != NULL));
     uint8_t k[8];
     j->seq = ++l->work.journal_seq;
     j->payload_len = plen;
@@ -698,6 +702,7 @@ static int move_check(struct ledger *l, const struct acct_rec *a, const char *pa
 
 static void move_apply(struct ledger *l, struct acct_rec *a, uint64_t new_parent)
 {
+    assert(new_parent != a->id && "I6: move_check refused a cycle");
     uint8_t k[CHILD_KEY_MAX];
     memcpy(k + 8, a->name, a->name_len);
     store_be64(k, a->parent_id);
@@ -931,6 +936,8 @@ static bool deny_set(struct deny *d, uint8_t reason, uint64_t account_id, int64_
 static bool budget_fits(int64_t budget, int64_t spent, int64_t held, int64_t estimate,
                         int64_t *remaining)
 {
+    /* I4 and reserve_validate: so `remaining` below cannot overflow. */
+    assert(budget >= 0 && spent >= 0 && held >= 0 && estimate >= 0);
     int64_t used;
     if (__builtin_add_overflow(spent, held, &used) ||
         __builtin_add_overflow(used, estimate, &used) || used > budget) {
@@ -1162,6 +1169,7 @@ static void exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct le
     if (l->fatal) {
         return;
     }
+    assert(n >= 1 && n <= LEDGER_DEPTH_MAX && "I6: the leaf exists, its chain is bounded");
     int64_t est = c->u.reserve.estimate_micros;
     if (!hold_fits(plan, n, est)) {
         reserve_reject(l, c, fp, -LEDGER_EOVERFLOW, NULL, r);
@@ -1280,11 +1288,12 @@ static void release_holds(struct resolve_ctx *x)
 {
     for (uint32_t i = 0; i < x->rec->chain_len; i++) {
         struct acct_rec *a = x->acct[i];
-        assert(a->held_micros >= x->rec->estimate_micros && a->inflight > 0);
+        assert(a->held_micros >= x->rec->estimate_micros && a->inflight > 0); /* I1 */
         a->held_micros -= x->rec->estimate_micros;
         a->inflight--;
         if (x->rec->model_mask & (1u << i)) {
-            assert(x->model[i].held_micros >= x->rec->estimate_micros);
+            assert(x->model[i].held_micros >= x->rec->estimate_micros &&
+                   x->model[i].inflight > 0); /* I2 */
             x->model[i].held_micros -= x->rec->estimate_micros;
             x->model[i].inflight--;
         }
@@ -1332,6 +1341,9 @@ static bool charge_fits(struct resolve_ctx *x, int64_t amount)
 static void charge_chain(struct ledger *l, struct resolve_ctx *x, int64_t amount, uint64_t kind,
                          uint64_t tokens)
 {
+    /* Only late_correct() charges negative amounts; releases charge nothing. */
+    assert(amount >= 0 &&
+           (amount == 0 || kind == LEDGER_J_CHARGE || kind == LEDGER_J_EXPIRE_CHARGE));
     struct jrec j;
     int64_t overrun = amount - x->rec->estimate_micros;
     jrec_init(l, &j, kind, x->request_id, x->actor);
@@ -1364,6 +1376,7 @@ static void charge_chain(struct ledger *l, struct resolve_ctx *x, int64_t amount
 
 static void expire_one(struct ledger *l, struct resv_rec *rec, const uint8_t *request_id)
 {
+    assert(rec->state == LEDGER_RESV_OPEN && rec->expires_at_ms <= l->now_ms); /* I8 */
     struct resolve_ctx x = {.rec = rec, .request_id = request_id, .actor = "ledger"};
     if (!resolve_load(l, &x)) {
         return;
@@ -1394,6 +1407,7 @@ static void late_correct(struct ledger *l, struct resolve_ctx *x, int64_t actual
                          struct ledger_result *r)
 {
     struct resv_rec *rec = x->rec;
+    assert(rec->state == LEDGER_RESV_EXPIRED && actual >= 0); /* I8: only an expiry is corrected */
     int64_t delta = actual - rec->expiry_charge_micros;
     struct jrec j;
     if (delta > 0 && !charge_fits(x, delta)) {
@@ -1431,6 +1445,7 @@ static void late_correct(struct ledger *l, struct resolve_ctx *x, int64_t actual
             }
             m->spent_micros += mapplied;
             m->lifetime_spent_micros += mapplied;
+            assert(m->spent_micros >= 0); /* I4 */
         }
     }
     journal_append(l, &j, NULL, 0);
@@ -1457,6 +1472,7 @@ static void resolve_open(struct ledger *l, struct resolve_ctx *x, const struct l
                          struct ledger_result *r)
 {
     struct resv_rec *rec = x->rec;
+    assert(rec->state == LEDGER_RESV_OPEN); /* I8: only an open reservation is settled */
     if (c->type == LEDGER_CMD_SETTLE && !charge_fits(x, c->u.settle.actual_micros)) {
         r->status = -LEDGER_EOVERFLOW; /* checked before anything changes */
         return;
@@ -1566,6 +1582,8 @@ static void fire_resv_timer(struct ledger *l, int64_t due_ms, const uint8_t *req
         return;
     }
     if (rec.state == LEDGER_RESV_OPEN) {
+        /* I8: extends only move expires_at later, so no timer of it is due after it. */
+        assert(due_ms <= l->now_ms && rec.expires_at_ms >= due_ms);
         if (rec.expires_at_ms == due_ms) {
             expire_one(l, &rec, request_id);
         }
@@ -1670,6 +1688,7 @@ static int apply_once(struct ledger *l, uint64_t index, int64_t stamp_ms, size_t
     cache_clear(l);
     if (n > 0) {
         l->now_ms = clamp_time(stamp_ms > l->meta.clock_ms ? stamp_ms : l->meta.clock_ms);
+        assert(l->now_ms >= l->meta.clock_ms); /* I8, I9: the clock never goes back */
         l->work.clock_ms = l->now_ms;
         run_timers(l);
         for (size_t i = 0; i < n && l->fatal == 0; i++) {

@@ -40,9 +40,10 @@ void ledger_civil_from_days(int64_t days, int64_t *y, unsigned *m, unsigned *d)
     *d = (unsigned)(doy - (153 * mp + 2) / 5 + 1);
     *m = (unsigned)(mp < 10 ? mp + 3 : mp - 9);
     *y = yoe + era * 400 + (*m <= 2);
+    assert(*m >= 1 && *m <= 12 && *d >= 1 && *d <= 31);
 }
 
-int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)
+static int64_t period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)
 {
     int64_t days = floor_div(now_ms, MS_PER_DAY);
     switch (kind) {
@@ -54,9 +55,12 @@ int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, 
         return anchor_ms + (now_ms - anchor_ms) / period_ms * period_ms;
     case LEDGER_PERIOD_DAY:
         return days * MS_PER_DAY;
-    case LEDGER_PERIOD_WEEK:
+    case LEDGER_PERIOD_WEEK: {
         /* 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) mod 7. */
-        return (days - (days + 3 - floor_div(days + 3, 7) * 7)) * MS_PER_DAY;
+        int64_t monday = days - (days + 3 - floor_div(days + 3, 7) * 7);
+        assert(monday <= days && days - monday < 7 && (monday + 3) % 7 == 0);
+        return monday * MS_PER_DAY;
+    }
     case LEDGER_PERIOD_MONTH: {
         int64_t y;
         unsigned m, d;
@@ -68,10 +72,21 @@ int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, 
     }
 }
 
+int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)
+{
+    int64_t start = period_start(kind, period_ms, anchor_ms, now_ms);
+    /* The period contains now (a FIXED one not begun yet starts at its anchor). */
+    assert(kind == LEDGER_PERIOD_NONE || kind >= LEDGER_PERIOD_MAX ||
+           (kind == LEDGER_PERIOD_FIXED && now_ms < anchor_ms && start == anchor_ms) ||
+           (start <= now_ms && now_ms < ledger_period_end(kind, period_ms, start)));
+    return start;
+}
+
 int64_t ledger_period_end(uint8_t kind, int64_t period_ms, int64_t start_ms)
 {
     switch (kind) {
     case LEDGER_PERIOD_FIXED:
+        assert(period_ms > 0);
         return start_ms + period_ms;
     case LEDGER_PERIOD_DAY:
         return start_ms + MS_PER_DAY;
