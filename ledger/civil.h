@@ -46,6 +46,7 @@ static inline void ledger_civil_from_days(int64_t days, int64_t *y, unsigned *m,
     *d = (unsigned)(doy - (153 * mp + 2) / 5 + 1);
     *m = (unsigned)(mp < 10 ? mp + 3 : mp - 9);
     *y = yoe + era * 400 + (*m <= 2);
+    assert(*m >= 1 && *m <= 12 && *d >= 1 && *d <= 31);
 }
 
 #endif /* TALLY_LEDGER_CIVIL_H */

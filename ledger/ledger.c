@@ -337,6 +337,8 @@ static void model_roll(struct model_rec *m, const struct acct_rec *a, int64_t no
 
 static void timer_put(struct ledger *l, int64_t due_ms, const uint8_t *request_id, uint8_t kind)
 {
+    /* I8: this batch's timers already ran; one due now would wait for the next batch. */
+    assert(due_ms > l->now_ms);
     uint8_t k[TIMER_KEY_SIZE];
     store_be64(k, (uint64_t)due_ms);
     memcpy(k + 8, request_id, LEDGER_REQUEST_ID_SIZE);
@@ -357,6 +359,8 @@ static void jrec_init(struct ledger *l, struct jrec *j, uint64_t kind, const uin
 
 static void journal_append(struct ledger *l, struct jrec *j, const void *payload, size_t plen)
 {
+    assert(j->ts_ms >= l->meta.clock_ms && "I9: journal times never decrease");
+    assert(j->chain_len <= LEDGER_DEPTH_MAX && (plen == 0 || payload != NULL));
     uint8_t k[8];
     j->seq = ++l->work.journal_seq;
     j->payload_len = plen;
@@ -638,6 +642,7 @@ static int move_check(struct ledger *l, const struct acct_rec *a, const char *pa
 
 static void move_apply(struct ledger *l, struct acct_rec *a, uint64_t new_parent)
 {
+    assert(new_parent != a->id && "I6: move_check refused a cycle");
     uint8_t k[CHILD_KEY_MAX];
     memcpy(k + 8, a->name, a->name_len);
     store_be64(k, a->parent_id);
@@ -850,6 +855,8 @@ static bool deny_set(struct deny *d, uint8_t reason, uint64_t account_id, int64_
 static bool budget_fits(int64_t budget, int64_t spent, int64_t held, int64_t estimate,
                         int64_t *remaining)
 {
+    /* I4 and reserve_validate: so `remaining` below cannot overflow. */
+    assert(budget >= 0 && spent >= 0 && held >= 0 && estimate >= 0);
     int64_t used;
     if (__builtin_add_overflow(spent, held, &used) ||
         __builtin_add_overflow(used, estimate, &used) || used > budget) {
@@ -1065,11 +1072,18 @@ static void exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct le
     if (l->fatal) {
         return;
     }
+    assert(n >= 1 && n <= LEDGER_DEPTH_MAX && "I6: the leaf exists, its chain is bounded");
     int64_t est = c->u.reserve.estimate_micros;
     if (!hold_fits(plan, n, est)) {
         reserve_reject(l, c, fp, -LEDGER_EOVERFLOW, NULL, r);
         return;
     }
+    struct ledger__chain ch = {.rec = &rec, .n = n};
+    for (uint32_t i = 0; i < n; i++) {
+        ch.acct[i] = plan[i].acct;
+        ch.model[i] = plan[i].has_model ? &plan[i].model : NULL;
+    }
+    ledger__chain_mark(&ch);
 
     memset(&rec, 0, sizeof(rec));
     rec.state = LEDGER_RESV_OPEN;
@@ -1120,6 +1134,7 @@ static void exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct le
             model_put(l, a->id, c->u.reserve.model, m);
         }
     }
+    ledger__chain_assert_invariants(&ch, LEDGER__CHAIN_GRANT, l->now_ms);
     resv_put(l, c->request_id, &rec);
     timer_put(l, rec.expires_at_ms, c->request_id, 0);
     reserve_answer(l, &rec, r);
@@ -1135,6 +1150,7 @@ struct resolve_ctx {
     struct acct_rec *acct[LEDGER_DEPTH_MAX];
     struct model_rec model[LEDGER_DEPTH_MAX];
     char model_name[LEDGER_MODEL_MAX + 1];
+    struct ledger__chain chain; /* the records above, marked as loaded */
 };
 
 static bool resolve_load(struct ledger *l, struct resolve_ctx *x)
@@ -1151,7 +1167,12 @@ static bool resolve_load(struct ledger *l, struct resolve_ctx *x)
             failed(l, MDB_CORRUPTED);
             return false;
         }
+        x->chain.acct[i] = x->acct[i];
+        x->chain.model[i] = (x->rec->model_mask & (1u << i)) ? &x->model[i] : NULL;
     }
+    x->chain.rec = x->rec;
+    x->chain.n = (uint32_t)x->rec->chain_len;
+    ledger__chain_mark(&x->chain);
     return true;
 }
 
@@ -1170,11 +1191,12 @@ static void release_holds(struct resolve_ctx *x)
 {
     for (uint32_t i = 0; i < x->rec->chain_len; i++) {
         struct acct_rec *a = x->acct[i];
-        assert(a->held_micros >= x->rec->estimate_micros && a->inflight > 0);
+        assert(a->held_micros >= x->rec->estimate_micros && a->inflight > 0); /* I1 */
         a->held_micros -= x->rec->estimate_micros;
         a->inflight--;
         if (x->rec->model_mask & (1u << i)) {
-            assert(x->model[i].held_micros >= x->rec->estimate_micros);
+            assert(x->model[i].held_micros >= x->rec->estimate_micros &&
+                   x->model[i].inflight > 0); /* I2 */
             x->model[i].held_micros -= x->rec->estimate_micros;
             x->model[i].inflight--;
         }
@@ -1222,6 +1244,9 @@ static bool charge_fits(struct resolve_ctx *x, int64_t amount)
 static void charge_chain(struct ledger *l, struct resolve_ctx *x, int64_t amount, uint64_t kind,
                          uint64_t tokens)
 {
+    /* Only late_correct() charges negative amounts; releases charge nothing. */
+    assert(amount >= 0 &&
+           (amount == 0 || kind == LEDGER_J_CHARGE || kind == LEDGER_J_EXPIRE_CHARGE));
     struct jrec j;
     int64_t overrun = amount - x->rec->estimate_micros;
     jrec_init(l, &j, kind, x->request_id, x->actor);
@@ -1254,6 +1279,7 @@ static void charge_chain(struct ledger *l, struct resolve_ctx *x, int64_t amount
 
 static void expire_one(struct ledger *l, struct resv_rec *rec, const uint8_t *request_id)
 {
+    assert(rec->state == LEDGER_RESV_OPEN && rec->expires_at_ms <= l->now_ms); /* I8 */
     struct resolve_ctx x = {.rec = rec, .request_id = request_id, .actor = "ledger"};
     if (!resolve_load(l, &x)) {
         return;
@@ -1273,6 +1299,7 @@ static void expire_one(struct ledger *l, struct resv_rec *rec, const uint8_t *re
     }
     rec->state = LEDGER_RESV_EXPIRED;
     rec->resolved_ms = l->now_ms;
+    ledger__chain_assert_invariants(&x.chain, LEDGER__CHAIN_RELEASE, l->now_ms);
     resolve_store(l, &x);
     /* The timer that expired it is gone: schedule the end of its retention. */
     timer_put(l, l->now_ms + l->work.retention_ms, request_id, 0);
@@ -1283,6 +1310,7 @@ static void late_correct(struct ledger *l, struct resolve_ctx *x, int64_t actual
                          struct ledger_result *r)
 {
     struct resv_rec *rec = x->rec;
+    assert(rec->state == LEDGER_RESV_EXPIRED && actual >= 0); /* I8: only an expiry is corrected */
     int64_t delta = actual - rec->expiry_charge_micros;
     struct jrec j;
     if (delta > 0 && !charge_fits(x, delta)) {
@@ -1320,6 +1348,7 @@ static void late_correct(struct ledger *l, struct resolve_ctx *x, int64_t actual
             }
             m->spent_micros += mapplied;
             m->lifetime_spent_micros += mapplied;
+            assert(m->spent_micros >= 0); /* I4 */
         }
     }
     journal_append(l, &j, NULL, 0);
@@ -1346,6 +1375,7 @@ static void resolve_open(struct ledger *l, struct resolve_ctx *x, const struct l
                          struct ledger_result *r)
 {
     struct resv_rec *rec = x->rec;
+    assert(rec->state == LEDGER_RESV_OPEN); /* I8: only an open reservation is settled */
     if (c->type == LEDGER_CMD_SETTLE && !charge_fits(x, c->u.settle.actual_micros)) {
         r->status = -LEDGER_EOVERFLOW; /* checked before anything changes */
         return;
@@ -1397,7 +1427,8 @@ static void exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct le
     if (!resolve_load(l, &x)) {
         return;
     }
-    if (rec.state == LEDGER_RESV_EXPIRED) {
+    bool late = rec.state == LEDGER_RESV_EXPIRED;
+    if (late) {
         int64_t actual = c->type == LEDGER_CMD_SETTLE ? c->u.settle.actual_micros : 0;
         late_correct(l, &x, actual, r);
     } else {
@@ -1409,6 +1440,8 @@ static void exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct le
     }
     rec.resolve_type = c->type;
     rec.resolve_fp = fp;
+    ledger__chain_assert_invariants(&x.chain, late ? LEDGER__CHAIN_LATE : LEDGER__CHAIN_RELEASE,
+                                    l->now_ms);
     resolve_store(l, &x);
     resolve_answer(&rec, r);
 }
@@ -1437,6 +1470,8 @@ static void exec_extend(struct ledger *l, const struct ledger_cmd *c, struct led
         resv_put(l, c->request_id, &rec);
         timer_put(l, want, c->request_id, 0);
     }
+    struct ledger__chain ch = {.rec = &rec, .n = 0}; /* an extend touches no account */
+    ledger__chain_assert_invariants(&ch, LEDGER__CHAIN_EXTEND, l->now_ms);
     r->status = LEDGER_OK;
     r->expires_at_ms = rec.expires_at_ms;
 }
@@ -1450,6 +1485,8 @@ static void fire_resv_timer(struct ledger *l, int64_t due_ms, const uint8_t *req
         return;
     }
     if (rec.state == LEDGER_RESV_OPEN) {
+        /* I8: extends only move expires_at later, so no timer of it is due after it. */
+        assert(due_ms <= l->now_ms && rec.expires_at_ms >= due_ms);
         if (rec.expires_at_ms == due_ms) {
             expire_one(l, &rec, request_id);
         }
@@ -1554,6 +1591,7 @@ static int apply_once(struct ledger *l, uint64_t index, int64_t stamp_ms, size_t
     cache_clear(l);
     if (n > 0) {
         l->now_ms = clamp_time(stamp_ms > l->meta.clock_ms ? stamp_ms : l->meta.clock_ms);
+        assert(l->now_ms >= l->meta.clock_ms); /* I8, I9: the clock never goes back */
         l->work.clock_ms = l->now_ms;
         run_timers(l);
         for (size_t i = 0; i < n && l->fatal == 0; i++) {

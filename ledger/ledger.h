@@ -112,12 +112,51 @@ int64_t ledger_now_ms(const struct ledger *l);
 int ledger_state_hash(struct ledger *l, uint8_t out[32]);
 
 /*
- * Check DESIGN.md's invariants over the whole stored state: held and inflight equal
- * the sums over open reservations (accounts and model limits), spent in the current
- * period equals that period's journal charges, every open reservation is in the
- * expiry index and nothing else is, counters are non-negative, the forest is acyclic
- * and within depth, and the admin journal's hash chain is intact. Returns 0, or
- * -LEDGER_ECORRUPT with a description in ledger_errmsg(). O(state): for tests.
+ * ---- Invariants. ----
+ *
+ * What the ledger keeps true of its stored state after every batch, numbered so that
+ * assertions and the checker cite them. ledger_check_invariants() verifies all that one
+ * state can show (all but I5 and I8's transitions) over the whole state; after every
+ * grant, settle, void, extend and expiry the ledger asserts what of them shows on the
+ * one chain it touched (check.c, O(chain)).
+ * Limits bound only what a grant may add (I5): a settle may charge more than its
+ * estimate, an expiry charges its estimate, an admin may lower a budget or max_parallel
+ * below what is spent, held or in flight, so none of them bounds the state afterwards.
+ *
+ * I1  An account's held_micros is the sum of estimate_micros over the open reservations
+ *     whose chain (the chain as granted, kept through later moves) contains it, and its
+ *     inflight their number. A grant adds its estimate and 1 on every account of its
+ *     chain; its settle, void or expiry removes exactly that.
+ * I2  The same for a model limit record: its held_micros and inflight sum the open
+ *     reservations whose model_mask marks its account (the grant matched the record).
+ * I3  An account's spent_micros is the sum of the amounts of its CHARGE, EXPIRE_CHARGE and
+ *     CORRECTION journal entries whose period_start_ms is its current period start.
+ * I4  No counter is negative: an account's held, spent, lifetime_spent, overrun and rate
+ *     bucket levels, a model record's held and spent. lifetime_spent >= spent: every
+ *     change to spent but a rollover to 0 changes lifetime_spent by the same amount.
+ * I5  At the moment of a grant (only then), on every account of its chain: not blocked,
+ *     not expired, inflight <= max_parallel, spent + held <= budget, the rpm bucket
+ *     within its burst, the tpm bucket within its burst if the grant cost tokens; and on
+ *     each model limit it matched: spent + held <= budget, rpm and tpm likewise.
+ * I6  Accounts form a forest: ids 1..next_account_id - 1 each have one record, every
+ *     parent exists, no chain is cyclic or longer than LEDGER_DEPTH_MAX, and the names
+ *     and children indexes say exactly what the records say.
+ * I7  An account's n_keys is the number of its unrevoked keys, n_models the number of
+ *     its model records, and every key and model record names an existing account.
+ * I8  A reservation record is a stored denial or has a state OPEN..LATE_SETTLED, a chain
+ *     of 1..LEDGER_DEPTH_MAX existing accounts and an estimate in 0..LEDGER_AMOUNT_MAX.
+ *     States move only OPEN -> SETTLED | VOIDED | EXPIRED and EXPIRED -> LATE_SETTLED.
+ *     An open one has an expiry timer at its expires_at, which is after the clock; no
+ *     timer is due at or before the clock once a batch is applied.
+ * I9  Journal records are numbered 1..journal_seq without gaps, their times never
+ *     decrease, and the admin entries' hashes chain from 32 zero bytes to meta's head.
+ */
+
+/*
+ * Check the invariants above (all but I5 and I8's transitions) over the whole stored
+ * state. Returns 0, or -LEDGER_ECORRUPT with the first violation, prefixed by its
+ * number ("I3: ..."), in ledger_errmsg(). O(state): for tests and the simulation; a
+ * node never calls it.
  */
 int ledger_check_invariants(struct ledger *l);
 

@@ -19,7 +19,7 @@ static int64_t floor_div(int64_t a, int64_t b)
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
-int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)
+static int64_t period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)
 {
     int64_t days = floor_div(now_ms, MS_PER_DAY);
     switch (kind) {
@@ -31,9 +31,12 @@ int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, 
         return anchor_ms + (now_ms - anchor_ms) / period_ms * period_ms;
     case LEDGER_PERIOD_DAY:
         return days * MS_PER_DAY;
-    case LEDGER_PERIOD_WEEK:
+    case LEDGER_PERIOD_WEEK: {
         /* 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) mod 7. */
-        return (days - (days + 3 - floor_div(days + 3, 7) * 7)) * MS_PER_DAY;
+        int64_t monday = days - (days + 3 - floor_div(days + 3, 7) * 7);
+        assert(monday <= days && days - monday < 7 && (monday + 3) % 7 == 0);
+        return monday * MS_PER_DAY;
+    }
     case LEDGER_PERIOD_MONTH: {
         int64_t y;
         unsigned m, d;
@@ -45,10 +48,21 @@ int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, 
     }
 }
 
+int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)
+{
+    int64_t start = period_start(kind, period_ms, anchor_ms, now_ms);
+    /* The period contains now (a FIXED one not begun yet starts at its anchor). */
+    assert(kind == LEDGER_PERIOD_NONE || kind >= LEDGER_PERIOD_MAX ||
+           (kind == LEDGER_PERIOD_FIXED && now_ms < anchor_ms && start == anchor_ms) ||
+           (start <= now_ms && now_ms < ledger_period_end(kind, period_ms, start)));
+    return start;
+}
+
 int64_t ledger_period_end(uint8_t kind, int64_t period_ms, int64_t start_ms)
 {
     switch (kind) {
     case LEDGER_PERIOD_FIXED:
+        assert(period_ms > 0);
         return start_ms + period_ms;
     case LEDGER_PERIOD_DAY:
         return start_ms + MS_PER_DAY;

@@ -8,10 +8,12 @@
  */
 #include "ledger/store.h"
 
+#include <assert.h>
 #include <string.h>
 
 int store_get_account(struct ledger *l, MDB_txn *txn, uint64_t id, struct acct_rec *out)
 {
+    assert(id != 0); /* I6: ids start at 1; 0 means "no parent" */
     uint8_t k[8];
     store_be64(k, id);
     MDB_val key = {8, k}, v;
@@ -105,6 +107,8 @@ void store_account_info(struct ledger *l, MDB_txn *txn, const struct acct_rec *a
     int64_t start = store_acct_period_start(a, now_ms);
     out->spent_micros = start == a->period_start_ms ? a->spent_micros : 0;
     out->held_micros = a->held_micros;
+    /* I4: with the budget in range, remaining below cannot overflow. */
+    assert(out->spent_micros >= 0 && out->held_micros >= 0);
     out->remaining_micros = INT64_MAX;
     if (a->lim_set & LEDGER_LIM_BUDGET) {
         out->remaining_micros = a->budget_micros - out->spent_micros - out->held_micros;
@@ -179,6 +183,7 @@ static int scan_prefix(struct ledger *l, MDB_txn *txn, int db, const void *prefi
     if (rc != 0) {
         return map_rc(l, rc, "cursor");
     }
+    assert(plen == 0 || prefix != NULL);
     MDB_val k = {plen, (void *)prefix}, v;
     int stop = 0;
     rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
@@ -252,6 +257,7 @@ static int list_model(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MD
     (void)txn;
     struct list_ctx *lc = ctx;
     struct model_rec m;
+    assert(k->mv_size >= 8); /* scan_prefix matched the 8-byte account id */
     if (v->mv_size != sizeof(m) || k->mv_size > MODEL_KEY_MAX) {
         return ledger_set_error(l, -LEDGER_ECORRUPT, "models: bad record");
     }
@@ -304,6 +310,7 @@ static void resv_info(struct ledger *l, MDB_txn *txn, const uint8_t *id, const s
     out->created_ms = r->created_ms;
     out->expires_at_ms = r->expires_at_ms;
     out->charged_micros = r->charged_micros;
+    assert(r->metadata_len <= LEDGER_METADATA_MAX); /* store_resv_decode checked the size */
     out->metadata_len = (uint16_t)r->metadata_len;
     memcpy(out->metadata, r->metadata, out->metadata_len);
 }
@@ -358,6 +365,7 @@ static int list_resv(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MDB
         r.expires_at_ms != (int64_t)store_get_be64(key)) {
         return 0; /* resolved, or a stale timer of an extended reservation */
     }
+    assert(r.chain_len >= 1 && r.chain_len <= LEDGER_DEPTH_MAX); /* I8: an open reservation */
     bool match = rc->account_id == 0;
     for (uint64_t i = 0; i < r.chain_len && !match; i++) {
         match = r.chain[i] == rc->account_id;
@@ -435,6 +443,8 @@ struct journal_ctx {
 static int journal_emit(struct ledger *l, MDB_txn *txn, const struct jrec *j, uint64_t i,
                         struct journal_ctx *jc)
 {
+    /* list_journal bounded the chain; an entry without one is listed once. */
+    assert(j->chain_len <= LEDGER_DEPTH_MAX && (i < j->chain_len || i == 0));
     struct ledger_journal_entry e;
     memset(&e, 0, sizeof(e));
     e.seq = j->seq;

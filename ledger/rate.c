@@ -39,6 +39,7 @@ void ledger_bucket_drain(struct ledger_bucket *b, uint64_t rate, int64_t now_ms)
         b->level_units -= drained;
     }
     b->last_ms = now_ms;
+    assert(b->level_units >= 0);
 }
 
 bool ledger_bucket_fits(const struct ledger_bucket *b, uint64_t rate, uint64_t burst,
@@ -59,6 +60,9 @@ bool ledger_bucket_fits(const struct ledger_bucket *b, uint64_t rate, uint64_t b
     } else {
         *retry_after_ms = (int64_t)(((uint64_t)need + rate - 1) / rate);
     }
+    /* A denial reports less than the cost as remaining, and a wait of at least 1 ms. */
+    assert(*remaining_tokens >= 0 && (uint64_t)*remaining_tokens < cost);
+    assert(*retry_after_ms == -1 || *retry_after_ms >= 1);
     return false;
 }
 
@@ -77,10 +81,12 @@ void ledger_bucket_adjust(struct ledger_bucket *b, int64_t delta_tokens)
         int64_t refund = delta_tokens == INT64_MIN ? LEVEL_MAX : units((uint64_t)-delta_tokens);
         b->level_units = refund >= b->level_units ? 0 : b->level_units - refund;
     }
+    assert(b->level_units >= 0 && b->level_units <= LEVEL_MAX);
 }
 
 uint64_t ledger_bucket_available(const struct ledger_bucket *b, uint64_t burst)
 {
+    assert(b->level_units >= 0);
     int64_t capacity = units(burst);
     if (b->level_units >= capacity) {
         return 0;

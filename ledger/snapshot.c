@@ -10,6 +10,7 @@
  */
 #include "ledger/store.h"
 
+#include <assert.h>
 #include <openssl/sha.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,11 @@
 #define SNAP_KEY_MAX 511              /* LMDB's default maximum key size */
 #define SNAP_VALUE_MAX (1u << 20)     /* no record comes near this */
 #define SNAP_CHUNK (64u << 10)
+
+/* The header is the magic and the map size (16 bytes); ledger_snapshot_stream_index()
+ * finds the applied index in the first record because the meta database sorts first. */
+_Static_assert(sizeof(SNAP_MAGIC) - 1 == 8, "the snapshot magic is 8 bytes");
+_Static_assert(DB_META == 0, "the meta record is the first of a snapshot");
 
 struct ledger_snapshot {
     struct ledger *l;
@@ -35,6 +41,7 @@ static void snap_release(struct ledger_snapshot *s)
     mdb_txn_abort(s->txn);
     s->txn = NULL;
     pthread_mutex_lock(&s->l->snap_mu);
+    assert(s->l->snapshots_active > 0); /* this snapshot is one of them */
     s->l->snapshots_active--;
     pthread_cond_broadcast(&s->l->snap_cv);
     pthread_mutex_unlock(&s->l->snap_mu);
@@ -42,6 +49,7 @@ static void snap_release(struct ledger_snapshot *s)
 
 int ledger_snapshot_begin(struct ledger *l, struct ledger_snapshot **out)
 {
+    assert(l->txn == NULL); /* on the ledger's thread, between batches */
     struct ledger_snapshot *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         return -LEDGER_ENOMEM;
@@ -109,6 +117,7 @@ static void out_bytes(struct snap_out *o, const void *p, size_t n, bool hash)
     }
     const uint8_t *b = p;
     while (n > 0 && !o->failed) {
+        assert(o->len < SNAP_CHUNK); /* a full chunk is flushed at once */
         size_t room = SNAP_CHUNK - o->len;
         size_t take = n < room ? n : room;
         memcpy(o->buf + o->len, b, take);
@@ -160,6 +169,8 @@ static int walk_all(struct ledger *l, MDB_txn *txn, record_fn fn, void *ctx)
 static void export_record(void *ctx, uint8_t db, const MDB_val *k, const MDB_val *v)
 {
     struct snap_out *o = ctx;
+    /* Export only what import accepts: a larger record would make the snapshot unreadable. */
+    assert(k->mv_size >= 1 && k->mv_size <= SNAP_KEY_MAX && v->mv_size <= SNAP_VALUE_MAX);
     uint8_t head[9];
     head[0] = db;
     put_be32(head + 1, (uint32_t)k->mv_size);
@@ -328,6 +339,7 @@ static int import_into(struct ledger *l, struct snap_in *in, uint8_t *kbuf, uint
 
 int ledger_snapshot_import(struct ledger *l, ledger_read_fn read, void *ctx)
 {
+    assert(l->txn == NULL); /* on the ledger's thread, between batches */
     struct snap_in in = {.read = read, .ctx = ctx};
     uint8_t *kbuf = malloc(SNAP_KEY_MAX), *vbuf = malloc(SNAP_VALUE_MAX);
     int rv = -LEDGER_ENOMEM;

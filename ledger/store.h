@@ -229,4 +229,37 @@ int store_get_account(struct ledger *l, MDB_txn *txn, uint64_t id, struct acct_r
 /* Copy a stored (len, bytes) name into a NUL-terminated buffer. */
 void store_copy_name(char *dst, const char *src, uint64_t len, size_t max);
 
+/* ---- The invariants of one chain (check.c), asserted after every operation on it. ---- */
+
+/* What an operation did to the reservation whose chain is asserted. */
+enum ledger__chain_op {
+    LEDGER__CHAIN_GRANT,   /* a reserve granted it: its holds were added */
+    LEDGER__CHAIN_RELEASE, /* a settle, void or expiry resolved it: holds released, charged */
+    LEDGER__CHAIN_LATE,    /* a late settle or void corrected it after expiry: no holds */
+    LEDGER__CHAIN_EXTEND,  /* an extend moved its expiry: no account touched */
+};
+
+/*
+ * One reservation and the records of its chain as an operation left them (all borrowed
+ * from the operation), with each one's held and inflight from before the operation.
+ */
+struct ledger__chain {
+    const struct resv_rec *rec;
+    uint32_t n;                                      /* accounts given (0 for an extend) */
+    const struct acct_rec *acct[LEDGER_DEPTH_MAX];   /* rec->chain[i]'s record */
+    const struct model_rec *model[LEDGER_DEPTH_MAX]; /* NULL where no model limit matched */
+    int64_t held_before[LEDGER_DEPTH_MAX], model_held_before[LEDGER_DEPTH_MAX];
+    uint64_t inflight_before[LEDGER_DEPTH_MAX], model_inflight_before[LEDGER_DEPTH_MAX];
+};
+
+/* Record the held and inflight of ch->acct[0..n) and ch->model[0..n) before a change. */
+void ledger__chain_mark(struct ledger__chain *ch);
+
+/*
+ * Assert what invariants I1-I8 (ledger.h) say of this chain after `op` at `now_ms`:
+ * O(chain), no storage access. Aborts on a violation; returns otherwise.
+ */
+void ledger__chain_assert_invariants(const struct ledger__chain *ch, enum ledger__chain_op op,
+                                     int64_t now_ms);
+
 #endif /* TALLY_LEDGER_STORE_H */
