@@ -174,10 +174,10 @@ static int cmd_create(struct ledger *l, const struct ledger_cmd *c, uint64_t *ac
     a->name_len = strlen(name);
     memcpy(a->name, name, a->name_len);
     limits_apply(a, &c->u.create.limits, c->u.create.limits.set);
-    a->period_start_ms = store_acct_period_start(a, l->now_ms);
+    a->period_start_ms = ledger__acct_period_start(a, l->now_ms);
 
     uint8_t k[CHILD_KEY_MAX];
-    store_be64(k, parent_id);
+    ledger__be64(k, parent_id);
     memcpy(k + 8, name, a->name_len);
     ledger__db_put(l, DB_NAMES, name, a->name_len, &id, 8, 0);
     ledger__db_put(l, DB_CHILDREN, k, 8 + a->name_len, &id, 8, 0);
@@ -196,7 +196,7 @@ static uint32_t subtree_height(struct ledger *l, uint64_t id, uint32_t depth_lef
         return LEDGER_DEPTH_MAX + 1;
     }
     uint8_t prefix[8];
-    store_be64(prefix, id);
+    ledger__be64(prefix, id);
     MDB_val k = {8, prefix}, v;
     uint32_t best = 0;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
@@ -254,9 +254,9 @@ static void move_apply(struct ledger *l, struct acct_rec *a, uint64_t new_parent
     assert(new_parent != a->id && "I6: move_check refused a cycle");
     uint8_t k[CHILD_KEY_MAX];
     memcpy(k + 8, a->name, a->name_len);
-    store_be64(k, a->parent_id);
+    ledger__be64(k, a->parent_id);
     ledger__db_del(l, DB_CHILDREN, k, 8 + a->name_len);
-    store_be64(k, new_parent);
+    ledger__be64(k, new_parent);
     ledger__db_put(l, DB_CHILDREN, k, 8 + a->name_len, &a->id, 8, 0);
     a->parent_id = new_parent;
 }
@@ -367,7 +367,7 @@ static int cmd_model_limit(struct ledger *l, const struct ledger_cmd *c, uint64_
     if (found == 0) {
         /* Records are never deleted: open reservations may count on them. */
         memset(&rec, 0, sizeof(rec));
-        rec.period_start_ms = store_acct_period_start(a, l->now_ms);
+        rec.period_start_ms = ledger__acct_period_start(a, l->now_ms);
         a->n_models++;
         ledger__acct_dirty(a);
     }

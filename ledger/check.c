@@ -68,7 +68,7 @@ static int each(struct checker *c, int db, each_fn fn)
 {
     MDB_cursor *cur;
     if (mdb_cursor_open(c->txn, c->l->dbi[db], &cur) != 0) {
-        return bad(c, "cannot open a cursor on %s", ledger_db_names[db]);
+        return bad(c, "cannot open a cursor on %s", ledger__db_names[db]);
     }
     MDB_val k, v;
     int rc;
@@ -91,7 +91,7 @@ static int on_account(struct checker *c, const MDB_val *k, const MDB_val *v)
     if (k->mv_size != 8 || v->mv_size != sizeof(struct acct_rec)) {
         return bad(c, "I6: accounts: bad record size");
     }
-    uint64_t id = store_get_be64(k->mv_data);
+    uint64_t id = ledger__get_be64(k->mv_data);
     if (id < 1 || id > c->n_accounts) {
         return bad(c, "I6: accounts: id %" PRIu64 " out of range", id);
     }
@@ -147,7 +147,7 @@ static int on_child(struct checker *c, const MDB_val *k, const MDB_val *v)
         return bad(c, "I6: children: bad record");
     }
     memcpy(&id, v->mv_data, 8);
-    uint64_t parent = store_get_be64(k->mv_data);
+    uint64_t parent = ledger__get_be64(k->mv_data);
     if (!valid_id(c, id) || c->accts[id].parent_id != parent) {
         return bad(c, "I6: children: entry disagrees with account %" PRIu64, id);
     }
@@ -188,7 +188,7 @@ static int on_model(struct checker *c, const MDB_val *k, const MDB_val *v)
     if (k->mv_size <= 8 || k->mv_size > MODEL_KEY_MAX || v->mv_size != sizeof(struct model_rec)) {
         return bad(c, "I7: models: bad record");
     }
-    uint64_t id = store_get_be64(k->mv_data);
+    uint64_t id = ledger__get_be64(k->mv_data);
     if (!valid_id(c, id)) {
         return bad(c, "I7: models: unknown account %" PRIu64, id);
     }
@@ -221,7 +221,7 @@ static struct model_expect *find_model(struct checker *c, uint64_t id, const cha
 {
     uint8_t key[MODEL_KEY_MAX];
     assert(len <= LEDGER_MODEL_MAX); /* on_resv refused longer names: the key fits */
-    store_be64(key, id);
+    ledger__be64(key, id);
     memcpy(key + 8, model, len);
     size_t klen = 8 + len, lo = 0, hi = c->n_models;
     while (lo < hi) {
@@ -243,7 +243,7 @@ static struct model_expect *find_model(struct checker *c, uint64_t id, const cha
 static bool timer_exists(struct checker *c, int64_t due, const uint8_t *id)
 {
     uint8_t k[TIMER_KEY_SIZE];
-    store_be64(k, (uint64_t)due);
+    ledger__be64(k, (uint64_t)due);
     memcpy(k + 8, id, LEDGER_REQUEST_ID_SIZE);
     k[8 + LEDGER_REQUEST_ID_SIZE] = 0;
     MDB_val key = {sizeof(k), k}, v;
@@ -253,7 +253,7 @@ static bool timer_exists(struct checker *c, int64_t due, const uint8_t *id)
 static int on_resv(struct checker *c, const MDB_val *k, const MDB_val *v)
 {
     struct resv_rec r;
-    if (k->mv_size != LEDGER_REQUEST_ID_SIZE || store_resv_decode(v, &r) != 0) {
+    if (k->mv_size != LEDGER_REQUEST_ID_SIZE || ledger__resv_decode(v, &r) != 0) {
         return bad(c, "I8: resv: bad record");
     }
     if (r.state == RESV_REJECTED) {
@@ -298,7 +298,7 @@ static int on_timer(struct checker *c, const MDB_val *k, const MDB_val *v)
     if (k->mv_size != TIMER_KEY_SIZE) {
         return bad(c, "I8: timers: bad key");
     }
-    if ((int64_t)store_get_be64(k->mv_data) <= c->l->meta.clock_ms) {
+    if ((int64_t)ledger__get_be64(k->mv_data) <= c->l->meta.clock_ms) {
         return bad(c, "I8: timers: a timer due at or before the clock did not fire");
     }
     return 0;
@@ -442,7 +442,7 @@ int ledger_check_invariants(struct ledger *l)
 {
     struct checker c = {.l = l};
     if (l->txn != NULL) {
-        return ledger_set_error(l, -LEDGER_EINVAL, "check during a batch");
+        return ledger__set_error(l, -LEDGER_EINVAL, "check during a batch");
     }
     c.n_accounts = l->meta.next_account_id ? l->meta.next_account_id - 1 : 0;
     c.accts = calloc(c.n_accounts + 1, sizeof(*c.accts));

@@ -29,7 +29,7 @@
 #include <string.h>
 #include <time.h>
 
-const char *const ledger_db_names[DB_COUNT] = {
+const char *const ledger__db_names[DB_COUNT] = {
     "meta", "names", "accounts", "children", "keys",
     "models", "resv", "timers", "answers", "journal",
 };
@@ -46,14 +46,14 @@ _Static_assert(sizeof(struct meta_rec) == 6 * 8 + 32, "meta_rec padding");
 
 /* ---- Small helpers. ---- */
 
-void store_be64(uint8_t out[8], uint64_t v)
+void ledger__be64(uint8_t out[8], uint64_t v)
 {
     for (int i = 0; i < 8; i++) {
         out[i] = (uint8_t)(v >> (56 - 8 * i));
     }
 }
 
-uint64_t store_get_be64(const uint8_t in[8])
+uint64_t ledger__get_be64(const uint8_t in[8])
 {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++) {
@@ -62,14 +62,14 @@ uint64_t store_get_be64(const uint8_t in[8])
     return v;
 }
 
-void store_copy_name(char *dst, const char *src, uint64_t len, size_t max)
+void ledger__copy_name(char *dst, const char *src, uint64_t len, size_t max)
 {
     size_t n = len > max ? max : (size_t)len;
     memcpy(dst, src, n);
     dst[n] = '\0';
 }
 
-int ledger_set_error(struct ledger *l, int code, const char *fmt, ...)
+int ledger__set_error(struct ledger *l, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -93,7 +93,7 @@ int64_t ledger_now_ms(const struct ledger *l)
     return l->meta.clock_ms;
 }
 
-void store_meta_new(struct meta_rec *m)
+void ledger__meta_new(struct meta_rec *m)
 {
     memset(m, 0, sizeof(*m));
     m->format = STORE_FORMAT;
@@ -101,13 +101,13 @@ void store_meta_new(struct meta_rec *m)
     m->next_account_id = 1;
 }
 
-size_t store_resv_size(const struct resv_rec *r)
+size_t ledger__resv_size(const struct resv_rec *r)
 {
     assert(r->metadata_len <= LEDGER_METADATA_MAX);
     return offsetof(struct resv_rec, metadata) + ((r->metadata_len + 7) & ~(uint64_t)7);
 }
 
-int store_resv_decode(const MDB_val *v, struct resv_rec *out)
+int ledger__resv_decode(const MDB_val *v, struct resv_rec *out)
 {
     size_t head = offsetof(struct resv_rec, metadata);
     if (v->mv_size < head || v->mv_size > sizeof(*out) || v->mv_size % 8 != 0) {
@@ -115,15 +115,15 @@ int store_resv_decode(const MDB_val *v, struct resv_rec *out)
     }
     memcpy(out, v->mv_data, v->mv_size);
     memset((char *)out + v->mv_size, 0, sizeof(*out) - v->mv_size);
-    return store_resv_size(out) == v->mv_size ? 0 : -1;
+    return ledger__resv_size(out) == v->mv_size ? 0 : -1;
 }
 
-int64_t store_acct_period_start(const struct acct_rec *a, int64_t now_ms)
+int64_t ledger__acct_period_start(const struct acct_rec *a, int64_t now_ms)
 {
     if (!(a->lim_set & LEDGER_LIM_PERIOD) || a->period_kind == LEDGER_PERIOD_NONE) {
         return a->period_anchor_ms;
     }
-    return ledger_period_start((uint8_t)a->period_kind, a->period_ms, a->period_anchor_ms, now_ms);
+    return ledger__period_start((uint8_t)a->period_kind, a->period_ms, a->period_anchor_ms, now_ms);
 }
 
 /* ---- LMDB access during a batch: errors become `fatal`. ---- */
@@ -183,7 +183,7 @@ static void cache_flush(struct ledger *l)
         struct cache_entry *e = &l->cache[l->cache_used[i]];
         if (e->dirty) {
             uint8_t k[8];
-            store_be64(k, e->id);
+            ledger__be64(k, e->id);
             ledger__db_put(l, DB_ACCOUNTS, k, 8, &e->rec, sizeof(e->rec), 0);
         }
     }
@@ -222,7 +222,7 @@ struct acct_rec *ledger__acct_load(struct ledger *l, uint64_t id)
     }
     uint8_t k[8];
     MDB_val v;
-    store_be64(k, id);
+    ledger__be64(k, id);
     if (ledger__db_get(l, DB_ACCOUNTS, k, 8, &v) != 1) {
         return NULL;
     }
@@ -281,7 +281,7 @@ uint32_t ledger__acct_depth(struct ledger *l, uint64_t id)
 
 void ledger__acct_roll(struct acct_rec *a, int64_t now_ms)
 {
-    int64_t start = store_acct_period_start(a, now_ms);
+    int64_t start = ledger__acct_period_start(a, now_ms);
     if (start != a->period_start_ms) {
         a->period_start_ms = start;
         a->spent_micros = 0;
@@ -291,7 +291,7 @@ void ledger__acct_roll(struct acct_rec *a, int64_t now_ms)
 /* Spent in the period containing now, without changing the record. */
 int64_t ledger__acct_spent_now(const struct acct_rec *a, int64_t now_ms)
 {
-    return store_acct_period_start(a, now_ms) == a->period_start_ms ? a->spent_micros : 0;
+    return ledger__acct_period_start(a, now_ms) == a->period_start_ms ? a->spent_micros : 0;
 }
 
 /* ---- Model records (not cached: only reservations that name a model touch them). ---- */
@@ -299,7 +299,7 @@ int64_t ledger__acct_spent_now(const struct acct_rec *a, int64_t now_ms)
 static size_t model_key(uint8_t *k, uint64_t account_id, const char *model)
 {
     size_t n = strlen(model);
-    store_be64(k, account_id);
+    ledger__be64(k, account_id);
     memcpy(k + 8, model, n);
     return 8 + n;
 }
@@ -330,7 +330,7 @@ void ledger__model_put(struct ledger *l, uint64_t account_id, const char *model,
 
 void ledger__model_roll(struct model_rec *m, const struct acct_rec *a, int64_t now_ms)
 {
-    int64_t start = store_acct_period_start(a, now_ms);
+    int64_t start = ledger__acct_period_start(a, now_ms);
     if (start != m->period_start_ms) {
         m->period_start_ms = start;
         m->spent_micros = 0;
@@ -344,7 +344,7 @@ void ledger__timer_put(struct ledger *l, int64_t due_ms, const uint8_t *request_
     /* I8: this batch's timers already ran; one due now would wait for the next batch. */
     assert(due_ms > l->now_ms);
     uint8_t k[TIMER_KEY_SIZE];
-    store_be64(k, (uint64_t)due_ms);
+    ledger__be64(k, (uint64_t)due_ms);
     memcpy(k + 8, request_id, LEDGER_REQUEST_ID_SIZE);
     k[8 + LEDGER_REQUEST_ID_SIZE] = kind;
     ledger__db_put(l, DB_TIMERS, k, sizeof(k), "", 0, 0);
@@ -368,7 +368,7 @@ void ledger__journal_append(struct ledger *l, struct jrec *j, const void *payloa
     uint8_t k[8];
     j->seq = ++l->work.journal_seq;
     j->payload_len = plen;
-    store_be64(k, j->seq);
+    ledger__be64(k, j->seq);
     if (plen == 0) {
         ledger__db_put(l, DB_JOURNAL, k, 8, j, sizeof(*j), MDB_APPEND);
         return;
@@ -412,7 +412,7 @@ void ledger__result_account(struct ledger *l, struct ledger_result *r, uint64_t 
 {
     struct acct_rec *a = id ? ledger__acct_load(l, id) : NULL;
     if (a != NULL) {
-        store_copy_name(r->account, a->name, a->name_len, LEDGER_NAME_MAX);
+        ledger__copy_name(r->account, a->name, a->name_len, LEDGER_NAME_MAX);
     }
 }
 
@@ -493,7 +493,7 @@ static int apply_once(struct ledger *l, uint64_t index, int64_t stamp_ms, size_t
 static int grow_map(struct ledger *l)
 {
     if (l->map_bytes >= l->max_map_bytes) {
-        return ledger_set_error(l, -LEDGER_EIO, "LMDB map full at its maximum of %zu bytes",
+        return ledger__set_error(l, -LEDGER_EIO, "LMDB map full at its maximum of %zu bytes",
                                 l->max_map_bytes);
     }
     pthread_mutex_lock(&l->snap_mu);
@@ -503,7 +503,7 @@ static int grow_map(struct ledger *l)
     while (l->snapshots_active > 0) {
         if (pthread_cond_timedwait(&l->snap_cv, &l->snap_mu, &deadline) == ETIMEDOUT) {
             pthread_mutex_unlock(&l->snap_mu);
-            return ledger_set_error(l, -LEDGER_EIO,
+            return ledger__set_error(l, -LEDGER_EIO,
                                     "LMDB map full and a snapshot export did not finish");
         }
     }
@@ -511,7 +511,7 @@ static int grow_map(struct ledger *l)
     int rc = mdb_env_set_mapsize(l->env, want);
     pthread_mutex_unlock(&l->snap_mu);
     if (rc != 0) {
-        return ledger_set_error(l, -LEDGER_EIO, "growing the LMDB map: %s", mdb_strerror(rc));
+        return ledger__set_error(l, -LEDGER_EIO, "growing the LMDB map: %s", mdb_strerror(rc));
     }
     l->map_bytes = want;
     return 0;
@@ -522,7 +522,7 @@ int ledger_apply_batch(struct ledger *l, uint64_t index, const void *buf, size_t
 {
     *n_results = 0;
     if (index <= l->meta.applied_index) {
-        return ledger_set_error(l, -LEDGER_ESTALE, "index %" PRIu64 " <= applied index %" PRIu64,
+        return ledger__set_error(l, -LEDGER_ESTALE, "index %" PRIu64 " <= applied index %" PRIu64,
                                 index, l->meta.applied_index);
     }
     int64_t stamp_ms = 0;
@@ -544,14 +544,14 @@ int ledger_apply_batch(struct ledger *l, uint64_t index, const void *buf, size_t
             continue;
         }
         if (rc == ENOMEM) {
-            return ledger_set_error(l, -LEDGER_ENOMEM, "out of memory applying a batch");
+            return ledger__set_error(l, -LEDGER_ENOMEM, "out of memory applying a batch");
         }
-        return ledger_set_error(l, rc == MDB_CORRUPTED ? -LEDGER_ECORRUPT : -LEDGER_EIO,
+        return ledger__set_error(l, rc == MDB_CORRUPTED ? -LEDGER_ECORRUPT : -LEDGER_EIO,
                                 "applying batch %" PRIu64 ": %s", index, mdb_strerror(rc));
     }
     if (decoded != 0) {
         /* Always EDECODE, whatever the decoder's reason: the caller skips the entry. */
-        return ledger_set_error(l, -LEDGER_EDECODE, "batch %" PRIu64 " does not decode: %s",
+        return ledger__set_error(l, -LEDGER_EDECODE, "batch %" PRIu64 " does not decode: %s",
                                 index, ledger_strerror(decoded));
     }
     *n_results = n;
@@ -579,7 +579,7 @@ static int meta_load(struct ledger *l)
     }
     rc = mdb_get(txn, l->dbi[DB_META], &k, &v);
     if (rc == MDB_NOTFOUND) {
-        store_meta_new(&l->meta);
+        ledger__meta_new(&l->meta);
         rc = 0;
     } else if (rc == 0) {
         if (v.mv_size != sizeof(l->meta)) {
@@ -601,7 +601,7 @@ static int ledger_open_dbs(struct ledger *l)
         return rc;
     }
     for (int i = 0; i < DB_COUNT && rc == 0; i++) {
-        rc = mdb_dbi_open(txn, ledger_db_names[i], MDB_CREATE, &l->dbi[i]);
+        rc = mdb_dbi_open(txn, ledger__db_names[i], MDB_CREATE, &l->dbi[i]);
     }
     if (rc != 0) {
         mdb_txn_abort(txn);

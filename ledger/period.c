@@ -48,17 +48,17 @@ static int64_t period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, 
     }
 }
 
-int64_t ledger_period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)
+int64_t ledger__period_start(uint8_t kind, int64_t period_ms, int64_t anchor_ms, int64_t now_ms)
 {
     int64_t start = period_start(kind, period_ms, anchor_ms, now_ms);
     /* The period contains now (a FIXED one not begun yet starts at its anchor). */
     assert(kind == LEDGER_PERIOD_NONE || kind >= LEDGER_PERIOD_MAX ||
            (kind == LEDGER_PERIOD_FIXED && now_ms < anchor_ms && start == anchor_ms) ||
-           (start <= now_ms && now_ms < ledger_period_end(kind, period_ms, start)));
+           (start <= now_ms && now_ms < ledger__period_end(kind, period_ms, start)));
     return start;
 }
 
-int64_t ledger_period_end(uint8_t kind, int64_t period_ms, int64_t start_ms)
+int64_t ledger__period_end(uint8_t kind, int64_t period_ms, int64_t start_ms)
 {
     switch (kind) {
     case LEDGER_PERIOD_FIXED:

@@ -11,11 +11,11 @@
 #include <assert.h>
 #include <string.h>
 
-int store_get_account(struct ledger *l, MDB_txn *txn, uint64_t id, struct acct_rec *out)
+int ledger__get_account(struct ledger *l, MDB_txn *txn, uint64_t id, struct acct_rec *out)
 {
     assert(id != 0); /* I6: ids start at 1; 0 means "no parent" */
     uint8_t k[8];
-    store_be64(k, id);
+    ledger__be64(k, id);
     MDB_val key = {8, k}, v;
     int rc = mdb_get(txn, l->dbi[DB_ACCOUNTS], &key, &v);
     if (rc == 0) {
@@ -33,9 +33,9 @@ static int map_rc(struct ledger *l, int rc, const char *what)
         return 0;
     }
     if (rc == MDB_NOTFOUND) {
-        return ledger_set_error(l, -LEDGER_ENOTFOUND, "%s: not found", what);
+        return ledger__set_error(l, -LEDGER_ENOTFOUND, "%s: not found", what);
     }
-    return ledger_set_error(l, rc == MDB_CORRUPTED ? -LEDGER_ECORRUPT : -LEDGER_EIO, "%s: %s",
+    return ledger__set_error(l, rc == MDB_CORRUPTED ? -LEDGER_ECORRUPT : -LEDGER_EIO, "%s: %s",
                             what, mdb_strerror(rc));
 }
 
@@ -60,8 +60,8 @@ static void name_of(struct ledger *l, MDB_txn *txn, uint64_t id, char *dst)
 {
     struct acct_rec a;
     dst[0] = '\0';
-    if (id != 0 && store_get_account(l, txn, id, &a) == 0) {
-        store_copy_name(dst, a.name, a.name_len, LEDGER_NAME_MAX);
+    if (id != 0 && ledger__get_account(l, txn, id, &a) == 0) {
+        ledger__copy_name(dst, a.name, a.name_len, LEDGER_NAME_MAX);
     }
 }
 
@@ -85,26 +85,26 @@ static void limits_of(const struct acct_rec *a, struct ledger_limits *lim)
 
 static uint64_t available(struct ledger_bucket b, uint64_t rate, uint64_t burst, int64_t now)
 {
-    ledger_bucket_drain(&b, rate, now);
-    return ledger_bucket_available(&b, burst);
+    ledger__bucket_drain(&b, rate, now);
+    return ledger__bucket_available(&b, burst);
 }
 
-void store_account_info(struct ledger *l, MDB_txn *txn, const struct acct_rec *a, int64_t now_ms,
+void ledger__account_info(struct ledger *l, MDB_txn *txn, const struct acct_rec *a, int64_t now_ms,
                         struct ledger_account_info *out)
 {
     memset(out, 0, sizeof(*out));
     out->id = a->id;
-    store_copy_name(out->name, a->name, a->name_len, LEDGER_NAME_MAX);
+    ledger__copy_name(out->name, a->name, a->name_len, LEDGER_NAME_MAX);
     name_of(l, txn, a->parent_id, out->parent);
     out->depth = 1;
     struct acct_rec up = *a;
     while (up.parent_id != 0 && out->depth <= LEDGER_DEPTH_MAX &&
-           store_get_account(l, txn, up.parent_id, &up) == 0) {
+           ledger__get_account(l, txn, up.parent_id, &up) == 0) {
         out->depth++;
     }
     limits_of(a, &out->limits);
     out->created_ms = a->created_ms;
-    int64_t start = store_acct_period_start(a, now_ms);
+    int64_t start = ledger__acct_period_start(a, now_ms);
     out->spent_micros = start == a->period_start_ms ? a->spent_micros : 0;
     out->held_micros = a->held_micros;
     /* I4: with the budget in range, remaining below cannot overflow. */
@@ -119,7 +119,7 @@ void store_account_info(struct ledger *l, MDB_txn *txn, const struct acct_rec *a
     out->period_start_ms = start;
     out->period_end_ms = INT64_MAX;
     if ((a->lim_set & LEDGER_LIM_PERIOD) && a->period_kind != LEDGER_PERIOD_NONE) {
-        out->period_end_ms = ledger_period_end((uint8_t)a->period_kind, a->period_ms, start);
+        out->period_end_ms = ledger__period_end((uint8_t)a->period_kind, a->period_ms, start);
     }
     out->rpm_available = (a->lim_set & LEDGER_LIM_RPM)
                              ? available(a->rpm_bucket, a->rpm, a->rpm_burst, now_ms)
@@ -139,9 +139,9 @@ int ledger_account_get(struct ledger *l, const char *name, struct ledger_account
     }
     struct acct_rec a;
     uint64_t id = name ? id_of(l, txn, name) : 0;
-    int rc = id ? store_get_account(l, txn, id, &a) : MDB_NOTFOUND;
+    int rc = id ? ledger__get_account(l, txn, id, &a) : MDB_NOTFOUND;
     if (rc == 0) {
-        store_account_info(l, txn, &a, l->meta.clock_ms, out);
+        ledger__account_info(l, txn, &a, l->meta.clock_ms, out);
     }
     mdb_txn_abort(txn);
     return map_rc(l, rc, "account");
@@ -216,15 +216,15 @@ static int list_child(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MD
     struct acct_rec a;
     uint64_t id;
     if (v->mv_size != 8) {
-        return ledger_set_error(l, -LEDGER_ECORRUPT, "children: bad record");
+        return ledger__set_error(l, -LEDGER_ECORRUPT, "children: bad record");
     }
     memcpy(&id, v->mv_data, 8);
-    int rc = store_get_account(l, txn, id, &a);
+    int rc = ledger__get_account(l, txn, id, &a);
     if (rc != 0) {
         return map_rc(l, rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "child account");
     }
     struct ledger_account_info info;
-    store_account_info(l, txn, &a, l->meta.clock_ms, &info);
+    ledger__account_info(l, txn, &a, l->meta.clock_ms, &info);
     return lc->cb(lc->ctx, &info);
 }
 
@@ -244,7 +244,7 @@ int ledger_account_list(struct ledger *l, const char *parent, ledger_account_cb 
         }
     }
     uint8_t prefix[8];
-    store_be64(prefix, pid);
+    ledger__be64(prefix, pid);
     struct list_ctx lc = {.cb = cb, .ctx = ctx};
     rv = scan_prefix(l, txn, DB_CHILDREN, prefix, 8, list_child, &lc);
     mdb_txn_abort(txn);
@@ -259,12 +259,12 @@ static int list_model(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MD
     struct model_rec m;
     assert(k->mv_size >= 8); /* scan_prefix matched the 8-byte account id */
     if (v->mv_size != sizeof(m) || k->mv_size > MODEL_KEY_MAX) {
-        return ledger_set_error(l, -LEDGER_ECORRUPT, "models: bad record");
+        return ledger__set_error(l, -LEDGER_ECORRUPT, "models: bad record");
     }
     memcpy(&m, v->mv_data, sizeof(m));
     struct ledger_model_info info;
     memset(&info, 0, sizeof(info));
-    store_copy_name(info.model, (const char *)k->mv_data + 8, k->mv_size - 8, LEDGER_MODEL_MAX);
+    ledger__copy_name(info.model, (const char *)k->mv_data + 8, k->mv_size - 8, LEDGER_MODEL_MAX);
     info.limits.set = (uint32_t)m.lim_set;
     info.limits.budget_micros = m.budget_micros;
     info.limits.rpm = m.rpm;
@@ -290,7 +290,7 @@ int ledger_model_list(struct ledger *l, const char *name, ledger_model_cb cb, vo
         return map_rc(l, MDB_NOTFOUND, "account");
     }
     uint8_t prefix[8];
-    store_be64(prefix, id);
+    ledger__be64(prefix, id);
     struct list_ctx lc = {.model_cb = cb, .ctx = ctx};
     rv = scan_prefix(l, txn, DB_MODELS, prefix, 8, list_model, &lc);
     mdb_txn_abort(txn);
@@ -304,13 +304,13 @@ static void resv_info(struct ledger *l, MDB_txn *txn, const uint8_t *id, const s
     memcpy(out->request_id, id, LEDGER_REQUEST_ID_SIZE);
     out->state = (uint8_t)r->state;
     name_of(l, txn, r->chain_len ? r->chain[0] : 0, out->account);
-    store_copy_name(out->model, r->model, r->model_len, LEDGER_MODEL_MAX);
+    ledger__copy_name(out->model, r->model, r->model_len, LEDGER_MODEL_MAX);
     out->estimate_micros = r->estimate_micros;
     out->estimate_tokens = r->estimate_tokens;
     out->created_ms = r->created_ms;
     out->expires_at_ms = r->expires_at_ms;
     out->charged_micros = r->charged_micros;
-    assert(r->metadata_len <= LEDGER_METADATA_MAX); /* store_resv_decode checked the size */
+    assert(r->metadata_len <= LEDGER_METADATA_MAX); /* ledger__resv_decode checked the size */
     out->metadata_len = (uint16_t)r->metadata_len;
     memcpy(out->metadata, r->metadata, out->metadata_len);
 }
@@ -319,7 +319,7 @@ static int resv_read(MDB_txn *txn, struct ledger *l, const uint8_t *id, struct r
 {
     MDB_val k = {LEDGER_REQUEST_ID_SIZE, (void *)id}, v;
     int rc = mdb_get(txn, l->dbi[DB_RESV], &k, &v);
-    if (rc == 0 && store_resv_decode(&v, out) != 0) {
+    if (rc == 0 && ledger__resv_decode(&v, out) != 0) {
         return MDB_CORRUPTED;
     }
     return rc;
@@ -362,7 +362,7 @@ static int list_resv(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MDB
     }
     struct resv_rec r;
     if (resv_read(txn, l, key + 8, &r) != 0 || r.state != LEDGER_RESV_OPEN ||
-        r.expires_at_ms != (int64_t)store_get_be64(key)) {
+        r.expires_at_ms != (int64_t)ledger__get_be64(key)) {
         return 0; /* resolved, or a stale timer of an extended reservation */
     }
     assert(r.chain_len >= 1 && r.chain_len <= LEDGER_DEPTH_MAX); /* I8: an open reservation */
@@ -405,7 +405,7 @@ int ledger_reservation_list(struct ledger *l, const char *account, ledger_reserv
 static int64_t journal_ts(struct ledger *l, MDB_txn *txn, uint64_t seq)
 {
     uint8_t k[8];
-    store_be64(k, seq);
+    ledger__be64(k, seq);
     MDB_val key = {8, k}, v;
     if (mdb_get(txn, l->dbi[DB_JOURNAL], &key, &v) != 0 || v.mv_size < sizeof(struct jrec)) {
         return INT64_MAX;
@@ -451,10 +451,10 @@ static int journal_emit(struct ledger *l, MDB_txn *txn, const struct jrec *j, ui
     e.ts_ms = j->ts_ms;
     e.kind = (uint8_t)j->kind;
     e.cmd_type = (uint8_t)j->cmd_type;
-    store_copy_name(e.actor, j->actor, j->actor_len, LEDGER_ACTOR_MAX);
+    ledger__copy_name(e.actor, j->actor, j->actor_len, LEDGER_ACTOR_MAX);
     memcpy(e.request_id, j->request_id, LEDGER_REQUEST_ID_SIZE);
     e.tokens = j->tokens;
-    store_copy_name(e.model, j->model, j->model_len, LEDGER_MODEL_MAX);
+    ledger__copy_name(e.model, j->model, j->model_len, LEDGER_MODEL_MAX);
     memcpy(e.admin_hash, j->admin_hash, 32);
     if (i < j->chain_len) {
         name_of(l, txn, j->chain[i], e.account);
@@ -471,14 +471,14 @@ static int list_journal(struct ledger *l, MDB_txn *txn, const MDB_val *k, const 
     struct journal_ctx *jc = ctx;
     struct jrec j;
     if (v->mv_size < sizeof(j)) {
-        return ledger_set_error(l, -LEDGER_ECORRUPT, "journal: short record");
+        return ledger__set_error(l, -LEDGER_ECORRUPT, "journal: short record");
     }
     memcpy(&j, v->mv_data, sizeof(j));
     if (j.ts_ms >= jc->until_ms) {
         return JOURNAL_PAST_RANGE; /* reported as 0 below */
     }
     if (j.chain_len > LEDGER_DEPTH_MAX) {
-        return ledger_set_error(l, -LEDGER_ECORRUPT, "journal: bad chain length");
+        return ledger__set_error(l, -LEDGER_ECORRUPT, "journal: bad chain length");
     }
     if (j.chain_len == 0) {
         return jc->account_id == 0 ? journal_emit(l, txn, &j, 0, jc) : 0;
@@ -517,7 +517,7 @@ int ledger_journal_list(struct ledger *l, const char *account, int64_t since_ms,
         return map_rc(l, rv, "cursor");
     }
     uint8_t start[8];
-    store_be64(start, journal_first_since(l, txn, since_ms));
+    ledger__be64(start, journal_first_since(l, txn, since_ms));
     MDB_val k = {8, start}, v;
     int stop = 0;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);

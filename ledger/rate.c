@@ -23,7 +23,7 @@ static int64_t units(uint64_t tokens)
     return u;
 }
 
-void ledger_bucket_drain(struct ledger_bucket *b, uint64_t rate, int64_t now_ms)
+void ledger__bucket_drain(struct ledger_bucket *b, uint64_t rate, int64_t now_ms)
 {
     assert(b->level_units >= 0);
     assert(rate > 0);
@@ -42,7 +42,7 @@ void ledger_bucket_drain(struct ledger_bucket *b, uint64_t rate, int64_t now_ms)
     assert(b->level_units >= 0);
 }
 
-bool ledger_bucket_fits(const struct ledger_bucket *b, uint64_t rate, uint64_t burst,
+bool ledger__bucket_fits(const struct ledger_bucket *b, uint64_t rate, uint64_t burst,
                         uint64_t cost, int64_t *remaining_tokens, int64_t *retry_after_ms)
 {
     assert(rate > 0 && burst > 0);
@@ -54,7 +54,7 @@ bool ledger_bucket_fits(const struct ledger_bucket *b, uint64_t rate, uint64_t b
     if (need <= 0) {
         return true;
     }
-    *remaining_tokens = (int64_t)ledger_bucket_available(b, burst);
+    *remaining_tokens = (int64_t)ledger__bucket_available(b, burst);
     if (cost > burst) {
         *retry_after_ms = -1;
     } else {
@@ -66,12 +66,12 @@ bool ledger_bucket_fits(const struct ledger_bucket *b, uint64_t rate, uint64_t b
     return false;
 }
 
-void ledger_bucket_take(struct ledger_bucket *b, uint64_t cost)
+void ledger__bucket_take(struct ledger_bucket *b, uint64_t cost)
 {
-    ledger_bucket_adjust(b, cost > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)cost);
+    ledger__bucket_adjust(b, cost > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)cost);
 }
 
-void ledger_bucket_adjust(struct ledger_bucket *b, int64_t delta_tokens)
+void ledger__bucket_adjust(struct ledger_bucket *b, int64_t delta_tokens)
 {
     assert(b->level_units >= 0);
     if (delta_tokens >= 0) {
@@ -84,7 +84,7 @@ void ledger_bucket_adjust(struct ledger_bucket *b, int64_t delta_tokens)
     assert(b->level_units >= 0 && b->level_units <= LEVEL_MAX);
 }
 
-uint64_t ledger_bucket_available(const struct ledger_bucket *b, uint64_t burst)
+uint64_t ledger__bucket_available(const struct ledger_bucket *b, uint64_t burst)
 {
     assert(b->level_units >= 0);
     int64_t capacity = units(burst);

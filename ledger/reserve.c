@@ -63,8 +63,8 @@ static bool budget_fits(int64_t budget, int64_t spent, int64_t held, int64_t est
 static bool rate_fits(struct ledger_bucket *b, uint64_t rate, uint64_t burst, uint64_t cost,
                       int64_t now_ms, int64_t *remaining, int64_t *retry)
 {
-    ledger_bucket_drain(b, rate, now_ms);
-    return ledger_bucket_fits(b, rate, burst, cost, remaining, retry);
+    ledger__bucket_drain(b, rate, now_ms);
+    return ledger__bucket_fits(b, rate, burst, cost, remaining, retry);
 }
 
 static bool model_fits(const struct ledger_cmd *c, struct hold_plan *p, int64_t now_ms,
@@ -74,7 +74,7 @@ static bool model_fits(const struct ledger_cmd *c, struct hold_plan *p, int64_t 
     const struct acct_rec *a = p->acct;
     int64_t remaining = 0, retry = 0;
     int64_t est = c->u.reserve.estimate_micros;
-    int64_t spent = store_acct_period_start(a, now_ms) == m->period_start_ms ? m->spent_micros : 0;
+    int64_t spent = ledger__acct_period_start(a, now_ms) == m->period_start_ms ? m->spent_micros : 0;
     if ((m->lim_set & LEDGER_LIM_BUDGET) &&
         !budget_fits(m->budget_micros, spent, m->held_micros, est, &remaining)) {
         return deny_set(d, LEDGER_DENY_MODEL_BUDGET, a->id, remaining, 0);
@@ -138,7 +138,7 @@ static bool account_fits(struct ledger *l, const struct ledger_cmd *c, struct ho
 
 void ledger__resv_put(struct ledger *l, const uint8_t *id, const struct resv_rec *rec)
 {
-    ledger__db_put(l, DB_RESV, id, LEDGER_REQUEST_ID_SIZE, rec, store_resv_size(rec), 0);
+    ledger__db_put(l, DB_RESV, id, LEDGER_REQUEST_ID_SIZE, rec, ledger__resv_size(rec), 0);
 }
 
 /* 1 found (copied), 0 absent, -1 fatal. */
@@ -146,7 +146,7 @@ int ledger__resv_get(struct ledger *l, const uint8_t *id, struct resv_rec *out)
 {
     MDB_val v;
     int rc = ledger__db_get(l, DB_RESV, id, LEDGER_REQUEST_ID_SIZE, &v);
-    if (rc == 1 && store_resv_decode(&v, out) != 0) {
+    if (rc == 1 && ledger__resv_decode(&v, out) != 0) {
         ledger__failed(l, MDB_CORRUPTED);
         return -1;
     }
@@ -299,11 +299,11 @@ void ledger__exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct l
         a->inflight++;
         if (a->lim_set & LEDGER_LIM_RPM) {
             a->rpm_bucket = plan[i].rpm;
-            ledger_bucket_take(&a->rpm_bucket, 1);
+            ledger__bucket_take(&a->rpm_bucket, 1);
         }
         if (a->lim_set & LEDGER_LIM_TPM) {
             a->tpm_bucket = plan[i].tpm;
-            ledger_bucket_take(&a->tpm_bucket, rec.estimate_tokens);
+            ledger__bucket_take(&a->tpm_bucket, rec.estimate_tokens);
         }
         int64_t used;
         if ((a->lim_set & LEDGER_LIM_SOFT_BUDGET) &&
@@ -319,10 +319,10 @@ void ledger__exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct l
             m->held_micros += est;
             m->inflight++;
             if (m->lim_set & LEDGER_LIM_RPM) {
-                ledger_bucket_take(&m->rpm_bucket, 1);
+                ledger__bucket_take(&m->rpm_bucket, 1);
             }
             if (m->lim_set & LEDGER_LIM_TPM) {
-                ledger_bucket_take(&m->tpm_bucket, rec.estimate_tokens);
+                ledger__bucket_take(&m->tpm_bucket, rec.estimate_tokens);
             }
             ledger__model_put(l, a->id, c->u.reserve.model, m);
         }

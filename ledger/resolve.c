@@ -33,7 +33,7 @@ struct resolve_ctx {
 
 static bool resolve_load(struct ledger *l, struct resolve_ctx *x)
 {
-    store_copy_name(x->model_name, x->rec->model, x->rec->model_len, LEDGER_MODEL_MAX);
+    ledger__copy_name(x->model_name, x->rec->model, x->rec->model_len, LEDGER_MODEL_MAX);
     for (uint32_t i = 0; i < x->rec->chain_len; i++) {
         x->acct[i] = ledger__acct_load(l, x->rec->chain[i]);
         if (x->acct[i] == NULL) {
@@ -87,13 +87,13 @@ static void adjust_tpm(struct ledger *l, struct resolve_ctx *x, int64_t delta_to
     for (uint32_t i = 0; i < x->rec->chain_len && delta_tokens != 0; i++) {
         struct acct_rec *a = x->acct[i];
         if (a->lim_set & LEDGER_LIM_TPM) {
-            ledger_bucket_drain(&a->tpm_bucket, a->tpm, l->now_ms);
-            ledger_bucket_adjust(&a->tpm_bucket, delta_tokens);
+            ledger__bucket_drain(&a->tpm_bucket, a->tpm, l->now_ms);
+            ledger__bucket_adjust(&a->tpm_bucket, delta_tokens);
         }
         struct model_rec *m = &x->model[i];
         if ((x->rec->model_mask & (1u << i)) && (m->lim_set & LEDGER_LIM_TPM)) {
-            ledger_bucket_drain(&m->tpm_bucket, m->tpm, l->now_ms);
-            ledger_bucket_adjust(&m->tpm_bucket, delta_tokens);
+            ledger__bucket_drain(&m->tpm_bucket, m->tpm, l->now_ms);
+            ledger__bucket_adjust(&m->tpm_bucket, delta_tokens);
         }
     }
 }
@@ -397,7 +397,7 @@ void ledger__run_timers(struct ledger *l)
         }
         uint8_t key[TIMER_KEY_SIZE];
         memcpy(key, k.mv_data, sizeof(key));
-        int64_t due = (int64_t)store_get_be64(key);
+        int64_t due = (int64_t)ledger__get_be64(key);
         if (due > l->now_ms) {
             break;
         }

@@ -58,7 +58,7 @@ int ledger_snapshot_begin(struct ledger *l, struct ledger_snapshot **out)
     int rc = mdb_txn_begin(l->env, NULL, MDB_RDONLY, &s->txn);
     if (rc != 0) {
         free(s);
-        return ledger_set_error(l, -LEDGER_EIO, "snapshot: %s", mdb_strerror(rc));
+        return ledger__set_error(l, -LEDGER_EIO, "snapshot: %s", mdb_strerror(rc));
     }
     pthread_mutex_lock(&l->snap_mu);
     l->snapshots_active++;
@@ -193,7 +193,7 @@ int ledger_snapshot_export(struct ledger_snapshot *s, ledger_write_fn write, voi
     SHA256_Init(&o.sha);
     uint8_t head[16];
     memcpy(head, SNAP_MAGIC, 8);
-    store_be64(head + 8, s->bytes);
+    ledger__be64(head + 8, s->bytes);
     out_bytes(&o, head, sizeof(head), true);
     int rc = walk_all(s->l, s->txn, export_record, &o);
     uint8_t end = SNAP_END, digest[32];
@@ -283,10 +283,10 @@ static int import_into(struct ledger *l, struct snap_in *in, uint8_t *kbuf, uint
 {
     uint8_t head[16];
     if (!in_bytes(in, head, sizeof(head)) || memcmp(head, SNAP_MAGIC, 8) != 0) {
-        return ledger_set_error(l, -LEDGER_ECORRUPT, "snapshot: bad magic");
+        return ledger__set_error(l, -LEDGER_ECORRUPT, "snapshot: bad magic");
     }
     /* Make room first: a stream cannot be re-read after MDB_MAP_FULL. */
-    uint64_t need = store_get_be64(head + 8) * 2;
+    uint64_t need = ledger__get_be64(head + 8) * 2;
     if (need > l->map_bytes && need <= l->max_map_bytes) {
         if (mdb_env_set_mapsize(l->env, need) == 0) {
             l->map_bytes = need;
@@ -295,7 +295,7 @@ static int import_into(struct ledger *l, struct snap_in *in, uint8_t *kbuf, uint
     MDB_txn *txn;
     int rc = mdb_txn_begin(l->env, NULL, 0, &txn);
     if (rc != 0) {
-        return ledger_set_error(l, -LEDGER_EIO, "snapshot: %s", mdb_strerror(rc));
+        return ledger__set_error(l, -LEDGER_EIO, "snapshot: %s", mdb_strerror(rc));
     }
     for (int db = 0; db < DB_COUNT && rc == 0; db++) {
         rc = mdb_drop(txn, l->dbi[db], 0);
@@ -311,7 +311,7 @@ static int import_into(struct ledger *l, struct snap_in *in, uint8_t *kbuf, uint
     /* A ledger that never applied a batch has no meta record: it imports as new. */
     MDB_val mk = {1, "m"}, mv;
     struct meta_rec meta;
-    store_meta_new(&meta);
+    ledger__meta_new(&meta);
     if (rc == 0) {
         int got_meta = mdb_get(txn, l->dbi[DB_META], &mk, &mv);
         if (got_meta == 0 && mv.mv_size == sizeof(meta)) {
@@ -325,13 +325,13 @@ static int import_into(struct ledger *l, struct snap_in *in, uint8_t *kbuf, uint
     if (rc != 0) {
         mdb_txn_abort(txn);
         if (rc < 0) {
-            return ledger_set_error(l, rc, "snapshot: corrupt or truncated stream");
+            return ledger__set_error(l, rc, "snapshot: corrupt or truncated stream");
         }
-        return ledger_set_error(l, -LEDGER_EIO, "snapshot: %s", mdb_strerror(rc));
+        return ledger__set_error(l, -LEDGER_EIO, "snapshot: %s", mdb_strerror(rc));
     }
     rc = mdb_txn_commit(txn);
     if (rc != 0) {
-        return ledger_set_error(l, -LEDGER_EIO, "snapshot commit: %s", mdb_strerror(rc));
+        return ledger__set_error(l, -LEDGER_EIO, "snapshot commit: %s", mdb_strerror(rc));
     }
     l->meta = meta;
     return 0;
@@ -371,12 +371,12 @@ int ledger_state_hash(struct ledger *l, uint8_t out[32])
     MDB_txn *txn;
     int rc = mdb_txn_begin(l->env, NULL, MDB_RDONLY, &txn);
     if (rc != 0) {
-        return ledger_set_error(l, -LEDGER_EIO, "state hash: %s", mdb_strerror(rc));
+        return ledger__set_error(l, -LEDGER_EIO, "state hash: %s", mdb_strerror(rc));
     }
     SHA256_CTX sha;
     SHA256_Init(&sha);
     rc = walk_all(l, txn, hash_record, &sha);
     mdb_txn_abort(txn);
     SHA256_Final(out, &sha);
-    return rc == 0 ? 0 : ledger_set_error(l, -LEDGER_EIO, "state hash: %s", mdb_strerror(rc));
+    return rc == 0 ? 0 : ledger__set_error(l, -LEDGER_EIO, "state hash: %s", mdb_strerror(rc));
 }

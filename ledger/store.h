@@ -41,7 +41,7 @@ enum {
     DB_COUNT
 };
 
-extern const char *const ledger_db_names[DB_COUNT];
+extern const char *const ledger__db_names[DB_COUNT];
 
 #define STORE_FORMAT 1
 
@@ -204,30 +204,30 @@ struct ledger {
 
 /* ---- Shared helpers (ledger.c). ---- */
 
-void store_be64(uint8_t out[8], uint64_t v);
-uint64_t store_get_be64(const uint8_t in[8]);
-int ledger_set_error(struct ledger *l, int code, const char *fmt, ...)
+void ledger__be64(uint8_t out[8], uint64_t v);
+uint64_t ledger__get_be64(const uint8_t in[8]);
+int ledger__set_error(struct ledger *l, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* The meta record of a ledger that has applied nothing (not stored until it does). */
-void store_meta_new(struct meta_rec *m);
+void ledger__meta_new(struct meta_rec *m);
 
 /* Reservation records are stored without the unused tail of their metadata. */
-size_t store_resv_size(const struct resv_rec *r);
-int store_resv_decode(const MDB_val *v, struct resv_rec *out); /* 0 or -1 (malformed) */
+size_t ledger__resv_size(const struct resv_rec *r);
+int ledger__resv_decode(const MDB_val *v, struct resv_rec *out); /* 0 or -1 (malformed) */
 
 /* Account period start at now: the anchor without a period. */
-int64_t store_acct_period_start(const struct acct_rec *a, int64_t now_ms);
+int64_t ledger__acct_period_start(const struct acct_rec *a, int64_t now_ms);
 
 /* Fill a query's account info from a stored record, as of `now_ms`. */
-void store_account_info(struct ledger *l, MDB_txn *txn, const struct acct_rec *a, int64_t now_ms,
+void ledger__account_info(struct ledger *l, MDB_txn *txn, const struct acct_rec *a, int64_t now_ms,
                         struct ledger_account_info *out);
 
 /* Read an account record by id in `txn` (no cache). 0, MDB_NOTFOUND or an LMDB error. */
-int store_get_account(struct ledger *l, MDB_txn *txn, uint64_t id, struct acct_rec *out);
+int ledger__get_account(struct ledger *l, MDB_txn *txn, uint64_t id, struct acct_rec *out);
 
 /* Copy a stored (len, bytes) name into a NUL-terminated buffer. */
-void store_copy_name(char *dst, const char *src, uint64_t len, size_t max);
+void ledger__copy_name(char *dst, const char *src, uint64_t len, size_t max);
 
 /* ---- The invariants of one chain (check.c), asserted after every operation on it. ---- */
 

@@ -48,9 +48,9 @@ static unsigned days_in_month(int64_t y, unsigned m)
 /* The period of `kind` containing `now_ms` is [start, end). */
 static void check_period(uint8_t kind, int64_t now_ms, int64_t start, int64_t end)
 {
-    int64_t got = ledger_period_start(kind, 0, 0, now_ms);
+    int64_t got = ledger__period_start(kind, 0, 0, now_ms);
     CHECK_EQ_INT(got, start);
-    CHECK_EQ_INT(ledger_period_end(kind, 0, got), end);
+    CHECK_EQ_INT(ledger__period_end(kind, 0, got), end);
 }
 
 /* ---- Pure period arithmetic. ---- */
@@ -103,7 +103,7 @@ static void week_period_start_is_a_monday_for_every_day_of_a_decade(void)
 {
     for (int64_t day = utc_day(2020, 1, 1) / DAY_MS; day < utc_day(2030, 1, 1) / DAY_MS; day++) {
         int64_t now = day * DAY_MS + 12345;
-        int64_t start = ledger_period_start(LEDGER_PERIOD_WEEK, 0, 0, now);
+        int64_t start = ledger__period_start(LEDGER_PERIOD_WEEK, 0, 0, now);
         /* Day 4 (1970-01-05) is a Monday: Mondays are the days d with (d - 4) % 7 == 0. */
         int64_t start_day = start / DAY_MS;
         CHECK_EQ_INT(start % DAY_MS, 0);
@@ -153,44 +153,44 @@ static void fixed_period_counts_whole_periods_from_the_anchor(void)
 {
     int64_t anchor = utc_ms(2024, 3, 15, 10, 20, 30, 400), hour = 3600 * 1000;
     int64_t now = anchor + 5 * hour + 17;
-    CHECK_EQ_INT(ledger_period_start(LEDGER_PERIOD_FIXED, hour, anchor, now), anchor + 5 * hour);
-    CHECK_EQ_INT(ledger_period_end(LEDGER_PERIOD_FIXED, hour, anchor + 5 * hour),
+    CHECK_EQ_INT(ledger__period_start(LEDGER_PERIOD_FIXED, hour, anchor, now), anchor + 5 * hour);
+    CHECK_EQ_INT(ledger__period_end(LEDGER_PERIOD_FIXED, hour, anchor + 5 * hour),
                  anchor + 6 * hour);
 }
 
 static void fixed_period_boundary_belongs_to_the_next_period(void)
 {
     int64_t anchor = 1000, period = 7 * 1000;
-    CHECK_EQ_INT(ledger_period_start(LEDGER_PERIOD_FIXED, period, anchor, anchor), anchor);
-    CHECK_EQ_INT(ledger_period_start(LEDGER_PERIOD_FIXED, period, anchor, anchor + period - 1),
+    CHECK_EQ_INT(ledger__period_start(LEDGER_PERIOD_FIXED, period, anchor, anchor), anchor);
+    CHECK_EQ_INT(ledger__period_start(LEDGER_PERIOD_FIXED, period, anchor, anchor + period - 1),
                  anchor);
-    CHECK_EQ_INT(ledger_period_start(LEDGER_PERIOD_FIXED, period, anchor, anchor + period),
+    CHECK_EQ_INT(ledger__period_start(LEDGER_PERIOD_FIXED, period, anchor, anchor + period),
                  anchor + period);
 }
 
 static void fixed_period_with_anchor_after_now_starts_at_the_anchor(void)
 {
-    CHECK_EQ_INT(ledger_period_start(LEDGER_PERIOD_FIXED, 60000, 500000, 400000), 500000);
+    CHECK_EQ_INT(ledger__period_start(LEDGER_PERIOD_FIXED, 60000, 500000, 400000), 500000);
 }
 
 static void fixed_period_at_its_bounds_far_from_the_anchor(void)
 {
     /* 366-day periods from the epoch up to the end of time: no overflow. */
     int64_t p = LEDGER_PERIOD_MAX_MS, k = LEDGER_TIME_MAX_MS / p;
-    int64_t start = ledger_period_start(LEDGER_PERIOD_FIXED, p, 0, LEDGER_TIME_MAX_MS);
+    int64_t start = ledger__period_start(LEDGER_PERIOD_FIXED, p, 0, LEDGER_TIME_MAX_MS);
     CHECK_EQ_INT(start, k * p);
-    CHECK_EQ_INT(ledger_period_end(LEDGER_PERIOD_FIXED, p, start), (k + 1) * p);
+    CHECK_EQ_INT(ledger__period_end(LEDGER_PERIOD_FIXED, p, start), (k + 1) * p);
     /* 1 s periods anchored at 0: 253402300799 whole periods. */
     CHECK_EQ_INT(
-        ledger_period_start(LEDGER_PERIOD_FIXED, LEDGER_PERIOD_MIN_MS, 0, LEDGER_TIME_MAX_MS),
+        ledger__period_start(LEDGER_PERIOD_FIXED, LEDGER_PERIOD_MIN_MS, 0, LEDGER_TIME_MAX_MS),
         253402300799000LL);
 }
 
 static void none_period_is_the_whole_lifetime(void)
 {
-    CHECK_EQ_INT(ledger_period_start(LEDGER_PERIOD_NONE, 0, 0, 0), 0);
-    CHECK_EQ_INT(ledger_period_start(LEDGER_PERIOD_NONE, 0, 0, LEDGER_TIME_MAX_MS), 0);
-    CHECK_EQ_INT(ledger_period_end(LEDGER_PERIOD_NONE, 0, 0), INT64_MAX);
+    CHECK_EQ_INT(ledger__period_start(LEDGER_PERIOD_NONE, 0, 0, 0), 0);
+    CHECK_EQ_INT(ledger__period_start(LEDGER_PERIOD_NONE, 0, 0, LEDGER_TIME_MAX_MS), 0);
+    CHECK_EQ_INT(ledger__period_end(LEDGER_PERIOD_NONE, 0, 0), INT64_MAX);
 }
 
 /* ---- Civil dates. ---- */

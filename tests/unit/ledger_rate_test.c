@@ -20,12 +20,12 @@
 static bool try_take(struct ledger_bucket *b, uint64_t rate, uint64_t burst, int64_t now_ms,
                      uint64_t cost, int64_t *remaining, int64_t *retry_ms)
 {
-    ledger_bucket_drain(b, rate, now_ms);
+    ledger__bucket_drain(b, rate, now_ms);
     *remaining = -7, *retry_ms = -7;
-    if (!ledger_bucket_fits(b, rate, burst, cost, remaining, retry_ms)) {
+    if (!ledger__bucket_fits(b, rate, burst, cost, remaining, retry_ms)) {
         return false;
     }
-    ledger_bucket_take(b, cost);
+    ledger__bucket_take(b, cost);
     return true;
 }
 
@@ -69,8 +69,8 @@ static void bucket_refills_one_request_per_second_at_rpm_60(void)
     CHECK_EQ_INT(b.level_units, 60 * UNITS - 999 * 60);
     take_all(&b, 60, 60, T0 + 1000, 1, 1);
     check_denied(&b, 60, 60, T0 + 1000, 1, 0, 1000);
-    ledger_bucket_drain(&b, 60, T0 + 31000);
-    CHECK_EQ_INT(ledger_bucket_available(&b, 60), 30);
+    ledger__bucket_drain(&b, 60, T0 + 31000);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 60), 30);
     CHECK_EQ_INT(b.last_ms, T0 + 31000);
 }
 
@@ -78,9 +78,9 @@ static void bucket_drains_to_empty_and_not_below(void)
 {
     struct ledger_bucket b = {0, T0};
     take_all(&b, 60, 60, T0, 1, 10);
-    ledger_bucket_drain(&b, 60, T0 + 3600 * 1000);
+    ledger__bucket_drain(&b, 60, T0 + 3600 * 1000);
     CHECK_EQ_INT(b.level_units, 0);
-    CHECK_EQ_INT(ledger_bucket_available(&b, 60), 60);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 60), 60);
 }
 
 static void burst_larger_than_rate_admits_the_burst_at_once(void)
@@ -88,9 +88,9 @@ static void burst_larger_than_rate_admits_the_burst_at_once(void)
     struct ledger_bucket b = {0, T0};
     take_all(&b, 60, 120, T0, 1, 120);
     check_denied(&b, 60, 120, T0, 1, 0, 1000);
-    ledger_bucket_drain(&b, 60, T0 + 60000);
+    ledger__bucket_drain(&b, 60, T0 + 60000);
     CHECK_EQ_INT(b.level_units, 60 * UNITS);
-    CHECK_EQ_INT(ledger_bucket_available(&b, 120), 60);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 120), 60);
 }
 
 static void burst_smaller_than_rate_spaces_requests_by_rate(void)
@@ -126,7 +126,7 @@ static void tpm_cost_within_burst_reports_remaining_and_retry(void)
     /* 400 + 700 - 1000 = 100 tokens = 6 000 000 units at 1000 units/ms. */
     check_denied(&b, 1000, 1000, T0, 700, 600, 6000);
     take_all(&b, 1000, 1000, T0, 600, 1);
-    CHECK_EQ_INT(ledger_bucket_available(&b, 1000), 0);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 1000), 0);
 }
 
 static void zero_cost_always_fits(void)
@@ -134,7 +134,7 @@ static void zero_cost_always_fits(void)
     struct ledger_bucket b = {0, T0};
     take_all(&b, 60, 60, T0, 1, 60);
     take_all(&b, 60, 60, T0, 0, 1);
-    ledger_bucket_adjust(&b, 1000);
+    ledger__bucket_adjust(&b, 1000);
     take_all(&b, 60, 60, T0, 0, 1);
     CHECK_EQ_INT(b.level_units, 1060LL * UNITS);
 }
@@ -143,9 +143,9 @@ static void adjust_up_creates_debt_beyond_capacity(void)
 {
     struct ledger_bucket b = {0, T0};
     take_all(&b, 1000, 1000, T0, 1000, 1);
-    ledger_bucket_adjust(&b, 500);
+    ledger__bucket_adjust(&b, 500);
     CHECK_EQ_INT(b.level_units, 1500LL * UNITS);
-    CHECK_EQ_INT(ledger_bucket_available(&b, 1000), 0);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 1000), 0);
     /* 1500 + 1 - 1000 = 501 tokens over: 501 * 60 ms at 1000 units/ms. */
     check_denied(&b, 1000, 1000, T0, 1, 0, 30060);
     /* After the debt drains, the bucket admits again. */
@@ -156,11 +156,11 @@ static void adjust_down_refunds_and_saturates_at_zero(void)
 {
     struct ledger_bucket b = {0, T0};
     take_all(&b, 1000, 1000, T0, 100, 1);
-    ledger_bucket_adjust(&b, -40);
+    ledger__bucket_adjust(&b, -40);
     CHECK_EQ_INT(b.level_units, 60LL * UNITS);
-    ledger_bucket_adjust(&b, -500);
+    ledger__bucket_adjust(&b, -500);
     CHECK_EQ_INT(b.level_units, 0);
-    ledger_bucket_adjust(&b, -(int64_t)LEDGER_TOKENS_MAX);
+    ledger__bucket_adjust(&b, -(int64_t)LEDGER_TOKENS_MAX);
     CHECK_EQ_INT(b.level_units, 0);
     CHECK_EQ_INT(b.last_ms, T0);
 }
@@ -169,7 +169,7 @@ static void adjust_down_refunds_and_saturates_at_zero(void)
 static struct ledger_bucket saturated_bucket(void)
 {
     struct ledger_bucket b = {0, T0};
-    ledger_bucket_adjust(&b, INT64_MAX);
+    ledger__bucket_adjust(&b, INT64_MAX);
     return b;
 }
 
@@ -180,13 +180,13 @@ static void adjust_by_extreme_deltas_saturates(void)
     struct ledger_bucket b = saturated_bucket();
     int64_t saturated = b.level_units;
     CHECK(saturated >= 2 * (int64_t)LEDGER_RATE_MAX * UNITS);
-    ledger_bucket_adjust(&b, (int64_t)LEDGER_TOKENS_MAX);
+    ledger__bucket_adjust(&b, (int64_t)LEDGER_TOKENS_MAX);
     CHECK_EQ_INT(b.level_units, saturated);
-    ledger_bucket_adjust(&b, INT64_MAX);
+    ledger__bucket_adjust(&b, INT64_MAX);
     CHECK_EQ_INT(b.level_units, saturated);
-    ledger_bucket_adjust(&b, -INT64_MAX);
+    ledger__bucket_adjust(&b, -INT64_MAX);
     CHECK_EQ_INT(b.level_units, 0);
-    ledger_bucket_adjust(&b, INT64_MIN);
+    ledger__bucket_adjust(&b, INT64_MIN);
     CHECK_EQ_INT(b.level_units, 0);
 }
 
@@ -195,13 +195,13 @@ static void drain_over_a_huge_gap_does_not_overflow(void)
     /* 2.5e14 ms * 1e12 units/ms overflows int64 by far: the bucket is simply empty. */
     struct ledger_bucket b = {0, 0};
     take_all(&b, LEDGER_RATE_MAX, LEDGER_RATE_MAX, 0, LEDGER_TOKENS_MAX, 1);
-    ledger_bucket_drain(&b, LEDGER_RATE_MAX, LEDGER_TIME_MAX_MS);
+    ledger__bucket_drain(&b, LEDGER_RATE_MAX, LEDGER_TIME_MAX_MS);
     CHECK_EQ_INT(b.level_units, 0);
     CHECK_EQ_INT(b.last_ms, LEDGER_TIME_MAX_MS);
 
     struct ledger_bucket debt = saturated_bucket();
     debt.last_ms = 0;
-    ledger_bucket_drain(&debt, LEDGER_RATE_MAX, LEDGER_TIME_MAX_MS);
+    ledger__bucket_drain(&debt, LEDGER_RATE_MAX, LEDGER_TIME_MAX_MS);
     CHECK_EQ_INT(debt.level_units, 0);
 }
 
@@ -209,11 +209,11 @@ static void drain_backwards_in_time_changes_nothing(void)
 {
     struct ledger_bucket b = {0, T0};
     take_all(&b, 60, 60, T0, 1, 5);
-    ledger_bucket_drain(&b, 60, T0 - 100000);
+    ledger__bucket_drain(&b, 60, T0 - 100000);
     CHECK_EQ_INT(b.level_units, 5LL * UNITS);
-    CHECK_EQ_INT(ledger_bucket_available(&b, 60), 55);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 60), 55);
     CHECK_EQ_INT(b.last_ms, T0);
-    ledger_bucket_drain(&b, 60, T0 + 1000);
+    ledger__bucket_drain(&b, 60, T0 + 1000);
     CHECK_EQ_INT(b.level_units, 4LL * UNITS);
 }
 
@@ -227,7 +227,7 @@ static void max_rate_and_max_cost_do_not_overflow(void)
     CHECK_EQ_INT(b.level_units, cap);
     /* level + cost - capacity = 6e16 units at 1e12 units/ms: 60 000 ms. */
     check_denied(&b, LEDGER_RATE_MAX, LEDGER_RATE_MAX, T0, LEDGER_TOKENS_MAX, 0, 60000);
-    ledger_bucket_adjust(&b, (int64_t)LEDGER_TOKENS_MAX);
+    ledger__bucket_adjust(&b, (int64_t)LEDGER_TOKENS_MAX);
     CHECK_EQ_INT(b.level_units, 2 * cap);
     check_denied(&b, LEDGER_RATE_MAX, LEDGER_RATE_MAX, T0, LEDGER_TOKENS_MAX, 0, 120000);
     check_denied(&b, LEDGER_RATE_MAX, LEDGER_RATE_MAX, T0, LEDGER_TOKENS_MAX + 1, 0, -1);
@@ -252,19 +252,19 @@ static void saturated_debt_still_reports_exact_retry(void)
     check_denied(&b, LEDGER_RATE_MAX, LEDGER_RATE_MAX, T0, LEDGER_TOKENS_MAX, 0, expect);
     /* At 1 unit/ms with a burst of 1, one request waits `level` ms. */
     check_denied(&b, 1, 1, T0, 1, 0, level);
-    CHECK_EQ_INT(ledger_bucket_available(&b, LEDGER_RATE_MAX), 0);
+    CHECK_EQ_INT(ledger__bucket_available(&b, LEDGER_RATE_MAX), 0);
 }
 
 static void available_counts_whole_tokens_that_fit(void)
 {
     struct ledger_bucket b = {0, T0};
-    CHECK_EQ_INT(ledger_bucket_available(&b, 60), 60);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 60), 60);
     take_all(&b, 60, 60, T0, 1, 1);
-    CHECK_EQ_INT(ledger_bucket_available(&b, 60), 59);
-    ledger_bucket_drain(&b, 60, T0 + 1);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 60), 59);
+    ledger__bucket_drain(&b, 60, T0 + 1);
     CHECK_EQ_INT(b.level_units, UNITS - 60);
-    CHECK_EQ_INT(ledger_bucket_available(&b, 60), 59); /* 59.001 tokens: floor */
-    CHECK_EQ_INT(ledger_bucket_available(&b, LEDGER_RATE_MAX), LEDGER_RATE_MAX - 1);
+    CHECK_EQ_INT(ledger__bucket_available(&b, 60), 59); /* 59.001 tokens: floor */
+    CHECK_EQ_INT(ledger__bucket_available(&b, LEDGER_RATE_MAX), LEDGER_RATE_MAX - 1);
 }
 
 /* ---- Through the ledger. ---- */
