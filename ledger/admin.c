@@ -297,16 +297,7 @@ static int cmd_update(struct ledger *l, const struct ledger_cmd *c, uint64_t *ac
 
 int ledger__key_get(struct ledger *l, const uint8_t *hash, struct key_rec *out)
 {
-    MDB_val v;
-    int rc = ledger__db_get(l, DB_KEYS, hash, LEDGER_KEY_HASH_SIZE, &v);
-    if (rc == 1) {
-        if (v.mv_size != sizeof(*out)) {
-            ledger__failed(l, MDB_CORRUPTED);
-            return -1;
-        }
-        memcpy(out, v.mv_data, sizeof(*out));
-    }
-    return rc;
+    return ledger__db_get_fixed(l, DB_KEYS, hash, LEDGER_KEY_HASH_SIZE, out, sizeof(*out));
 }
 
 static int cmd_key_add(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)

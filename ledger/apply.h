@@ -23,6 +23,10 @@ uint32_t ledger__chain_load(struct ledger *l, uint64_t id, uint64_t ids[LEDGER_D
                             struct acct_rec *recs[LEDGER_DEPTH_MAX]);
 bool ledger__db_del(struct ledger *l, int db, const void *k, size_t klen);
 int ledger__db_get(struct ledger *l, int db, const void *k, size_t klen, MDB_val *v);
+/* A record of exactly `size` bytes into `out`: 1 found, 0 not found, -1 (fatal set) on an
+ * LMDB error or a record of another size. */
+int ledger__db_get_fixed(struct ledger *l, int db, const void *k, size_t klen, void *out,
+                         size_t size);
 bool ledger__db_put(struct ledger *l, int db, const void *k, size_t klen, const void *v,
                     size_t vlen, unsigned flags);
 bool ledger__failed(struct ledger *l, int rc);

@@ -147,6 +147,21 @@ int ledger__db_get(struct ledger *l, int db, const void *k, size_t klen, MDB_val
     return ledger__failed(l, rc) ? -1 : 1;
 }
 
+int ledger__db_get_fixed(struct ledger *l, int db, const void *k, size_t klen, void *out,
+                         size_t size)
+{
+    MDB_val v;
+    int rc = ledger__db_get(l, db, k, klen, &v);
+    if (rc == 1) {
+        if (v.mv_size != size) {
+            ledger__failed(l, MDB_CORRUPTED);
+            return -1;
+        }
+        memcpy(out, v.mv_data, size);
+    }
+    return rc;
+}
+
 bool ledger__db_put(struct ledger *l, int db, const void *k, size_t klen, const void *v,
                    size_t vlen, unsigned flags)
 {
@@ -309,16 +324,8 @@ int ledger__model_get(struct ledger *l, uint64_t account_id, const char *model,
                      struct model_rec *out)
 {
     uint8_t k[MODEL_KEY_MAX];
-    MDB_val v;
-    int rc = ledger__db_get(l, DB_MODELS, k, model_key(k, account_id, model), &v);
-    if (rc == 1) {
-        if (v.mv_size != sizeof(*out)) {
-            ledger__failed(l, MDB_CORRUPTED);
-            return -1;
-        }
-        memcpy(out, v.mv_data, sizeof(*out));
-    }
-    return rc;
+    return ledger__db_get_fixed(l, DB_MODELS, k, model_key(k, account_id, model), out,
+                                sizeof(*out));
 }
 
 void ledger__model_put(struct ledger *l, uint64_t account_id, const char *model,

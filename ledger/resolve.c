@@ -276,17 +276,29 @@ static void resolve_open(struct ledger *l, struct resolve_ctx *x, const struct l
     rec->resolved_ms = l->now_ms;
 }
 
-void ledger__exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
+/* The reservation a settle, void or extend names, once the command passed
+ * ledger_cmd_check(): true with *rec loaded; false with r->status set (the check's code,
+ * -LEDGER_ENOTFOUND for an id never granted, or 0 on a storage failure, which is fatal). */
+static bool resolve_target(struct ledger *l, const struct ledger_cmd *c, struct resv_rec *rec,
+                           struct ledger_result *r)
 {
     int rv = ledger_cmd_check(c, NULL);
     if (rv != 0) {
         r->status = rv;
-        return;
+        return false;
     }
-    struct resv_rec rec;
-    int found = ledger__resv_get(l, c->request_id, &rec);
-    if (found != 1 || rec.state == RESV_REJECTED) {
+    int found = ledger__resv_get(l, c->request_id, rec);
+    if (found != 1 || rec->state == RESV_REJECTED) {
         r->status = found < 0 ? 0 : -LEDGER_ENOTFOUND;
+        return false;
+    }
+    return true;
+}
+
+void ledger__exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
+{
+    struct resv_rec rec;
+    if (!resolve_target(l, c, &rec, r)) {
         return;
     }
     uint64_t fp = ledger_cmd_fingerprint(c);
@@ -326,15 +338,8 @@ void ledger__exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct l
 
 void ledger__exec_extend(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
 {
-    int rv = ledger_cmd_check(c, NULL);
-    if (rv != 0) {
-        r->status = rv;
-        return;
-    }
     struct resv_rec rec;
-    int found = ledger__resv_get(l, c->request_id, &rec);
-    if (found != 1 || rec.state == RESV_REJECTED) {
-        r->status = found < 0 ? 0 : -LEDGER_ENOTFOUND;
+    if (!resolve_target(l, c, &rec, r)) {
         return;
     }
     if (rec.state != LEDGER_RESV_OPEN) {
