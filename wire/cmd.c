@@ -278,36 +278,11 @@ void ledger_pack_cmd(msgpack_packer *pk, const struct ledger_cmd *c)
     }
 }
 
-/* msgpack-c's sbuffer aborts the pack on allocation failure only through its return
- * code, which the packer ignores; this writer records the failure instead. */
-struct grow_buf {
-    char *data;
-    size_t len, cap;
-    bool failed;
-};
-
-static int grow_write(void *data, const char *buf, size_t len)
+/* msgpack-c's packer ignores its writer's failures; the protocol's growable buffer
+ * records them (rpc_buf.failed), so both codecs write through it. */
+static int buf_pack_write(void *data, const char *p, size_t n)
 {
-    struct grow_buf *g = data;
-    if (g->failed) {
-        return -1;
-    }
-    if (g->len + len > g->cap) {
-        size_t cap = g->cap ? g->cap : 4096;
-        while (cap < g->len + len) {
-            cap *= 2;
-        }
-        char *p = realloc(g->data, cap);
-        if (p == NULL) {
-            g->failed = true;
-            return -1;
-        }
-        g->data = p;
-        g->cap = cap;
-    }
-    memcpy(g->data + g->len, buf, len);
-    g->len += len;
-    return 0;
+    return rpc_buf_append(data, p, n);
 }
 
 int ledger_batch_encode(int64_t stamp_ms, const struct ledger_cmd *cmds, size_t n, void **buf,
@@ -324,9 +299,9 @@ int ledger_batch_encode(int64_t stamp_ms, const struct ledger_cmd *cmds, size_t 
             return -LEDGER_EINVAL;
         }
     }
-    struct grow_buf g = {0};
+    struct rpc_buf g = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &g, grow_write);
+    msgpack_packer_init(&pk, &g, buf_pack_write);
     msgpack_pack_array(&pk, 3);
     msgpack_pack_uint8(&pk, BATCH_FORMAT);
     msgpack_pack_int64(&pk, stamp_ms);
@@ -335,7 +310,7 @@ int ledger_batch_encode(int64_t stamp_ms, const struct ledger_cmd *cmds, size_t 
         ledger_pack_cmd(&pk, &cmds[i]);
     }
     static const char zeros[8] = {0};
-    grow_write(&g, zeros, (8 - g.len % 8) % 8);
+    rpc_buf_append(&g, zeros, (8 - g.len % 8) % 8);
     if (g.failed) {
         free(g.data);
         return -LEDGER_ENOMEM;
@@ -354,9 +329,9 @@ int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len)
     if (!ledger_cmd_encodable(c)) {
         return -LEDGER_EINVAL;
     }
-    struct grow_buf g = {0};
+    struct rpc_buf g = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &g, grow_write);
+    msgpack_packer_init(&pk, &g, buf_pack_write);
     ledger_pack_cmd(&pk, c);
     if (g.failed) {
         free(g.data);
