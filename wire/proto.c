@@ -19,17 +19,9 @@
 const char *rpc_op_name(int op)
 {
     static const char *const names[RPC_OP_MAX] = {
-        [RPC_OP_HELLO] = "hello",
-        [RPC_OP_WRITE] = "write",
-        [RPC_OP_ACCOUNT_GET] = "account_get",
-        [RPC_OP_ACCOUNT_LIST] = "account_list",
-        [RPC_OP_RESV_GET] = "reservation_get",
-        [RPC_OP_RESV_LIST] = "reservation_list",
-        [RPC_OP_JOURNAL] = "journal",
-        [RPC_OP_STATUS] = "status",
-        [RPC_OP_MEMBERSHIP] = "membership",
-        [RPC_OP_KEY_GET] = "key_get",
-        [RPC_OP_HASH] = "hash",
+#define OP_NAME(code, number, name, args, least) [number] = name,
+        RPC_OPS(OP_NAME)
+#undef OP_NAME
     };
     return op > 0 && op < RPC_OP_MAX && names[op] != NULL ? names[op] : "unknown";
 }
@@ -80,35 +72,34 @@ int rpc_role_parse(const char *name)
     return -WIRE_ERANGE;
 }
 
+static bool op_known(int op)
+{
+    static const bool known[RPC_OP_MAX] = {
+#define OP_KNOWN(code, number, name, args, least) [number] = true,
+        RPC_OPS(OP_KNOWN)
+#undef OP_KNOWN
+    };
+    return op > 0 && op < RPC_OP_MAX && known[op];
+}
+
 bool rpc_role_allows(int role, int op, int cmd_type)
 {
+    static const int least_role[RPC_OP_MAX] = {
+#define OP_ROLE(code, number, name, args, least) [number] = least,
+        RPC_OPS(OP_ROLE)
+#undef OP_ROLE
+    };
+    if (!op_known(op)) {
+        return false;
+    }
     if (role < RPC_ROLE_READER || role > RPC_ROLE_ADMIN) {
         return op == RPC_OP_HELLO; /* unauthenticated, or not a role at all */
     }
-    switch (op) {
-    case RPC_OP_HELLO:
-        return true;
-    case RPC_OP_WRITE:
-        if (role == RPC_ROLE_ADMIN) {
-            return true;
-        }
-        return role == RPC_ROLE_GATEWAY &&
-               (cmd_type == LEDGER_CMD_RESERVE || cmd_type == LEDGER_CMD_SETTLE ||
-                cmd_type == LEDGER_CMD_VOID || cmd_type == LEDGER_CMD_EXTEND);
-    case RPC_OP_MEMBERSHIP:
-        return role == RPC_ROLE_ADMIN;
-    case RPC_OP_ACCOUNT_GET:
-    case RPC_OP_ACCOUNT_LIST:
-    case RPC_OP_RESV_GET:
-    case RPC_OP_RESV_LIST:
-    case RPC_OP_JOURNAL:
-    case RPC_OP_STATUS:
-    case RPC_OP_KEY_GET:
-    case RPC_OP_HASH:
-        return role >= RPC_ROLE_READER;
-    default:
-        return false;
+    if (op == RPC_OP_WRITE && role == RPC_ROLE_GATEWAY) {
+        return cmd_type == LEDGER_CMD_RESERVE || cmd_type == LEDGER_CMD_SETTLE ||
+               cmd_type == LEDGER_CMD_VOID || cmd_type == LEDGER_CMD_EXTEND;
     }
+    return role >= least_role[op];
 }
 
 /* ---- Buffers. ---- */
@@ -216,92 +207,67 @@ static bool str_fits(const char *s, size_t max)
 
 /* ---- Requests. ---- */
 
+/* One request argument, by kind: whether it can be packed, packing it, reading it. `p` is
+ * a pointer to the field in the request's `u`. */
+#define ARG_COUNT(kind, path, bound) +1
+#define ARG_FITS(kind, path, bound) &&ARG_FITS_##kind(&req->u.path, bound)
+#define ARG_FITS_u8(p, bound) true
+#define ARG_FITS_u32(p, bound) true
+#define ARG_FITS_u64(p, bound) true
+#define ARG_FITS_i64(p, bound) true
+#define ARG_FITS_str(p, bound) str_fits(*(p), bound)
+#define ARG_FITS_key(p, bound) true
+#define ARG_FITS_cmd(p, bound) ledger_cmd_encodable(p)
+#define ARG_PACK(kind, path, bound) ARG_PACK_##kind(&req->u.path, bound);
+#define ARG_PACK_u8(p, bound) msgpack_pack_uint8(pk, *(p))
+#define ARG_PACK_u32(p, bound) msgpack_pack_uint32(pk, *(p))
+#define ARG_PACK_u64(p, bound) msgpack_pack_uint64(pk, *(p))
+#define ARG_PACK_i64(p, bound) msgpack_pack_int64(pk, *(p))
+#define ARG_PACK_str(p, bound) pack_str(pk, *(p), bound)
+#define ARG_PACK_key(p, bound) pack_bin(pk, *(p), bound)
+#define ARG_PACK_cmd(p, bound) ledger_pack_cmd(pk, p)
+#define ARG_READ(kind, path, bound) &&ARG_READ_##kind(&q->u.path, bound)
+#define ARG_READ_u8(p, bound) mp_read_u8(r, p)
+#define ARG_READ_u32(p, bound) mp_read_u32(r, p)
+#define ARG_READ_u64(p, bound) mp_read_u64(r, p)
+#define ARG_READ_i64(p, bound) mp_read_i64(r, p)
+#define ARG_READ_str(p, bound) mp_read_text(r, *(p), bound)
+#define ARG_READ_key(p, bound) mp_read_fixed(r, *(p), bound)
+#define ARG_READ_cmd(p, bound) ledger_read_cmd(r, p)
+
+/* What the table cannot say: the ranges of a list's limit and of a membership kind. */
+static bool request_ranges_ok(const struct rpc_request *q)
+{
+    switch (q->op) {
+    case RPC_OP_ACCOUNT_LIST:
+    case RPC_OP_RESV_LIST:
+    case RPC_OP_JOURNAL:
+        return q->u.list.limit >= 1 && q->u.list.limit <= RPC_LIST_MAX;
+    case RPC_OP_MEMBERSHIP:
+        return q->u.membership.kind >= RPC_MEMBER_ADD &&
+               q->u.membership.kind <= RPC_MEMBER_TRANSFER;
+    default:
+        return true;
+    }
+}
+
 int rpc_request_encode(struct rpc_buf *out, const struct rpc_request *req)
 {
     struct frame f;
     frame_begin(&f, out);
     msgpack_packer *pk = &f.pk;
     switch (req->op) {
-    case RPC_OP_HELLO:
-        if (!str_fits(req->u.hello.token, RPC_TOKEN_MAX)) {
-            return frame_abort(&f);
-        }
-        msgpack_pack_array(pk, 4);
-        msgpack_pack_uint64(pk, req->seq);
-        msgpack_pack_uint8(pk, req->op);
-        msgpack_pack_uint32(pk, req->u.hello.version);
-        pack_str(pk, req->u.hello.token, RPC_TOKEN_MAX);
-        break;
-    case RPC_OP_WRITE:
-        if (!ledger_cmd_encodable(&req->u.write)) {
-            return frame_abort(&f);
-        }
-        msgpack_pack_array(pk, 3);
-        msgpack_pack_uint64(pk, req->seq);
-        msgpack_pack_uint8(pk, req->op);
-        ledger_pack_cmd(pk, &req->u.write);
-        break;
-    case RPC_OP_ACCOUNT_GET:
-        if (!str_fits(req->u.get.name, LEDGER_NAME_MAX)) {
-            return frame_abort(&f);
-        }
-        msgpack_pack_array(pk, 4);
-        msgpack_pack_uint64(pk, req->seq);
-        msgpack_pack_uint8(pk, req->op);
-        pack_str(pk, req->u.get.name, LEDGER_NAME_MAX);
-        msgpack_pack_uint32(pk, req->u.get.flags);
-        break;
-    case RPC_OP_RESV_GET:
-        msgpack_pack_array(pk, 4);
-        msgpack_pack_uint64(pk, req->seq);
-        msgpack_pack_uint8(pk, req->op);
-        pack_bin(pk, req->u.get.request_id, LEDGER_REQUEST_ID_SIZE);
-        msgpack_pack_uint32(pk, req->u.get.flags);
-        break;
-    case RPC_OP_KEY_GET:
-        msgpack_pack_array(pk, 4);
-        msgpack_pack_uint64(pk, req->seq);
-        msgpack_pack_uint8(pk, req->op);
-        pack_bin(pk, req->u.get.key_hash, LEDGER_KEY_HASH_SIZE);
-        msgpack_pack_uint32(pk, req->u.get.flags);
-        break;
-    case RPC_OP_ACCOUNT_LIST:
-    case RPC_OP_RESV_LIST:
-    case RPC_OP_JOURNAL:
-        if (!str_fits(req->u.list.filter, LEDGER_NAME_MAX) || req->u.list.limit == 0 ||
-            req->u.list.limit > RPC_LIST_MAX) {
-            return frame_abort(&f);
-        }
-        msgpack_pack_array(pk, req->op == RPC_OP_JOURNAL ? 8 : 6);
-        msgpack_pack_uint64(pk, req->seq);
-        msgpack_pack_uint8(pk, req->op);
-        pack_str(pk, req->u.list.filter, LEDGER_NAME_MAX);
-        if (req->op == RPC_OP_JOURNAL) {
-            msgpack_pack_int64(pk, req->u.list.since_ms);
-            msgpack_pack_int64(pk, req->u.list.until_ms);
-        }
-        msgpack_pack_uint64(pk, req->u.list.cursor);
-        msgpack_pack_uint32(pk, req->u.list.limit);
-        msgpack_pack_uint32(pk, req->u.list.flags);
-        break;
-    case RPC_OP_STATUS:
-    case RPC_OP_HASH:
-        msgpack_pack_array(pk, 2);
-        msgpack_pack_uint64(pk, req->seq);
-        msgpack_pack_uint8(pk, req->op);
-        break;
-    case RPC_OP_MEMBERSHIP:
-        if (!str_fits(req->u.membership.address, RPC_ADDRESS_MAX) ||
-            req->u.membership.kind < RPC_MEMBER_ADD || req->u.membership.kind > RPC_MEMBER_TRANSFER) {
-            return frame_abort(&f);
-        }
-        msgpack_pack_array(pk, 5);
-        msgpack_pack_uint64(pk, req->seq);
-        msgpack_pack_uint8(pk, req->op);
-        msgpack_pack_uint8(pk, req->u.membership.kind);
-        msgpack_pack_uint64(pk, req->u.membership.id);
-        pack_str(pk, req->u.membership.address, RPC_ADDRESS_MAX);
-        break;
+#define OP_PACK(code, number, name, args, least)                                                \
+    case number:                                                                             \
+        if (!(true args(ARG_FITS)) || !request_ranges_ok(req)) {                             \
+            return frame_abort(&f);                                                          \
+        }                                                                                    \
+        msgpack_pack_array(pk, 2 args(ARG_COUNT));                                           \
+        msgpack_pack_uint64(pk, req->seq);                                                   \
+        msgpack_pack_uint8(pk, req->op);                                                     \
+        args(ARG_PACK) break;
+        RPC_OPS(OP_PACK)
+#undef OP_PACK
     default:
         return frame_abort(&f);
     }
@@ -315,68 +281,25 @@ static void set_why(char *why, const char *text)
     }
 }
 
-/* Expected array length of each request op. */
+/* Expected array length of each request op (0: not an op). */
 static uint32_t request_fields(uint8_t op)
 {
-    switch (op) {
-    case RPC_OP_HELLO:
-    case RPC_OP_ACCOUNT_GET:
-    case RPC_OP_RESV_GET:
-    case RPC_OP_KEY_GET:
-        return 4;
-    case RPC_OP_WRITE:
-        return 3;
-    case RPC_OP_ACCOUNT_LIST:
-    case RPC_OP_RESV_LIST:
-        return 6;
-    case RPC_OP_JOURNAL:
-        return 8;
-    case RPC_OP_STATUS:
-    case RPC_OP_HASH:
-        return 2;
-    case RPC_OP_MEMBERSHIP:
-        return 5;
-    default:
-        return 0;
-    }
+    static const uint8_t fields[RPC_OP_MAX] = {
+#define OP_FIELDS(code, number, name, args, least) [number] = 2 args(ARG_COUNT),
+        RPC_OPS(OP_FIELDS)
+#undef OP_FIELDS
+    };
+    return op < RPC_OP_MAX ? fields[op] : 0;
 }
 
 static bool read_request_args(struct mp_reader *r, struct rpc_request *q)
 {
     switch (q->op) {
-    case RPC_OP_HELLO:
-        return mp_read_u32(r, &q->u.hello.version) && mp_read_text(r, q->u.hello.token, RPC_TOKEN_MAX);
-    case RPC_OP_WRITE:
-        return ledger_read_cmd(r, &q->u.write);
-    case RPC_OP_ACCOUNT_GET:
-        return mp_read_text(r, q->u.get.name, LEDGER_NAME_MAX) && mp_read_u32(r, &q->u.get.flags);
-    case RPC_OP_RESV_GET:
-        return mp_read_fixed(r, q->u.get.request_id, LEDGER_REQUEST_ID_SIZE) &&
-               mp_read_u32(r, &q->u.get.flags);
-    case RPC_OP_KEY_GET:
-        return mp_read_fixed(r, q->u.get.key_hash, LEDGER_KEY_HASH_SIZE) &&
-               mp_read_u32(r, &q->u.get.flags);
-    case RPC_OP_ACCOUNT_LIST:
-    case RPC_OP_RESV_LIST:
-    case RPC_OP_JOURNAL:
-        if (!mp_read_text(r, q->u.list.filter, LEDGER_NAME_MAX)) {
-            return false;
-        }
-        if (q->op == RPC_OP_JOURNAL &&
-            (!mp_read_i64(r, &q->u.list.since_ms) || !mp_read_i64(r, &q->u.list.until_ms))) {
-            return false;
-        }
-        return mp_read_u64(r, &q->u.list.cursor) && mp_read_u32(r, &q->u.list.limit) &&
-               mp_read_u32(r, &q->u.list.flags) && q->u.list.limit >= 1 &&
-               q->u.list.limit <= RPC_LIST_MAX;
-    case RPC_OP_STATUS:
-    case RPC_OP_HASH:
-        return true;
-    case RPC_OP_MEMBERSHIP:
-        return mp_read_u8(r, &q->u.membership.kind) && mp_read_u64(r, &q->u.membership.id) &&
-               mp_read_text(r, q->u.membership.address, RPC_ADDRESS_MAX) &&
-               q->u.membership.kind >= RPC_MEMBER_ADD &&
-               q->u.membership.kind <= RPC_MEMBER_TRANSFER;
+#define OP_READ(code, number, name, args, least)                                                \
+    case number:                                                                             \
+        return true args(ARG_READ) && request_ranges_ok(q);
+        RPC_OPS(OP_READ)
+#undef OP_READ
     default:
         return false;
     }

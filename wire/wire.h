@@ -121,21 +121,59 @@ uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c);
 #define RPC_LIST_MAX 512               /* items in one list page */
 #define RPC_MEMBERS_MAX 9
 
+/*
+ * Every request op, described once: X(OP, number, name, ARGS, role). ARGS names the list
+ * of its arguments after [seq, op], each Y(kind, path, bound) over struct rpc_request's
+ * `u`, in wire order (kinds as in the command table of types.h, plus `cmd`, a ledger
+ * command); pack, read and the field counts are generated from it. `role` is the least
+ * role that may send it (rpc_role_allows(); a gateway may write only reserve, settle, void
+ * and extend). The answers are listed beside the arguments.
+ */
+#define RPC_OPS(X)                                                                           \
+    X(HELLO, 1, "hello", RPC_ARGS_HELLO, RPC_ROLE_NONE)                                      \
+    X(WRITE, 2, "write", RPC_ARGS_WRITE, RPC_ROLE_GATEWAY)                                   \
+    X(ACCOUNT_GET, 3, "account_get", RPC_ARGS_ACCOUNT_GET, RPC_ROLE_READER)                  \
+    X(ACCOUNT_LIST, 4, "account_list", RPC_ARGS_LIST, RPC_ROLE_READER)                       \
+    X(RESV_GET, 5, "reservation_get", RPC_ARGS_RESV_GET, RPC_ROLE_READER)                    \
+    X(RESV_LIST, 6, "reservation_list", RPC_ARGS_LIST, RPC_ROLE_READER)                      \
+    X(JOURNAL, 7, "journal", RPC_ARGS_JOURNAL, RPC_ROLE_READER)                              \
+    X(STATUS, 8, "status", RPC_ARGS_NONE, RPC_ROLE_READER)                                   \
+    X(MEMBERSHIP, 9, "membership", RPC_ARGS_MEMBERSHIP, RPC_ROLE_ADMIN)                      \
+    X(KEY_GET, 10, "key_get", RPC_ARGS_KEY_GET, RPC_ROLE_READER)                             \
+    X(HASH, 11, "hash", RPC_ARGS_NONE, RPC_ROLE_READER)
+
+/* HELLO: [version, token] -> [role, node_id]. */
+#define RPC_ARGS_HELLO(Y) Y(u32, hello.version, 0) Y(str, hello.token, RPC_TOKEN_MAX)
+/* WRITE (leader only): [cmd] -> [index, result]. */
+#define RPC_ARGS_WRITE(Y) Y(cmd, write, 0)
+/* ACCOUNT_GET: [name, flags] -> [account]. */
+#define RPC_ARGS_ACCOUNT_GET(Y) Y(str, get.name, LEDGER_NAME_MAX) Y(u32, get.flags, 0)
+/* RESV_GET: [request_id, flags] -> [reservation]. */
+#define RPC_ARGS_RESV_GET(Y) Y(key, get.request_id, LEDGER_REQUEST_ID_SIZE) Y(u32, get.flags, 0)
+/* KEY_GET: [key_hash, flags] -> [account, revoked]. */
+#define RPC_ARGS_KEY_GET(Y) Y(key, get.key_hash, LEDGER_KEY_HASH_SIZE) Y(u32, get.flags, 0)
+/* ACCOUNT_LIST (filter: the parent), RESV_LIST (filter: an account):
+ * [filter, cursor, limit, flags] -> [[item..], next]. */
+#define RPC_ARGS_LIST(Y)                                                                     \
+    Y(str, list.filter, LEDGER_NAME_MAX)                                                     \
+    Y(u64, list.cursor, 0) Y(u32, list.limit, 0) Y(u32, list.flags, 0)
+/* JOURNAL: [account, since_ms, until_ms, cursor, limit, flags] -> [[entry..], next]. */
+#define RPC_ARGS_JOURNAL(Y)                                                                  \
+    Y(str, list.filter, LEDGER_NAME_MAX) Y(i64, list.since_ms, 0) Y(i64, list.until_ms, 0)  \
+    Y(u64, list.cursor, 0) Y(u32, list.limit, 0) Y(u32, list.flags, 0)
+/* STATUS (any node, never redirected): [] -> [status]. HASH: [] -> [applied_index,
+ * state_hash (bin 32)], this node's own state; it walks the whole ledger: for tests,
+ * audits and chaos checks, not for hot paths. */
+#define RPC_ARGS_NONE(Y)
+/* MEMBERSHIP (leader only): [kind, id, peer_address] -> []. */
+#define RPC_ARGS_MEMBERSHIP(Y)                                                               \
+    Y(u8, membership.kind, 0) Y(u64, membership.id, 0)                                       \
+    Y(str, membership.address, RPC_ADDRESS_MAX)
+
 enum rpc_op {
-    RPC_OP_HELLO = 1,        /* [seq, 1, version, token] -> [seq, 0, role, node_id] */
-    RPC_OP_WRITE = 2,        /* [seq, 2, cmd] -> [seq, 0, index, result] (leader only) */
-    RPC_OP_ACCOUNT_GET = 3,  /* [seq, 3, name, flags] -> [seq, 0, account] */
-    RPC_OP_ACCOUNT_LIST = 4, /* [seq, 4, parent, cursor, limit, flags] -> [seq, 0, [acct..], next] */
-    RPC_OP_RESV_GET = 5,     /* [seq, 5, request_id, flags] -> [seq, 0, reservation] */
-    RPC_OP_RESV_LIST = 6,    /* [seq, 6, account, cursor, limit, flags] -> [seq, 0, [resv..], next] */
-    RPC_OP_JOURNAL = 7,      /* [seq, 7, account, since_ms, until_ms, cursor, limit, flags]
-                                -> [seq, 0, [entry..], next] */
-    RPC_OP_STATUS = 8,       /* [seq, 8] -> [seq, 0, status] (any node, never redirected) */
-    RPC_OP_MEMBERSHIP = 9,   /* [seq, 9, kind, id, peer_address] -> [seq, 0] (leader only) */
-    RPC_OP_KEY_GET = 10,     /* [seq, 10, key_hash, flags] -> [seq, 0, account, revoked] */
-    RPC_OP_HASH = 11,        /* [seq, 11] -> [seq, 0, applied_index, state_hash (bin 32)]
-                                (this node's own state; walks the whole ledger: for tests,
-                                audits and chaos checks, not for hot paths) */
+#define RPC_OP_ENUM(code, number, name, args, least) RPC_OP_##code = number,
+    RPC_OPS(RPC_OP_ENUM)
+#undef RPC_OP_ENUM
     RPC_OP_MAX
 };
 
