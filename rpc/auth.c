@@ -187,6 +187,8 @@ void rpc__auth_hello(struct rpc__conn *c, const struct rpc_request *req)
         c->role = t->role;
         snprintf(c->principal, sizeof(c->principal), "%s", t->name);
     }
+    /* Authenticated: from now on frames may be as large as the server allows. */
+    c->framer.max_body = s->max_frame;
     struct rpc_response resp = {.seq = req->seq};
     resp.u.hello.role = (uint8_t)c->role;
     resp.u.hello.node_id = node_id(s->node);

@@ -340,7 +340,8 @@ void rpc__accept_cb(uv_stream_t *listener, int status)
     c->srv = s;
     c->refs = 1;
     s->refs++;
-    rpc_framer_init(&c->framer, s->max_frame);
+    rpc_framer_init(&c->framer, RPC_HELLO_FRAME_MAX); /* raised to max_frame by HELLO */
+    c->accepted_ms = uv_now(s->loop);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 ||
         (s->tls_ctx != NULL && rpc_tls_new(&c->tls, s->tls_ctx) != 0)) {
         c->closing = true;
@@ -361,4 +362,22 @@ void rpc__accept_cb(uv_stream_t *listener, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     read_start(c);
+}
+
+/* ---- The HELLO deadline. ---- */
+
+void rpc__hello_sweep_cb(uv_timer_t *t)
+{
+    struct rpc_server *s = t->data;
+    uint64_t now_ms = uv_now(s->loop);
+    struct rpc__conn *next;
+    for (struct rpc__conn *c = s->conns; c != NULL; c = next) {
+        next = c->next; /* closing unlinks c */
+        if (c->role == RPC_ROLE_NONE && !c->closing &&
+            now_ms - c->accepted_ms >= s->hello_timeout_ms) {
+            /* Nothing is answered: the TLS handshake may not even be done. */
+            s->m.hello_timeouts++;
+            rpc__conn_close(c);
+        }
+    }
 }

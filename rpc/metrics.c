@@ -255,6 +255,8 @@ static void put_connections(struct writer *w, const struct rpc_metrics *m)
             m->auth_failures);
     put_u64(w, "tally_protocol_errors_total", "counter", "Connections closed for a bad frame.",
             m->protocol_errors);
+    put_u64(w, "tally_hello_timeouts_total", "counter",
+            "Connections closed for not saying HELLO within the deadline.", m->hello_timeouts);
 }
 
 static void put_ledger(struct writer *w, const struct rpc_metrics *m)

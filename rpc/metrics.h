@@ -73,6 +73,7 @@ struct rpc_metrics {
     uint64_t connections_total;
     uint64_t auth_failures;
     uint64_t protocol_errors;              /* bad frames: connection closed */
+    uint64_t hello_timeouts;               /* no HELLO within the deadline: closed */
     struct rpc_histogram batch_size;       /* commands per Raft entry (leader) */
     struct rpc_histogram commit_latency_s; /* propose to answer, seconds (leader) */
     /* Ledger. */

@@ -63,6 +63,7 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     s->max_frame = cfg->max_frame != 0 ? cfg->max_frame : RPC_FRAME_MAX;
     s->max_inflight = cfg->max_inflight != 0 ? cfg->max_inflight : 4096;
     s->max_connections = cfg->max_connections != 0 ? cfg->max_connections : 4096;
+    s->hello_timeout_ms = cfg->hello_timeout_ms != 0 ? cfg->hello_timeout_ms : RPC_HELLO_TIMEOUT_MS;
     s->m.node_id = node_id(node);
     if (s->max_frame > RPC_FRAME_LIMIT) {
         s->max_frame = RPC_FRAME_LIMIT;
@@ -79,8 +80,9 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     uv_tcp_init(loop, &s->listener);
     uv_check_init(loop, &s->check);
     uv_idle_init(loop, &s->idle);
-    s->open_handles = 3;
-    s->listener.data = s->check.data = s->idle.data = s;
+    uv_timer_init(loop, &s->hello_timer);
+    s->open_handles = 4;
+    s->listener.data = s->check.data = s->idle.data = s->hello_timer.data = s;
     int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&sa, 0);
     if (rv == 0) {
         rv = uv_listen((uv_stream_t *)&s->listener, 511, rpc__accept_cb);
@@ -91,6 +93,9 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
         return -RPC_START_ELISTEN;
     }
     uv_check_start(&s->check, rpc__flush_check_cb);
+    /* Four sweeps per deadline: a silent connection lives at most 1.25 times it. */
+    uint64_t sweep_ms = s->hello_timeout_ms / 4 > 0 ? s->hello_timeout_ms / 4 : 1;
+    uv_timer_start(&s->hello_timer, rpc__hello_sweep_cb, sweep_ms, sweep_ms);
     *out = s;
     return 0;
 }
@@ -163,4 +168,5 @@ void rpc_server_close(struct rpc_server *s, void (*cb)(void *), void *data)
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     uv_close((uv_handle_t *)&s->check, server_handle_closed);
     uv_close((uv_handle_t *)&s->idle, server_handle_closed);
+    uv_close((uv_handle_t *)&s->hello_timer, server_handle_closed);
 }

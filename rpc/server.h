@@ -69,6 +69,10 @@ struct rpc_server_config {
     size_t max_frame;         /* default RPC_FRAME_MAX */
     unsigned max_inflight;    /* per connection, default 4096 */
     unsigned max_connections; /* default 4096 */
+    /* A connection must finish its TLS handshake and HELLO within this many ms, or it is
+     * closed (0: RPC_HELLO_TIMEOUT_MS). Until HELLO succeeds its frames are bounded by
+     * RPC_HELLO_FRAME_MAX, whatever max_frame says: a stranger holds at most that much. */
+    unsigned hello_timeout_ms;
 };
 
 struct rpc_server;

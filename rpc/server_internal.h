@@ -39,6 +39,7 @@ struct rpc__conn {
     size_t unsent;       /* bytes handed to uv_write and not yet written */
     int role;            /* enum rpc_role */
     char principal[LEDGER_ACTOR_MAX + 1];
+    uint64_t accepted_ms; /* loop time of accept: HELLO must succeed within hello_timeout_ms */
     unsigned inflight; /* pending requests */
     unsigned refs;     /* handle + pending requests + writes */
     bool reading, dirty, closing, close_after_flush, shut;
@@ -50,6 +51,7 @@ struct rpc_server {
     uv_tcp_t listener;
     uv_check_t check;
     uv_idle_t idle;
+    uv_timer_t hello_timer; /* closes connections that did not say HELLO in time */
     unsigned open_handles;
     struct rpc_token *tokens;
     size_t n_tokens;
@@ -58,6 +60,7 @@ struct rpc_server {
     unsigned n_members;
     size_t max_frame;
     unsigned max_inflight, max_connections;
+    uint64_t hello_timeout_ms;
     struct rpc__conn *conns;
     struct rpc__conn *dirty;
     unsigned n_conns;
@@ -69,6 +72,12 @@ struct rpc_server {
     bool read_buf_busy;
     struct rpc_metrics m; /* traffic counters only; Raft figures filled on demand */
 };
+
+/* ---- listener.c: the HELLO deadline ---- */
+
+/* Every quarter of hello_timeout_ms: close each connection that has not said HELLO
+ * (successfully) within hello_timeout_ms of its accept. */
+void rpc__hello_sweep_cb(uv_timer_t *t);
 
 /* ---- server.c ---- */
 

@@ -44,7 +44,7 @@ struct options {
     const char *clock_offset_file; /* fault injection: a file holding a signed ms offset */
     bool join;
     uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
-    uint64_t max_frame, max_inflight, max_connections;
+    uint64_t max_frame, max_inflight, max_connections, hello_timeout_ms;
 };
 
 static uv_loop_t *loop;
@@ -114,6 +114,7 @@ static void usage(FILE *out)
             "  --max-frame BYTES         largest request frame, default 1048576    TALLY_MAX_FRAME\n"
             "  --max-inflight N          per connection, default 4096              TALLY_MAX_INFLIGHT\n"
             "  --max-connections N       default 4096                              TALLY_MAX_CONNECTIONS\n"
+            "  --hello-timeout-ms N      TLS handshake + HELLO, default 5000       TALLY_HELLO_TIMEOUT_MS\n"
             "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
             "  --tls-client-ca F         accept client certificates it signed:     TALLY_TLS_CLIENT_CA\n"
             "                            OU = role (admin|gateway|reader), CN = principal\n"
@@ -142,7 +143,7 @@ static bool parse_u64(const char *s, uint64_t *out)
 enum {
     OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
     OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
-    OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
+    OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
     OPT_CLOCK_OFFSET_FILE, OPT_HELP,
 };
 
@@ -169,6 +170,7 @@ static const struct flag flags[] = {
     {"max-frame", "TALLY_MAX_FRAME", OPT_MAX_FRAME, true},
     {"max-inflight", "TALLY_MAX_INFLIGHT", OPT_MAX_INFLIGHT, true},
     {"max-connections", "TALLY_MAX_CONNECTIONS", OPT_MAX_CONNS, true},
+    {"hello-timeout-ms", "TALLY_HELLO_TIMEOUT_MS", OPT_HELLO_TIMEOUT, true},
     {"tls-cert", "TALLY_TLS_CERT", OPT_TLS_CERT, false},
     {"tls-key", "TALLY_TLS_KEY", OPT_TLS_KEY, false},
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
@@ -203,6 +205,7 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_MAX_FRAME: o->max_frame = v; break;
     case OPT_MAX_INFLIGHT: o->max_inflight = v; break;
     case OPT_MAX_CONNS: o->max_connections = v; break;
+    case OPT_HELLO_TIMEOUT: o->hello_timeout_ms = v; break;
     case OPT_TLS_CERT: o->tls_cert = value; break;
     case OPT_TLS_KEY: o->tls_key = value; break;
     case OPT_TLS_CA: o->tls_client_ca = value; break;
@@ -398,6 +401,10 @@ static int start(const struct options *o)
                         "only with them)\n");
         return 3;
     }
+    if (o->hello_timeout_ms != 0 && (o->hello_timeout_ms < 100 || o->hello_timeout_ms > 600000)) {
+        fprintf(stderr, "tallyd: --hello-timeout-ms must be 100 .. 600000\n");
+        return 3;
+    }
     if (parse_members(o->members, &cfg, rmembers, &n_rmembers) != 0) {
         return 3;
     }
@@ -464,6 +471,7 @@ static int start(const struct options *o)
         .max_frame = o->max_frame,
         .max_inflight = (unsigned)o->max_inflight,
         .max_connections = (unsigned)o->max_connections,
+        .hello_timeout_ms = (unsigned)o->hello_timeout_ms,
     };
     int rv = rpc_server_start(&server, loop, node, &scfg, errmsg, sizeof(errmsg));
     free(tokens);

@@ -115,6 +115,8 @@ uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c);
 #define RPC_FRAME_HEADER 4
 #define RPC_FRAME_MAX (1u << 20)       /* default body bound, both directions */
 #define RPC_FRAME_LIMIT (64u << 20)    /* the largest bound either side may configure */
+#define RPC_HELLO_FRAME_MAX 1024       /* the bound until a connection's HELLO succeeds */
+#define RPC_HELLO_TIMEOUT_MS 5000      /* default time for the TLS handshake and HELLO */
 #define RPC_TOKEN_MAX 256              /* bearer token bytes */
 #define RPC_ADDRESS_MAX 64             /* "host:port" */
 #define RPC_MESSAGE_MAX 200            /* error message bytes */

@@ -186,6 +186,79 @@ static void case_huge_counts(void)
     still_serving("huge container counts");
 }
 
+/* The nodes run with this HELLO deadline (TALLY_HELLO_TIMEOUT_MS, set in main). */
+#define HELLO_TIMEOUT_MS 2000
+
+static void case_stranger_frame_bound(void)
+{
+    int leader = cl_leader(10000);
+    struct rc c;
+    if (rc_open(&c, leader) != 0) {
+        H_FAIL("connect");
+    }
+    uint8_t h[4];
+    frame_header(h, RPC_HELLO_FRAME_MAX + 1);
+    rc_send_raw(&c, h, sizeof(h));
+    expect_error(&c, RPC_ETOOBIG, true, "a frame of 1 KiB + 1 before hello");
+    rc_close(&c);
+
+    /* After HELLO the bound is --max-frame again: 2 KiB of junk is malformed, not too big. */
+    open_admin(&c);
+    static uint8_t junk[4 + 2048];
+    frame_header(junk, 2048);
+    memset(junk + 4, 0xc1, 2048); /* 0xc1: never valid msgpack */
+    rc_send_raw(&c, junk, sizeof(junk));
+    expect_error(&c, RPC_EBADREQ, false, "2 KiB of junk after hello");
+    rc_close(&c);
+    still_serving("a stranger's large frame");
+}
+
+static void case_hello_deadline(void)
+{
+    int leader = cl_leader(10000);
+    struct rc silent, hello;
+    if (rc_open(&silent, leader) != 0 || rc_open(&hello, leader) != 0 ||
+        rc_hello(&hello, CL_ADMIN_TOKEN) != RPC_OK) {
+        H_FAIL("connect");
+    }
+    uint64_t before = 0, after = 0;
+    cl_metric(leader, "tally_hello_timeouts_total", &before);
+    int64_t start_ms = h_now_ms();
+    if (rc_closed(&silent, HELLO_TIMEOUT_MS / 2)) {
+        H_FAIL("a silent connection was closed before the HELLO deadline");
+    }
+    if (!rc_closed(&silent, HELLO_TIMEOUT_MS * 2)) {
+        H_FAIL("a silent connection is still open %d ms after the HELLO deadline",
+               HELLO_TIMEOUT_MS);
+    }
+    int64_t closed_ms = h_now_ms() - start_ms;
+    rc_close(&silent);
+    /* The authenticated connection outlives the deadline and still answers. */
+    struct rpc_request req = {.op = RPC_OP_STATUS};
+    struct rpc_response resp;
+    rc_send(&hello, &req);
+    if (rc_recv(&hello, RPC_OP_STATUS, &resp, 5000) != 0 || resp.status != RPC_OK) {
+        H_FAIL("an authenticated connection did not outlive the HELLO deadline");
+    }
+    rc_close(&hello);
+    /* The figures reach /metrics four times a second. */
+    for (int tries = 0; tries < 20 && after <= before; tries++) {
+        if (cl_metric(leader, "tally_hello_timeouts_total", &after) != 0) {
+            H_FAIL("no tally_hello_timeouts_total on /metrics");
+        }
+        if (after <= before) {
+            h_sleep_ms(100);
+        }
+    }
+    if (after <= before) {
+        H_FAIL("tally_hello_timeouts_total did not count the closed connection");
+    }
+    h_say("a silent connection: closed after %lld ms (deadline %d ms); "
+          "tally_hello_timeouts_total %llu -> %llu",
+          (long long)closed_ms, HELLO_TIMEOUT_MS, (unsigned long long)before,
+          (unsigned long long)after);
+}
+
 static void case_no_auth(void)
 {
     int leader = cl_leader(10000);
@@ -404,6 +477,9 @@ int main(int argc, char **argv)
         return 2;
     }
     h_init("tally-protocol-test", 150);
+    char hello_timeout[16];
+    snprintf(hello_timeout, sizeof(hello_timeout), "%d", HELLO_TIMEOUT_MS);
+    setenv("TALLY_HELLO_TIMEOUT_MS", hello_timeout, 1); /* the nodes inherit it */
     if (tls) {
         cl_tls_setup();
     }
@@ -420,6 +496,8 @@ int main(int argc, char **argv)
     case_oversized();
     case_deep_nesting();
     case_huge_counts();
+    case_stranger_frame_bound();
+    case_hello_deadline();
     case_no_auth();
     case_wrong_role();
     case_not_leader();
