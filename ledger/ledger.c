@@ -408,9 +408,15 @@ void ledger__soft_budget_check(struct ledger *l, struct acct_rec *a, const uint8
 
 /* ---- Results. ---- */
 
+/* An answer starts as an error, never as OK (0 is LEDGER_OK, and a grant): a path that
+ * forgot to decide would otherwise grant. -LEDGER_EIO is what a command answers only when
+ * storage failed, and then the whole batch is aborted. */
+#define RESULT_UNDECIDED (-LEDGER_EIO)
+
 static void result_init(struct ledger_result *r, const struct ledger_cmd *c)
 {
     memset(r, 0, sizeof(*r));
+    r->status = RESULT_UNDECIDED;
     r->cmd_type = c->type;
     memcpy(r->request_id, c->request_id, LEDGER_REQUEST_ID_SIZE);
 }
@@ -444,6 +450,8 @@ static void exec_cmd(struct ledger *l, const struct ledger_cmd *c, struct ledger
         ledger__exec_admin(l, c, r);
         break;
     }
+    /* Every command decides its answer unless storage failed. */
+    assert(l->fatal || r->status != RESULT_UNDECIDED);
 }
 
 static int64_t clamp_time(int64_t t)

@@ -289,7 +289,9 @@ static bool resolve_target(struct ledger *l, const struct ledger_cmd *c, struct 
     }
     int found = ledger__resv_get(l, c->request_id, rec);
     if (found != 1 || rec->state == RESV_REJECTED) {
-        r->status = found < 0 ? 0 : -LEDGER_ENOTFOUND;
+        if (found >= 0) { /* < 0: storage failed, the batch is aborted */
+            r->status = -LEDGER_ENOTFOUND;
+        }
         return false;
     }
     return true;
