@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static uint64_t next_rid = 1;
@@ -257,6 +258,36 @@ static void case_hello_deadline(void)
           "tally_hello_timeouts_total %llu -> %llu",
           (long long)closed_ms, HELLO_TIMEOUT_MS, (unsigned long long)before,
           (unsigned long long)after);
+}
+
+/* A HELLO deadline outside 100 .. 600000 ms is refused at start: exit 3, one line why. */
+static void case_hello_deadline_bounds(const char *tallyd)
+{
+    const char *bad[] = {"99", "600001"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct h_proc p = {0};
+        char dir[PATH_MAX], tokens[PATH_MAX];
+        snprintf(p.log, sizeof(p.log), "%s/bad-hello-timeout-%zu.log", h_dir, i);
+        snprintf(dir, sizeof(dir), "%s/bad-hello-timeout-%zu", h_dir, i);
+        snprintf(tokens, sizeof(tokens), "%s/bad-tokens", h_dir);
+        FILE *f = fopen(tokens, "w");
+        if (f == NULL) {
+            H_FAIL("write %s", tokens);
+        }
+        fclose(f);
+        char *const argv[] = {(char *)tallyd, "--id", "1", "--data-dir", dir, "--peer-listen",
+                              "127.0.0.1:1", "--client-listen", "127.0.0.1:2", "--members",
+                              "1=127.0.0.1:1/127.0.0.1:2", "--token-file", tokens,
+                              "--hello-timeout-ms", (char *)bad[i], NULL};
+        h_register(&p);
+        h_spawn(&p, argv);
+        int status = h_stop(&p, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 3) {
+            H_FAIL("--hello-timeout-ms %s: tallyd did not exit 3 (wait status %d)", bad[i],
+                   status);
+        }
+        h_say("--hello-timeout-ms %s: exit 3", bad[i]);
+    }
 }
 
 static void case_no_auth(void)
@@ -498,6 +529,7 @@ int main(int argc, char **argv)
     case_huge_counts();
     case_stranger_frame_bound();
     case_hello_deadline();
+    case_hello_deadline_bounds(argv[1]);
     case_no_auth();
     case_wrong_role();
     case_not_leader();
