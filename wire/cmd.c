@@ -15,6 +15,7 @@
  * ledger has always judged them.
  */
 #include "wire/wire.h"
+#include "wire/wire_internal.h"
 
 #include <assert.h>
 #include <msgpack.h>
@@ -91,25 +92,6 @@ const char *ledger_deny_reason_name(int reason)
 
 /* ---- The table's functions, one macro per field kind and operation. ---- */
 
-/* Strings in a command are NUL-terminated within their arrays. */
-static bool str_ok(const char *s, size_t max)
-{
-    return strnlen(s, max + 1) <= max;
-}
-
-static void pack_str(msgpack_packer *pk, const char *s)
-{
-    size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
-static void pack_bin(msgpack_packer *pk, const void *b, size_t n)
-{
-    msgpack_pack_bin(pk, n);
-    msgpack_pack_bin_body(pk, b, n);
-}
-
 static void pack_model_limits(msgpack_packer *pk, const struct ledger_model_limits *l);
 static bool read_model_limits(struct mp_reader *r, struct ledger_model_limits *l);
 
@@ -124,9 +106,9 @@ static bool read_model_limits(struct mp_reader *r, struct ledger_model_limits *l
 #define PACK_u32(p, bound) msgpack_pack_uint32(pk, *(p))
 #define PACK_u64(p, bound) msgpack_pack_uint64(pk, *(p))
 #define PACK_i64(p, bound) msgpack_pack_int64(pk, *(p))
-#define PACK_str(p, bound) pack_str(pk, *(p))
-#define PACK_key(p, bound) pack_bin(pk, *(p), bound)
-#define PACK_blob(p, bound) pack_bin(pk, *(p), *(p##_len))
+#define PACK_str(p, bound) wire__pack_str(pk, *(p), bound)
+#define PACK_key(p, bound) wire__pack_bin(pk, *(p), bound)
+#define PACK_blob(p, bound) wire__pack_bin(pk, *(p), *(p##_len))
 #define PACK_limits(p, bound) ledger_pack_limits(pk, p)
 #define PACK_mlimits(p, bound) pack_model_limits(pk, p)
 #define PACK_payer_key PACK_key
@@ -152,7 +134,7 @@ static bool read_model_limits(struct mp_reader *r, struct ledger_model_limits *l
 #define SHAPE_u32(p, bound) true
 #define SHAPE_u64(p, bound) true
 #define SHAPE_i64(p, bound) true
-#define SHAPE_str(p, bound) str_ok(*(p), bound)
+#define SHAPE_str(p, bound) wire__str_fits(*(p), bound)
 #define SHAPE_key(p, bound) true
 #define SHAPE_blob(p, bound) (*(p##_len) <= (bound))
 #define SHAPE_limits(p, bound) true
@@ -225,7 +207,7 @@ static bool type_known(uint8_t type)
 
 bool ledger_cmd_encodable(const struct ledger_cmd *c)
 {
-    if (!type_known(c->type) || !str_ok(c->actor, LEDGER_ACTOR_MAX)) {
+    if (!type_known(c->type) || !wire__str_fits(c->actor, LEDGER_ACTOR_MAX)) {
         return false;
     }
     switch (c->type) {
@@ -265,8 +247,8 @@ void ledger_pack_cmd(msgpack_packer *pk, const struct ledger_cmd *c)
     assert(ledger_cmd_encodable(c));
     msgpack_pack_array(pk, 3 + fields_of[c->type]);
     msgpack_pack_uint8(pk, c->type);
-    pack_bin(pk, c->request_id, LEDGER_REQUEST_ID_SIZE);
-    pack_str(pk, c->actor);
+    wire__pack_bin(pk, c->request_id, LEDGER_REQUEST_ID_SIZE);
+    wire__pack_str(pk, c->actor, LEDGER_ACTOR_MAX);
     switch (c->type) {
 #define CMD_PACK(type, number, member)                                                       \
     case number: {                                                                           \

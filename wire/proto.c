@@ -8,6 +8,7 @@
  * never go deeper than the shape.
  */
 #include "wire/wire.h"
+#include "wire/wire_internal.h"
 
 #include <msgpack.h>
 #include <stdio.h>
@@ -185,26 +186,6 @@ static int frame_abort(struct frame *f)
     return -WIRE_ERANGE;
 }
 
-/* A string field of a fixed array: at most `max` bytes are read even if the array is
- * not terminated (the decoder refuses longer strings, so the frame stays valid). */
-static void pack_str(msgpack_packer *pk, const char *s, size_t max)
-{
-    size_t n = strnlen(s, max);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
-static void pack_bin(msgpack_packer *pk, const void *p, size_t n)
-{
-    msgpack_pack_bin(pk, n);
-    msgpack_pack_bin_body(pk, p, n);
-}
-
-static bool str_fits(const char *s, size_t max)
-{
-    return strnlen(s, max + 1) <= max;
-}
-
 /* ---- Requests. ---- */
 
 /* One request argument, by kind: whether it can be packed, packing it, reading it. `p` is
@@ -215,7 +196,7 @@ static bool str_fits(const char *s, size_t max)
 #define ARG_FITS_u32(p, bound) true
 #define ARG_FITS_u64(p, bound) true
 #define ARG_FITS_i64(p, bound) true
-#define ARG_FITS_str(p, bound) str_fits(*(p), bound)
+#define ARG_FITS_str(p, bound) wire__str_fits(*(p), bound)
 #define ARG_FITS_key(p, bound) true
 #define ARG_FITS_cmd(p, bound) ledger_cmd_encodable(p)
 #define ARG_PACK(kind, path, bound) ARG_PACK_##kind(&req->u.path, bound);
@@ -223,8 +204,8 @@ static bool str_fits(const char *s, size_t max)
 #define ARG_PACK_u32(p, bound) msgpack_pack_uint32(pk, *(p))
 #define ARG_PACK_u64(p, bound) msgpack_pack_uint64(pk, *(p))
 #define ARG_PACK_i64(p, bound) msgpack_pack_int64(pk, *(p))
-#define ARG_PACK_str(p, bound) pack_str(pk, *(p), bound)
-#define ARG_PACK_key(p, bound) pack_bin(pk, *(p), bound)
+#define ARG_PACK_str(p, bound) wire__pack_str(pk, *(p), bound)
+#define ARG_PACK_key(p, bound) wire__pack_bin(pk, *(p), bound)
 #define ARG_PACK_cmd(p, bound) ledger_pack_cmd(pk, p)
 #define ARG_READ(kind, path, bound) &&ARG_READ_##kind(&q->u.path, bound)
 #define ARG_READ_u8(p, bound) mp_read_u8(r, p)
@@ -354,8 +335,8 @@ static void pack_result(msgpack_packer *pk, const struct ledger_result *x)
     msgpack_pack_uint8(pk, x->cmd_type);
     msgpack_pack_uint8(pk, x->deny_reason);
     msgpack_pack_uint16(pk, x->flags);
-    pack_bin(pk, x->request_id, LEDGER_REQUEST_ID_SIZE);
-    pack_str(pk, x->account, LEDGER_NAME_MAX);
+    wire__pack_bin(pk, x->request_id, LEDGER_REQUEST_ID_SIZE);
+    wire__pack_str(pk, x->account, LEDGER_NAME_MAX);
     msgpack_pack_int64(pk, x->remaining);
     msgpack_pack_int64(pk, x->retry_after_ms);
     msgpack_pack_int64(pk, x->charged_micros);
@@ -386,8 +367,8 @@ static void pack_account(msgpack_packer *pk, const struct ledger_account_info *a
 {
     msgpack_pack_array(pk, ACCOUNT_FIELDS);
     msgpack_pack_uint64(pk, a->id);
-    pack_str(pk, a->name, LEDGER_NAME_MAX);
-    pack_str(pk, a->parent, LEDGER_NAME_MAX);
+    wire__pack_str(pk, a->name, LEDGER_NAME_MAX);
+    wire__pack_str(pk, a->parent, LEDGER_NAME_MAX);
     msgpack_pack_uint32(pk, a->depth);
     ledger_pack_limits(pk, &a->limits);
     msgpack_pack_int64(pk, a->created_ms);
@@ -427,16 +408,16 @@ static bool read_account(struct mp_reader *r, struct ledger_account_info *a)
 static void pack_resv(msgpack_packer *pk, const struct ledger_reservation_info *v)
 {
     msgpack_pack_array(pk, RESV_FIELDS);
-    pack_bin(pk, v->request_id, LEDGER_REQUEST_ID_SIZE);
+    wire__pack_bin(pk, v->request_id, LEDGER_REQUEST_ID_SIZE);
     msgpack_pack_uint8(pk, v->state);
-    pack_str(pk, v->account, LEDGER_NAME_MAX);
-    pack_str(pk, v->model, LEDGER_MODEL_MAX);
+    wire__pack_str(pk, v->account, LEDGER_NAME_MAX);
+    wire__pack_str(pk, v->model, LEDGER_MODEL_MAX);
     msgpack_pack_int64(pk, v->estimate_micros);
     msgpack_pack_uint64(pk, v->estimate_tokens);
     msgpack_pack_int64(pk, v->created_ms);
     msgpack_pack_int64(pk, v->expires_at_ms);
     msgpack_pack_int64(pk, v->charged_micros);
-    pack_bin(pk, v->metadata, v->metadata_len);
+    wire__pack_bin(pk, v->metadata, v->metadata_len);
 }
 
 static bool read_resv(struct mp_reader *r, struct ledger_reservation_info *v)
@@ -465,14 +446,14 @@ static void pack_entry(msgpack_packer *pk, const struct ledger_journal_entry *e)
     msgpack_pack_int64(pk, e->ts_ms);
     msgpack_pack_uint8(pk, e->kind);
     msgpack_pack_uint8(pk, e->cmd_type);
-    pack_str(pk, e->account, LEDGER_NAME_MAX);
-    pack_str(pk, e->actor, LEDGER_ACTOR_MAX);
-    pack_bin(pk, e->request_id, LEDGER_REQUEST_ID_SIZE);
+    wire__pack_str(pk, e->account, LEDGER_NAME_MAX);
+    wire__pack_str(pk, e->actor, LEDGER_ACTOR_MAX);
+    wire__pack_bin(pk, e->request_id, LEDGER_REQUEST_ID_SIZE);
     msgpack_pack_int64(pk, e->amount_micros);
     msgpack_pack_uint64(pk, e->tokens);
     msgpack_pack_int64(pk, e->period_start_ms);
-    pack_str(pk, e->model, LEDGER_MODEL_MAX);
-    pack_bin(pk, e->admin_hash, sizeof(e->admin_hash));
+    wire__pack_str(pk, e->model, LEDGER_MODEL_MAX);
+    wire__pack_bin(pk, e->admin_hash, sizeof(e->admin_hash));
     msgpack_pack_uint8(pk, 0); /* reserved */
 }
 
@@ -497,7 +478,7 @@ static void pack_status(msgpack_packer *pk, const struct rpc_node_status *s)
     msgpack_pack_uint8(pk, s->raft_state);
     msgpack_pack_uint8(pk, s->serving);
     msgpack_pack_uint64(pk, s->leader_id);
-    pack_str(pk, s->leader_address, RPC_ADDRESS_MAX);
+    wire__pack_str(pk, s->leader_address, RPC_ADDRESS_MAX);
     msgpack_pack_uint64(pk, s->commit_index);
     msgpack_pack_uint64(pk, s->applied_index);
     msgpack_pack_int64(pk, s->ledger_now_ms);
@@ -506,8 +487,8 @@ static void pack_status(msgpack_packer *pk, const struct rpc_node_status *s)
         const struct rpc_member *m = &s->members[i];
         msgpack_pack_array(pk, MEMBER_FIELDS);
         msgpack_pack_uint64(pk, m->id);
-        pack_str(pk, m->peer_address, RPC_ADDRESS_MAX);
-        pack_str(pk, m->client_address, RPC_ADDRESS_MAX);
+        wire__pack_str(pk, m->peer_address, RPC_ADDRESS_MAX);
+        wire__pack_str(pk, m->client_address, RPC_ADDRESS_MAX);
         msgpack_pack_uint8(pk, m->role);
     }
     msgpack_pack_uint8(pk, 0); /* reserved */
@@ -553,9 +534,9 @@ int rpc_error_encode(struct rpc_buf *out, uint64_t seq, int status, const char *
     msgpack_pack_array(&f.pk, 5);
     msgpack_pack_uint64(&f.pk, seq);
     msgpack_pack_int32(&f.pk, status);
-    pack_str(&f.pk, msg, RPC_MESSAGE_MAX);
+    wire__pack_str(&f.pk, msg, RPC_MESSAGE_MAX);
     msgpack_pack_uint64(&f.pk, leader_id);
-    pack_str(&f.pk, addr, RPC_ADDRESS_MAX);
+    wire__pack_str(&f.pk, addr, RPC_ADDRESS_MAX);
     return frame_end(&f);
 }
 
@@ -617,12 +598,12 @@ int rpc_response_encode(struct rpc_buf *out, int op, const struct rpc_response *
         pack_resv(pk, &resp->u.reservation);
         break;
     case RPC_OP_KEY_GET:
-        pack_str(pk, resp->u.key.account, LEDGER_NAME_MAX);
+        wire__pack_str(pk, resp->u.key.account, LEDGER_NAME_MAX);
         msgpack_pack_uint8(pk, resp->u.key.revoked);
         break;
     case RPC_OP_HASH:
         msgpack_pack_uint64(pk, resp->u.hash.applied_index);
-        pack_bin(pk, resp->u.hash.state_hash, sizeof(resp->u.hash.state_hash));
+        wire__pack_bin(pk, resp->u.hash.state_hash, sizeof(resp->u.hash.state_hash));
         break;
     case RPC_OP_STATUS:
         if (resp->u.status.n_members > RPC_MEMBERS_MAX) {
