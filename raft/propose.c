@@ -86,7 +86,7 @@ int node_propose(struct node *n, const struct ledger_cmd *cmds, size_t count, no
      * Its arguments are left to the ledger, which judges them through the log: every
      * replica then records the same answer, and the request id stays bound to it. */
     for (size_t i = 0; i < count; i++) {
-        if (ledger_cmd_check(&cmds[i], NULL) == -LEDGER_EDECODE) {
+        if (!ledger_cmd_encodable(&cmds[i])) { /* ledger_cmd_check()'s -LEDGER_EDECODE */
             return -NODE_EINVAL;
         }
     }

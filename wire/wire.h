@@ -55,8 +55,8 @@ bool ledger_cmd_encodable(const struct ledger_cmd *c);
  * string or the metadata over its bound), then every argument the ledger can judge
  * alone (-LEDGER_ENAME, -LEDGER_EINVAL), in the order the ledger judges them. Returns
  * 0 or the first failure, with *why (may be NULL) set to a static text naming it.
- * libtally calls it to fail fast, node_propose() to refuse a malformed command at
- * once, and the ledger as the final word: a command it passes may still fail on the
+ * libtally calls it to fail fast, node_propose() its shape part (ledger_cmd_encodable)
+ * to refuse a malformed command at once, and the ledger as the final word: a command it passes may still fail on the
  * state (a missing account, a reused request id, a deny).
  */
 int ledger_cmd_check(const struct ledger_cmd *c, const char **why);
