@@ -14,6 +14,11 @@
  * others crash inside libraft (the last two with the double frees patch 0005 removes);
  * those run in a child process so that a crash is reported as a failure of that test.
  * (0004's test reads libraft's private progress.h, which only the source tree has.)
+ *
+ * Patch 0007 is about bytes from the network, not about the fixture: its tests run a real
+ * raft_uv_tcp listener on a loopback port of a private uv loop and send it handshakes over
+ * a plain socket. Unpatched, the unterminated address overflows the heap (an ASan report)
+ * and reaches the accept callback; an oversized length is allocated and waited for.
  */
 #include "test.h"
 
@@ -21,6 +26,13 @@
 #include <raft/fixture.h>
 
 #include "progress.h" /* libraft's private header: a leader's per-follower progress */
+#include <raft/uv.h>
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -499,7 +511,8 @@ static void follower_gives_up_on_conflict_at_committed_index_scenario(void)
     raft_index next = submit(&c);
     REQUIRE(raft_fixture_step_until_applied(&c.f, 1, next, STEP_BOUND_MS));
     CHECK(raft_fixture_step_until_state_is(&c.f, 2, RAFT_UNAVAILABLE, STEP_BOUND_MS));
-    CHECK(strstr(raft_errmsg(follower), "append entries from server 1: conflicts with this server's log at a committed index") != NULL);
+    CHECK(strstr(raft_errmsg(follower), "append entries from server 1: conflicts with this "
+                                        "server's log at a committed index") != NULL);
     CHECK(raft_last_applied(follower) < next);
 
     /* Nothing steps the follower any more; the other two carry on. */
@@ -566,6 +579,146 @@ static void leader_gives_up_when_its_log_cannot_be_written_scenario(void)
     cluster_close(&c);
 }
 
+/* ---- 0007: the TCP transport's handshake from a stranger. ---- */
+
+/*
+ * A real raft_uv_tcp listener on a loopback port of a private uv loop, and a plain socket
+ * that sends it handshake bytes. The accept callback copies the address as libraft's own
+ * (uv_recv.c) does, with strlen: unpatched, an address without a NUL reaches it and the
+ * copy reads past the buffer (an ASan report in the sanitizer build, and in any build an
+ * accept that must not happen).
+ */
+enum handshake_outcome { HANDSHAKE_ACCEPTED, HANDSHAKE_CLOSED, HANDSHAKE_PENDING };
+
+static struct {
+    unsigned n_accepted;
+    raft_id id;
+    char address[64];
+} accepted;
+
+static void close_and_free(struct uv_handle_s *handle)
+{
+    raft_free(handle);
+}
+
+static void record_accept(struct raft_uv_transport *t, raft_id id, const char *address,
+                          struct uv_stream_s *stream)
+{
+    (void)t;
+    size_t len = strlen(address);
+    accepted.n_accepted++;
+    accepted.id = id;
+    snprintf(accepted.address, sizeof accepted.address, "%.*s", (int)len, address);
+    uv_close((struct uv_handle_s *)stream, close_and_free);
+}
+
+static void transport_closed(struct raft_uv_transport *t)
+{
+    (void)t;
+}
+
+/* A loopback port nothing listens on: the kernel's pick for a socket bound to port 0. */
+static struct sockaddr_in free_loopback_port(void)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sin;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    REQUIRE(bind(fd, (struct sockaddr *)&sin, sizeof sin) == 0);
+    REQUIRE(getsockname(fd, (struct sockaddr *)&sin, &len) == 0);
+    close(fd);
+    return sin;
+}
+
+/* Send `len` bytes of `bytes` to a fresh listener and run its loop for up to a second:
+ * ACCEPTED once the accept callback ran, CLOSED once the listener closed the connection,
+ * PENDING if neither happened (the listener still waits for more). */
+static enum handshake_outcome send_handshake(const void *bytes, size_t len)
+{
+    static uv_loop_t loop;
+    static struct raft_uv_transport tr;
+    memset(&accepted, 0, sizeof accepted);
+    static char address[32];
+    struct sockaddr_in sin = free_loopback_port();
+    snprintf(address, sizeof address, "127.0.0.1:%d", ntohs(sin.sin_port));
+    REQUIRE(uv_loop_init(&loop) == 0);
+    tr = (struct raft_uv_transport){.version = 1};
+    REQUIRE(raft_uv_tcp_init(&tr, &loop) == 0);
+    REQUIRE(tr.init(&tr, 1, address) == 0);
+    REQUIRE(tr.listen(&tr, record_accept) == 0);
+
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    REQUIRE(connect(fd, (struct sockaddr *)&sin, sizeof sin) == 0);
+    REQUIRE(write(fd, bytes, len) == (ssize_t)len);
+
+    enum handshake_outcome outcome = HANDSHAKE_PENDING;
+    for (int i = 0; i < 1000 && outcome == HANDSHAKE_PENDING; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        char c;
+        if (accepted.n_accepted > 0) {
+            outcome = HANDSHAKE_ACCEPTED;
+        } else if (recv(fd, &c, 1, MSG_DONTWAIT) == 0) {
+            outcome = HANDSHAKE_CLOSED;
+        } else {
+            usleep(1000);
+        }
+    }
+    close(fd);
+    tr.close(&tr, transport_closed);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    raft_uv_tcp_close(&tr);
+    REQUIRE(uv_loop_close(&loop) == 0);
+    return outcome;
+}
+
+/* A handshake as raft_uv_tcp's connect side writes it: three little-endian words
+ * (protocol 1, the server id, the address length) and the address; returns its size. */
+static size_t handshake(uint8_t *out, size_t out_max, raft_id id, uint64_t address_len,
+                        const void *address, size_t address_bytes)
+{
+    uint64_t words[3] = {1, id, address_len};
+    REQUIRE(sizeof words + address_bytes <= out_max);
+    for (int w = 0; w < 3; w++) {
+        for (int b = 0; b < 8; b++) {
+            out[w * 8 + b] = (uint8_t)(words[w] >> (8 * b));
+        }
+    }
+    memcpy(out + sizeof words, address, address_bytes);
+    return sizeof words + address_bytes;
+}
+
+static void handshake_with_terminated_address_is_accepted(void)
+{
+    uint8_t buf[64];
+    static const char address[16] = "127.0.0.1:9"; /* NUL-padded to 16 bytes */
+    REQUIRE(send_handshake(buf, handshake(buf, sizeof buf, 2, 16, address, 16)) ==
+            HANDSHAKE_ACCEPTED);
+    CHECK(accepted.id == 2);
+    CHECK(strcmp(accepted.address, "127.0.0.1:9") == 0);
+}
+
+/* The 32-byte handshake of the finding: an 8-byte address with no NUL. */
+static void handshake_with_unterminated_address_is_closed_scenario(void)
+{
+    uint8_t buf[64];
+    size_t len = handshake(buf, sizeof buf, 2, 8, "AAAAAAAA", 8);
+    REQUIRE(len == 32);
+    CHECK(send_handshake(buf, len) == HANDSHAKE_CLOSED);
+    CHECK(accepted.n_accepted == 0);
+}
+
+/* An address length past the bound (or empty) closes the connection at once, before
+ * anything is allocated for it; unpatched, a megabyte is allocated and waited for. */
+static void handshake_with_oversized_address_is_closed(void)
+{
+    uint8_t buf[64];
+    CHECK(send_handshake(buf, handshake(buf, sizeof buf, 2, 1u << 20, "", 0)) == HANDSHAKE_CLOSED);
+    CHECK(send_handshake(buf, handshake(buf, sizeof buf, 2, 520, "", 0)) == HANDSHAKE_CLOSED);
+    CHECK(send_handshake(buf, handshake(buf, sizeof buf, 2, 0, "", 0)) == HANDSHAKE_CLOSED);
+    CHECK(accepted.n_accepted == 0);
+}
+
 /* Run `fn` in a child process, so that a crash inside libraft fails this test instead of
  * ending the run. The child's CHECK messages go to stderr as usual. It leaves with exit(),
  * so that in the sanitizer build LeakSanitizer checks it: this scenario has the leader
@@ -614,6 +767,11 @@ static void leader_gives_up_when_its_log_cannot_be_written(void)
     run_in_child(leader_gives_up_when_its_log_cannot_be_written_scenario);
 }
 
+static void handshake_with_unterminated_address_is_closed(void)
+{
+    run_in_child(handshake_with_unterminated_address_is_closed_scenario);
+}
+
 int main(void)
 {
     TEST_MAIN_BEGIN;
@@ -622,5 +780,8 @@ int main(void)
     TEST(follower_installs_snapshot_with_the_term_of_its_index);
     TEST(follower_gives_up_on_conflict_at_committed_index);
     TEST(leader_gives_up_when_its_log_cannot_be_written);
+    TEST(handshake_with_terminated_address_is_accepted);
+    TEST(handshake_with_unterminated_address_is_closed);
+    TEST(handshake_with_oversized_address_is_closed);
     TEST_MAIN_END;
 }
