@@ -251,8 +251,7 @@ int cl_metric(int i, const char *series, uint64_t *value)
     return -1;
 }
 
-/* HASH of node i: 0 with applied index and hex, or -1. */
-static int node_hash(int i, uint64_t *applied, char hex[65])
+int cl_hash(int i, uint64_t *applied, char hex[65])
 {
     struct rc c;
     if (rc_open(&c, i) != 0) {
@@ -285,7 +284,7 @@ void cl_converged(int timeout_ms, uint64_t min_index, char hash_hex[65])
             if (cl_nodes[i].p.pid == 0) {
                 continue;
             }
-            if (node_hash(i, &applied[i], hex[i]) != 0 || applied[i] < min_index ||
+            if (cl_hash(i, &applied[i], hex[i]) != 0 || applied[i] < min_index ||
                 (first >= 0 && (applied[i] != applied[first] || strcmp(hex[i], hex[first]) != 0))) {
                 same = false;
             }

@@ -58,6 +58,10 @@ void cl_endpoints(char *out, size_t size);
  * not answer or has no such line. */
 int cl_metric(int i, const char *series, uint64_t *value);
 
+/* HASH of node i over a fresh connection: 0 with its applied index and state hash in hex
+ * (65 bytes), or -1 if it does not answer. */
+int cl_hash(int i, uint64_t *applied, char hex[65]);
+
 /* Wait until every running node reports the same applied index (>= min_index) and state
  * hash; returns that hash in hex (65 bytes). */
 void cl_converged(int timeout_ms, uint64_t min_index, char hash_hex[65]);
