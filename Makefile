@@ -4,7 +4,8 @@
 #   make test    install what is missing, build (normal and ASan+UBSan), run every test
 #   make bench   ledger throughput benchmark
 #   make compare the 3-node cluster against PostgreSQL, Redis and etcd (compare-quick: ~2 min)
-#   make fuzz    run the batch and wire-protocol decoder fuzzers (FUZZ_SECONDS each, default 60)
+#   make fuzz    run the batch, wire-protocol, peer handshake and peer message fuzzers
+#                (FUZZ_SECONDS each, default 60; installs clang if it is missing)
 #   make sim SEEDS=N  the deterministic Raft simulation over more seeds
 #   make model-long   the randomized model test with MODEL_STEPS (default 2,000,000)
 #   make chaos-smoke  the 2-minute fault-injection run that `make test` includes (root)
@@ -59,9 +60,14 @@ compare: build
 compare-quick: build
 	bash bench/compare --quick --build $(BUILD)
 
+# The peer fuzzers compile libraft's patched sources, which configuring $(BUILD) extracts.
 FUZZ_SECONDS ?= 60
 fuzz: setup
-	bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+	@command -v clang >/dev/null || $(SUDO) sh -c 'apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends clang libclang-rt-14-dev'
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	LIBRAFT_SRC=$(BUILD)/third_party/libraft/src/raft-0.22.1 \
+	    bash tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 MODEL_STEPS ?= 2000000
 model-long: build

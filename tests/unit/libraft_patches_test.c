@@ -25,7 +25,8 @@
 #include <raft.h>
 #include <raft/fixture.h>
 
-#include "progress.h" /* libraft's private header: a leader's per-follower progress */
+#include "progress.h"    /* libraft's private header: a leader's per-follower progress */
+#include "uv_encoding.h" /* libraft's private header: the peer message decoder */
 #include <raft/uv.h>
 #include <uv.h>
 
@@ -719,6 +720,73 @@ static void handshake_with_oversized_address_is_closed(void)
     CHECK(accepted.n_accepted == 0);
 }
 
+/* ---- 0008: a peer's message header shorter than what its decoder reads. ---- */
+
+/*
+ * uvDecodeMessage() on headers in buffers of exactly their declared length, as uv_recv.c
+ * allocates them. Unpatched, each of these is read past its end (an ASan report); the
+ * AppendEntries whose one entry has an unknown type is a NULL dereference in any build.
+ */
+static int decode_header(uint8_t type, uint8_t version, const uint8_t *bytes, size_t len,
+                         size_t *payload_len)
+{
+    uv_buf_t header = {.base = malloc(len), .len = len};
+    REQUIRE(header.base != NULL);
+    memcpy(header.base, bytes, len);
+    struct raft_message message;
+    int rv = uvDecodeMessage(type, version, &header, &message, payload_len);
+    free(header.base);
+    if (rv == 0 && type == RAFT_APPEND_ENTRIES) {
+        raft_free(message.append_entries.entries);
+    }
+    if (rv == 0 && type == RAFT_INSTALL_SNAPSHOT) {
+        raft_configuration_close(&message.install_snapshot.conf);
+    }
+    return rv;
+}
+
+static void put_words(uint8_t *out, const uint64_t *words, size_t n)
+{
+    for (size_t w = 0; w < n; w++) {
+        for (int b = 0; b < 8; b++) {
+            out[w * 8 + b] = (uint8_t)(words[w] >> (8 * b));
+        }
+    }
+}
+
+static void peer_message_shorter_than_its_fields_is_refused_scenario(void)
+{
+    uint8_t buf[128] = {0};
+    size_t payload_len;
+
+    /* A RequestVote of four words: the decoder reads a fifth (its flags). */
+    put_words(buf, (const uint64_t[]){5, 2, 9, 4}, 4);
+    CHECK(decode_header(RAFT_REQUEST_VOTE, 0, buf, 32, &payload_len) == RAFT_MALFORMED);
+    CHECK(decode_header(RAFT_REQUEST_VOTE, 2, buf, 40, &payload_len) == 0);
+
+    /* An AppendEntries whose batch header claims 3 entries and holds one. */
+    put_words(buf, (const uint64_t[]){5, 9, 4, 9, 3, 5, 8}, 7);
+    CHECK(decode_header(RAFT_APPEND_ENTRIES, 0, buf, 56, &payload_len) == RAFT_MALFORMED);
+    /* The same with a count of 1 is whole; its 8-byte entry is the payload. */
+    put_words(buf, (const uint64_t[]){5, 9, 4, 9, 1, 5, RAFT_COMMAND | (8ull << 32), 0}, 8);
+    CHECK(decode_header(RAFT_APPEND_ENTRIES, 0, buf, 64, &payload_len) == 0);
+    CHECK(payload_len == 8);
+    /* An entry of 5 bytes is laid out padded to 8: the payload counts the padding. */
+    put_words(buf, (const uint64_t[]){5, 9, 4, 9, 1, 5, RAFT_COMMAND | (5ull << 32), 0}, 8);
+    CHECK(decode_header(RAFT_APPEND_ENTRIES, 0, buf, 64, &payload_len) == 0);
+    CHECK(payload_len == 8);
+    /* An entry of an unknown type: refused, and nothing counted for it. */
+    put_words(buf, (const uint64_t[]){5, 9, 4, 9, 1, 5, 77, 0}, 8);
+    CHECK(decode_header(RAFT_APPEND_ENTRIES, 0, buf, 64, &payload_len) == RAFT_MALFORMED);
+
+    /* An InstallSnapshot whose configuration is longer than the header. */
+    put_words(buf, (const uint64_t[]){5, 9, 4, 8, 4096, 0}, 6);
+    CHECK(decode_header(RAFT_INSTALL_SNAPSHOT, 0, buf, 48, &payload_len) == RAFT_MALFORMED);
+    /* One whose configuration says it has 1000 servers in 16 bytes. */
+    put_words(buf, (const uint64_t[]){5, 9, 4, 8, 16, 0x3e801, 0, 0}, 8);
+    CHECK(decode_header(RAFT_INSTALL_SNAPSHOT, 0, buf, 64, &payload_len) == RAFT_MALFORMED);
+}
+
 /* Run `fn` in a child process, so that a crash inside libraft fails this test instead of
  * ending the run. The child's CHECK messages go to stderr as usual. It leaves with exit(),
  * so that in the sanitizer build LeakSanitizer checks it: this scenario has the leader
@@ -772,6 +840,11 @@ static void handshake_with_unterminated_address_is_closed(void)
     run_in_child(handshake_with_unterminated_address_is_closed_scenario);
 }
 
+static void peer_message_shorter_than_its_fields_is_refused(void)
+{
+    run_in_child(peer_message_shorter_than_its_fields_is_refused_scenario);
+}
+
 int main(void)
 {
     TEST_MAIN_BEGIN;
@@ -783,5 +856,6 @@ int main(void)
     TEST(handshake_with_terminated_address_is_accepted);
     TEST(handshake_with_unterminated_address_is_closed);
     TEST(handshake_with_oversized_address_is_closed);
+    TEST(peer_message_shorter_than_its_fields_is_refused);
     TEST_MAIN_END;
 }
