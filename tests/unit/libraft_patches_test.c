@@ -14,6 +14,8 @@
  * others crash inside libraft (the last two with the double frees patch 0005 removes);
  * those run in a child process so that a crash is reported as a failure of that test.
  * (0004's test reads libraft's private progress.h, which only the source tree has.)
+ * 0006's use of a freed address shows only under AddressSanitizer: the fixture's own send
+ * never reads the address, so the test wraps it with one that does, as raft_uv's does.
  *
  * Patch 0007 is about bytes from the network, not about the fixture: its tests run a real
  * raft_uv_tcp listener on a loopback port of a private uv loop and send it handshakes over
@@ -484,6 +486,105 @@ static void install_snapshot_replaced_while_loading_scenario(void)
     cluster_close(&c);
 }
 
+/* ---- 0006: an InstallSnapshot whose address is freed while its snapshot loads. ---- */
+
+/* The leader's io->send, wrapped: an InstallSnapshot's address is read as raft_uv reads it
+ * (uvGetClient compares it with strcmp), which the fixture's own send never does. */
+static struct {
+    int (*send)(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
+                raft_io_send_cb cb);
+    unsigned n_install_snapshots;
+    char address[32];
+} wrapped;
+
+static int send_reading_address(struct raft_io *io, struct raft_io_send *req,
+                                const struct raft_message *m, raft_io_send_cb cb)
+{
+    if (m->type == RAFT_INSTALL_SNAPSHOT) {
+        wrapped.n_install_snapshots++;
+        snprintf(wrapped.address, sizeof wrapped.address, "%s", m->server_address);
+    }
+    return wrapped.send(io, req, m, cb);
+}
+
+static bool install_snapshot_loading(struct raft_fixture *f, void *arg)
+{
+    struct raft *leader = raft_fixture_get(f, 0);
+    unsigned slot = *(unsigned *)arg;
+    return leader->leader_state.progress[slot].state == PROGRESS__SNAPSHOT &&
+           wrapped.n_install_snapshots == 0;
+}
+
+static bool install_snapshot_sent(struct raft_fixture *f, void *arg)
+{
+    (void)f;
+    (void)arg;
+    return wrapped.n_install_snapshots > 0;
+}
+
+static void change_done(struct raft_change *req, int status)
+{
+    (void)req;
+    (void)status;
+}
+
+/*
+ * Server 2 is cut off while the leader compacts its log past it, so the leader decides to
+ * send it a snapshot and starts loading one from a slow disk (200 ms). Meanwhile a
+ * membership change (adding server 4) replaces the leader's configuration, freeing the one
+ * the InstallSnapshot borrowed server 2's address from. Unpatched, the send reads the
+ * freed address (an ASan heap-use-after-free); patched, the message has its own copy.
+ */
+static void install_snapshot_address_outlives_configuration_scenario(void)
+{
+    static struct cluster c;
+    cluster_start(&c);
+    struct raft *leader = raft_fixture_get(&c.f, 0);
+    struct raft *follower = raft_fixture_get(&c.f, 2);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        raft_set_snapshot_trailing(raft_fixture_get(&c.f, i), 2);
+        raft_set_snapshot_threshold(raft_fixture_get(&c.f, i), 1000);
+    }
+    REQUIRE(raft_fixture_step_until_applied(&c.f, N_SERVERS, submit(&c), STEP_BOUND_MS));
+    raft_index base = raft_last_index(follower);
+    unsigned slot = N_SERVERS;
+    for (unsigned i = 0; i < leader->configuration.n; i++) {
+        if (leader->configuration.servers[i].id == follower->id) {
+            slot = i;
+        }
+    }
+    REQUIRE(slot < N_SERVERS);
+
+    memset(&wrapped, 0, sizeof wrapped);
+    wrapped.send = leader->io->send;
+    leader->io->send = send_reading_address;
+    raft_fixture_set_disk_latency(&c.f, 0, 200);
+    isolate(&c, 2);
+    raft_index last = 0;
+    for (int i = 0; i < 4; i++) {
+        last = submit(&c);
+    }
+    REQUIRE(raft_fixture_step_until_applied(&c.f, 0, last, STEP_BOUND_MS));
+    raft_set_snapshot_threshold(leader, 1);
+    submit(&c);
+    raft_index keep_above = base + 2;
+    REQUIRE(raft_fixture_step_until(&c.f, leader_compacted_past, &keep_above, STEP_BOUND_MS));
+    raft_set_snapshot_threshold(leader, 1000);
+
+    /* Precondition: the snapshot for server 2 is loading and nothing was sent yet. */
+    REQUIRE(raft_fixture_step_until(&c.f, install_snapshot_loading, &slot, STEP_BOUND_MS));
+    static struct raft_change change;
+    REQUIRE(raft_add(leader, &change, 4, "4", change_done) == 0);
+    REQUIRE(leader->configuration.n == N_SERVERS + 1);
+
+    /* Unpatched, ASan reports the read of the freed address in here. */
+    CHECK(raft_fixture_step_until(&c.f, install_snapshot_sent, NULL, STEP_BOUND_MS));
+    CHECK(strcmp(wrapped.address, "3") == 0);
+
+    leader->io->send = wrapped.send;
+    cluster_close(&c);
+}
+
 /* ---- 0005: a message that contradicts the log at a committed index. ---- */
 
 /*
@@ -825,6 +926,11 @@ static void follower_installs_snapshot_with_the_term_of_its_index(void)
     run_in_child(install_snapshot_replaced_while_loading_scenario);
 }
 
+static void install_snapshot_address_outlives_configuration(void)
+{
+    run_in_child(install_snapshot_address_outlives_configuration_scenario);
+}
+
 static void follower_gives_up_on_conflict_at_committed_index(void)
 {
     run_in_child(follower_gives_up_on_conflict_at_committed_index_scenario);
@@ -851,6 +957,7 @@ int main(void)
     TEST(follower_commits_config_change_not_first_in_batch);
     TEST(follower_installs_snapshot_that_waited_for_its_own);
     TEST(follower_installs_snapshot_with_the_term_of_its_index);
+    TEST(install_snapshot_address_outlives_configuration);
     TEST(follower_gives_up_on_conflict_at_committed_index);
     TEST(leader_gives_up_when_its_log_cannot_be_written);
     TEST(handshake_with_terminated_address_is_accepted);
