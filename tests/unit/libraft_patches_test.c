@@ -398,6 +398,36 @@ static void rejoin(struct cluster *c, unsigned i)
     }
 }
 
+/* Cut server 2 off, commit four commands on the leader without it, and have the leader
+ * compact its log past `base` + 2, which server 2 then lacks. */
+static void compact_past_cut_off_follower(struct cluster *c, raft_index base)
+{
+    struct raft *leader = raft_fixture_get(&c->f, 0);
+    isolate(c, 2);
+    raft_index last = 0;
+    for (int i = 0; i < 4; i++) {
+        last = submit(c);
+    }
+    REQUIRE(raft_fixture_step_until_applied(&c->f, 0, last, STEP_BOUND_MS));
+    raft_set_snapshot_threshold(leader, 1);
+    submit(c);
+    raft_index keep_above = base + 2;
+    REQUIRE(raft_fixture_step_until(&c->f, leader_compacted_past, &keep_above, STEP_BOUND_MS));
+    raft_set_snapshot_threshold(leader, 1000);
+}
+
+/* Server `id`'s position in the leader's configuration (and progress array). */
+static unsigned progress_slot(struct raft *leader, raft_id id)
+{
+    for (unsigned i = 0; i < leader->configuration.n; i++) {
+        if (leader->configuration.servers[i].id == id) {
+            return i;
+        }
+    }
+    REQUIRE(false);
+    return 0;
+}
+
 /*
  * The leader compacts to a snapshot S1 in term t1, is re-elected in term t2, and starts a
  * snapshot S2 in t2 on a slow disk (500 ms). Server 2, cut off since before S1, then
@@ -423,17 +453,8 @@ static void install_snapshot_replaced_while_loading_scenario(void)
     raft_index base = raft_last_index(follower);
 
     /* S1, in the first term, covering entries server 2 never got. */
-    isolate(&c, 2);
+    compact_past_cut_off_follower(&c, base);
     raft_index last = 0;
-    for (int i = 0; i < 4; i++) {
-        last = submit(&c);
-    }
-    REQUIRE(raft_fixture_step_until_applied(&c.f, 0, last, STEP_BOUND_MS));
-    raft_set_snapshot_threshold(leader, 1);
-    last = submit(&c);
-    raft_index keep_above = base + 2;
-    REQUIRE(raft_fixture_step_until(&c.f, leader_compacted_past, &keep_above, STEP_BOUND_MS));
-    raft_set_snapshot_threshold(leader, 1000);
     raft_index s1_index = leader->trail.snapshot.index;
     raft_term t1 = leader->trail.snapshot.term;
 
@@ -457,13 +478,7 @@ static void install_snapshot_replaced_while_loading_scenario(void)
     REQUIRE(s2_index > s1_index);
 
     sent.decided = 0;
-    sent.slot = N_SERVERS;
-    for (unsigned i = 0; i < leader->configuration.n; i++) {
-        if (leader->configuration.servers[i].id == follower->id) {
-            sent.slot = i;
-        }
-    }
-    REQUIRE(sent.slot < N_SERVERS);
+    sent.slot = progress_slot(leader, follower->id);
     raft_fixture_hook(&c.f, watch_snapshot_decision);
     rejoin(&c, 2);
     /* Unpatched, the follower crashes in here. */
@@ -547,29 +562,13 @@ static void install_snapshot_address_outlives_configuration_scenario(void)
     }
     REQUIRE(raft_fixture_step_until_applied(&c.f, N_SERVERS, submit(&c), STEP_BOUND_MS));
     raft_index base = raft_last_index(follower);
-    unsigned slot = N_SERVERS;
-    for (unsigned i = 0; i < leader->configuration.n; i++) {
-        if (leader->configuration.servers[i].id == follower->id) {
-            slot = i;
-        }
-    }
-    REQUIRE(slot < N_SERVERS);
+    unsigned slot = progress_slot(leader, follower->id);
 
     memset(&wrapped, 0, sizeof wrapped);
     wrapped.send = leader->io->send;
     leader->io->send = send_reading_address;
     raft_fixture_set_disk_latency(&c.f, 0, 200);
-    isolate(&c, 2);
-    raft_index last = 0;
-    for (int i = 0; i < 4; i++) {
-        last = submit(&c);
-    }
-    REQUIRE(raft_fixture_step_until_applied(&c.f, 0, last, STEP_BOUND_MS));
-    raft_set_snapshot_threshold(leader, 1);
-    submit(&c);
-    raft_index keep_above = base + 2;
-    REQUIRE(raft_fixture_step_until(&c.f, leader_compacted_past, &keep_above, STEP_BOUND_MS));
-    raft_set_snapshot_threshold(leader, 1000);
+    compact_past_cut_off_follower(&c, base);
 
     /* Precondition: the snapshot for server 2 is loading and nothing was sent yet. */
     REQUIRE(raft_fixture_step_until(&c.f, install_snapshot_loading, &slot, STEP_BOUND_MS));
