@@ -44,7 +44,6 @@
 #define LIBRAFT_APPEND_ENTRIES 1
 #define LIBRAFT_COMMAND 1
 
-static bool expect_success;
 static uint64_t next_rid = 1;
 
 /* ---- libraft's peer format, written by hand. ---- */
@@ -369,7 +368,7 @@ static void expect_went_through(char before[CL_NODES][65])
 
 int main(int argc, char **argv)
 {
-    expect_success = argc == 3 && strcmp(argv[2], "--expect-success") == 0;
+    bool expect_success = argc == 3 && strcmp(argv[2], "--expect-success") == 0;
     if (argc != 2 && !expect_success) {
         fprintf(stderr, "usage: %s <tallyd> [--expect-success]\n", argv[0]);
         return 2;
