@@ -224,6 +224,10 @@ static int take_wire_bytes(struct rpc__conn *c, struct rpc_buf *wire)
     }
     int rv = c->out.len > 0 ? rpc_tls_write(c->tls, c->out.data, c->out.len) : 0;
     c->out.len = 0;
+    if (c->out.cap > RPC__READ_CHUNK_BYTES) {
+        /* TLS holds its own copy now: a burst's buffer is not kept for the next one. */
+        rpc_buf_free(&c->out);
+    }
     if (rv == 0) {
         rv = rpc_tls_take_output(c->tls, wire);
     }
