@@ -11,11 +11,12 @@
  * bound inside the decode loop), two HASH requests at once (the one worker), and 64
  * stalled HTTP sockets (the HTTP per-address limit and header timeout). Clients bind
  * distinct loopback addresses (127.0.0.0/8 is all loopback on Linux) where a case needs
- * "another address". Short deadlines come from the environment the nodes inherit. With
- * a case name (strangers, idle, per_address, burst, hash, http) only that case runs.
- * With `tls` the client port serves TLS and the cases that need no source address of
- * their own on it run: strangers (whose partial frames are then partial TLS records,
- * held by the handshake), burst, hash, http.
+ * "another address". Short deadlines come from the environment the nodes inherit; the
+ * new flags out of range must stop tallyd at start. With a case name (strangers, idle,
+ * per_address, burst, hash, http, flag_bounds) only that case runs. With `tls` the
+ * client port serves TLS and the cases that need no source address of their own run on
+ * it: strangers (whose partial frames are then partial TLS records, held by the
+ * handshake), burst, hash, http.
  */
 #define _GNU_SOURCE
 #include "cluster.h"
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define HELLO_TIMEOUT_MS 2000
@@ -44,6 +46,7 @@
 
 static uint64_t next_rid = 1;
 static bool tls; /* the client port serves TLS */
+static const char *tallyd_path;
 
 /* VmRSS of node i, in KiB. */
 static long rss_kb(int i)
@@ -445,6 +448,69 @@ static void case_http_stalled(void)
           (unsigned long long)refused, (unsigned long long)timeouts);
 }
 
+/* Whether the file at `path` contains `text`. */
+static bool file_contains(const char *path, const char *text)
+{
+    static char buf[16384];
+    FILE *f = fopen(path, "r");
+    size_t n = f != NULL ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    if (f != NULL) {
+        fclose(f);
+    }
+    buf[n] = '\0';
+    return strstr(buf, text) != NULL;
+}
+
+/* The new limits out of their ranges are refused at start: exit 3, one line saying
+ * which. (Plaintext peers are allowed explicitly, so that it is this flag that fails.) */
+static void case_flag_bounds(void)
+{
+    static const char *const bad[][3] = {
+        {"--idle-timeout-ms", "999", "--idle-timeout-ms must be 1000 .. 86400000"},
+        {"--idle-timeout-ms", "86400001", "--idle-timeout-ms must be 1000 .. 86400000"},
+        {"--max-connections-per-address", "4097", "--max-connections-per-address must be"},
+    };
+    char tokens[PATH_MAX];
+    snprintf(tokens, sizeof(tokens), "%s/empty-tokens", h_dir);
+    FILE *f = fopen(tokens, "w");
+    if (f == NULL) {
+        H_FAIL("write %s", tokens);
+    }
+    fclose(f);
+    setenv("TALLY_PEER_INSECURE", "1", 1);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct h_proc p = {0};
+        char dir[PATH_MAX];
+        snprintf(p.log, sizeof(p.log), "%s/bad-flag-%zu.log", h_dir, i);
+        snprintf(dir, sizeof(dir), "%s/bad-flag-%zu", h_dir, i);
+        char *const argv[] = {(char *)tallyd_path,
+                              "--id",
+                              "1",
+                              "--data-dir",
+                              dir,
+                              "--peer-listen",
+                              "127.0.0.1:1",
+                              "--client-listen",
+                              "127.0.0.1:2",
+                              "--members",
+                              "1=127.0.0.1:1/127.0.0.1:2",
+                              "--token-file",
+                              tokens,
+                              (char *)bad[i][0],
+                              (char *)bad[i][1],
+                              NULL};
+        h_register(&p);
+        h_spawn(&p, argv);
+        int status = h_stop(&p, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 3 || !file_contains(p.log, bad[i][2])) {
+            H_FAIL("%s %s: tallyd did not exit 3 saying \"%s\" (wait status %d, see %s)", bad[i][0],
+                   bad[i][1], bad[i][2], status, p.log);
+        }
+        h_say("%s %s: exit 3", bad[i][0], bad[i][1]);
+    }
+    unsetenv("TALLY_PEER_INSECURE");
+}
+
 static const struct {
     const char *name;
     void (*run)(void);
@@ -456,6 +522,7 @@ static const struct {
     {"burst", case_reader_burst, true},
     {"hash", case_hash, true},
     {"http", case_http_stalled, true},
+    {"flag_bounds", case_flag_bounds, false},
 };
 
 int main(int argc, char **argv)
@@ -481,6 +548,7 @@ int main(int argc, char **argv)
     snprintf(asan_options, sizeof(asan_options), "%s%squarantine_size_mb=1",
              asan != NULL ? asan : "", asan != NULL && asan[0] != '\0' ? ":" : "");
     setenv("ASAN_OPTIONS", asan_options, 1);
+    tallyd_path = argv[1];
     if (tls) {
         cl_tls_setup();
     }
