@@ -117,8 +117,8 @@ static void usage(FILE *out)
             "  --max-connections N       default 4096                              TALLY_MAX_CONNECTIONS\n"
             "  --hello-timeout-ms N      TLS handshake + HELLO, default 5000       TALLY_HELLO_TIMEOUT_MS\n"
             "  --idle-timeout-ms N       close idle clients, default 300000        TALLY_IDLE_TIMEOUT_MS\n"
-            "  --max-connections-per-address N                                     TALLY_MAX_CONNECTIONS_PER_ADDRESS\n"
-            "                            default max-connections / 16 (256)\n"
+            "  --max-connections-per-address N                  TALLY_MAX_CONNECTIONS_PER_ADDRESS\n"
+            "                            from one address, default max-connections / 16 (256)\n"
             "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
             "  --tls-client-ca F         accept client certificates it signed:     TALLY_TLS_CLIENT_CA\n"
             "                            OU = role (admin|gateway|reader), CN = principal\n"
@@ -176,7 +176,8 @@ static const struct flag flags[] = {
     {"max-connections", "TALLY_MAX_CONNECTIONS", OPT_MAX_CONNS, true},
     {"hello-timeout-ms", "TALLY_HELLO_TIMEOUT_MS", OPT_HELLO_TIMEOUT, true},
     {"idle-timeout-ms", "TALLY_IDLE_TIMEOUT_MS", OPT_IDLE_TIMEOUT, true},
-    {"max-connections-per-address", "TALLY_MAX_CONNECTIONS_PER_ADDRESS", OPT_MAX_CONNS_ADDR, true},
+    {"max-connections-per-address", "TALLY_MAX_CONNECTIONS_PER_ADDRESS", OPT_MAX_CONNS_ADDR,
+     true},
     {"tls-cert", "TALLY_TLS_CERT", OPT_TLS_CERT, false},
     {"tls-key", "TALLY_TLS_KEY", OPT_TLS_KEY, false},
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
