@@ -195,8 +195,8 @@ int ledger_reservation_list(struct ledger *l, const char *account, ledger_reserv
  * Journal entries of `account` (NULL: every entry) with since_ms <= ts_ms < until_ms,
  * in log order. Admin entries are listed under the account they changed.
  */
-int ledger_journal_list(struct ledger *l, const char *account, int64_t since_ms,
-                        int64_t until_ms, ledger_journal_cb cb, void *ctx);
+int ledger_journal_list(struct ledger *l, const char *account, int64_t since_ms, int64_t until_ms,
+                        ledger_journal_cb cb, void *ctx);
 
 /* ---- Snapshots. ---- */
 
@@ -222,6 +222,14 @@ uint64_t ledger_snapshot_index(const struct ledger_snapshot *s);
  * trailer) through `write`. Any thread. Returns 0 or -LEDGER_EIO.
  */
 int ledger_snapshot_export(struct ledger_snapshot *s, ledger_write_fn write, void *ctx);
+
+/*
+ * ledger_state_hash() of the frozen state, into out, and release the frozen view (the
+ * map may grow again; ledger_snapshot_end() still frees `s`). Any thread: a server
+ * hashes a large ledger without holding its loop. Returns 0, -LEDGER_EINVAL (exported or
+ * hashed already) or -LEDGER_EIO (no message: the ledger's errmsg belongs to its thread).
+ */
+int ledger_snapshot_hash(struct ledger_snapshot *s, uint8_t out[32]);
 
 /* Release the frozen view. NULL is accepted. */
 void ledger_snapshot_end(struct ledger_snapshot *s);

@@ -17,8 +17,8 @@
 
 #define SNAP_MAGIC "TALLYSN1"
 #define SNAP_END 0xff
-#define SNAP_KEY_MAX 511              /* LMDB's default maximum key size */
-#define SNAP_VALUE_MAX (1u << 20)     /* no record comes near this */
+#define SNAP_KEY_MAX 511          /* LMDB's default maximum key size */
+#define SNAP_VALUE_MAX (1u << 20) /* no record comes near this */
 #define SNAP_CHUNK (64u << 10)
 
 /* The header is the magic and the map size (16 bytes); ledger_snapshot_stream_index()
@@ -366,6 +366,16 @@ static void hash_record(void *ctx, uint8_t db, const MDB_val *k, const MDB_val *
     SHA256_Update(sha, v->mv_data, v->mv_size);
 }
 
+/* The state hash of what `txn` sees: 0, or an LMDB error code. */
+static int hash_txn(struct ledger *l, MDB_txn *txn, uint8_t out[32])
+{
+    SHA256_CTX sha;
+    SHA256_Init(&sha);
+    int rc = walk_all(l, txn, hash_record, &sha);
+    SHA256_Final(out, &sha);
+    return rc;
+}
+
 int ledger_state_hash(struct ledger *l, uint8_t out[32])
 {
     MDB_txn *txn;
@@ -373,10 +383,18 @@ int ledger_state_hash(struct ledger *l, uint8_t out[32])
     if (rc != 0) {
         return ledger__set_error(l, -LEDGER_EIO, "state hash: %s", mdb_strerror(rc));
     }
-    SHA256_CTX sha;
-    SHA256_Init(&sha);
-    rc = walk_all(l, txn, hash_record, &sha);
+    rc = hash_txn(l, txn, out);
     mdb_txn_abort(txn);
-    SHA256_Final(out, &sha);
     return rc == 0 ? 0 : ledger__set_error(l, -LEDGER_EIO, "state hash: %s", mdb_strerror(rc));
+}
+
+int ledger_snapshot_hash(struct ledger_snapshot *s, uint8_t out[32])
+{
+    if (s->txn == NULL) {
+        return -LEDGER_EINVAL; /* exported or hashed already */
+    }
+    /* No errmsg: this may run on another thread than the ledger's. */
+    int rc = hash_txn(s->l, s->txn, out);
+    snap_release(s);
+    return rc == 0 ? 0 : -LEDGER_EIO;
 }

@@ -2,10 +2,11 @@
  * handle.c: what the server does with each request, and the answers it gives.
  *
  * The one idea: a request is answered at once when the local ledger can answer it
- * (status, hash, stale reads, errors), or handed to the node as a `struct pending`
- * (writes, linearizable reads, membership changes) whose callback appends the answer
- * later. The server never batches by itself: every write becomes a node_propose() call
- * at once and the node groups what one loop iteration proposed into one Raft entry.
+ * (status, stale reads, errors), or handed to the node as a `struct pending` (writes,
+ * linearizable reads, membership changes) whose callback appends the answer later;
+ * HASH alone goes to the thread pool (hash.c). The server never batches by itself:
+ * every write becomes a node_propose() call at once and the node groups what one loop
+ * iteration proposed into one Raft entry.
  * This file only appends answers to a connection's output; listener.c puts them on the
  * wire, and auth.c decides who may ask what.
  *
@@ -405,19 +406,6 @@ static void answer_status(struct rpc__conn *c, const struct rpc_request *req)
     rpc__answer(c, RPC_OP_STATUS, &resp);
 }
 
-static void answer_hash(struct rpc__conn *c, const struct rpc_request *req)
-{
-    struct ledger *l = node_ledger(c->srv->node);
-    struct rpc_response resp = {.seq = req->seq};
-    resp.u.hash.applied_index = ledger_applied_index(l);
-    int rv = ledger_state_hash(l, resp.u.hash.state_hash);
-    if (rv != 0) {
-        rpc__answer_error(c, req->seq, RPC_EINTERNAL, ledger_strerror(rv), false);
-        return;
-    }
-    rpc__answer(c, RPC_OP_HASH, &resp);
-}
-
 static void change_cb(struct node *node, void *data, int status)
 {
     struct pending *p = data;
@@ -486,7 +474,7 @@ void rpc__handle_request(struct rpc__conn *c, const struct rpc_request *req)
         answer_status(c, req);
         break;
     case RPC_OP_HASH:
-        answer_hash(c, req);
+        rpc__hash_start(c, req);
         break;
     case RPC_OP_MEMBERSHIP:
         handle_membership(c, req);

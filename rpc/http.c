@@ -7,9 +7,14 @@
  * request copies it out under the same lock and does all its work (deciding
  * readiness, rendering, allocating) on its own copy with the lock released.
  *
- * libmicrohttpd does all HTTP parsing, timeouts and connection limits, in one internal
- * polling thread using epoll/poll (MHD_USE_AUTO), never select(): the node has many
- * client sockets, and select() cannot watch a descriptor numbered FD_SETSIZE or more.
+ * libmicrohttpd does all HTTP parsing, timeouts and the overall connection limit, in one
+ * internal polling thread using epoll/poll (MHD_USE_AUTO), never select(): the node has
+ * many client sockets, and select() cannot watch a descriptor numbered FD_SETSIZE or
+ * more. So that one address cannot take every connection (and /readyz with them), this
+ * file counts the connections of each address in that thread (accept policy and
+ * connection notifications) and refuses more than HTTP_PER_ADDRESS_LIMIT; a connection
+ * gets HTTP_HEADER_TIMEOUT_S of silence to finish its request headers, the longer
+ * HTTP_TIMEOUT_S once a request has been read.
  * It binds only the IPv4 address it is given. Its log lines are captured while the
  * daemon starts (to explain a failure in errmsg) and go to stderr afterwards.
  */
@@ -30,6 +35,8 @@
 #include <sys/socket.h>
 
 #define HTTP_CONNECTION_LIMIT 64u /* concurrent scrapes and probes */
+#define HTTP_PER_ADDRESS_LIMIT 8u /* of them from one IPv4 address */
+#define HTTP_HEADER_TIMEOUT_S 5u  /* silence allowed before the request headers are complete */
 #define HTTP_TIMEOUT_S 10u        /* an idle or slow connection is closed after this */
 #define HTTP_HOST_MAX 64          /* bytes of the host part of "host:port" */
 #define HTTP_LOG_MAX 256          /* bytes of the captured start-up message */
@@ -44,6 +51,20 @@ struct rpc_http {
     struct rpc_metrics metrics;
     bool starting;                /* capture MHD's messages into start_log */
     char start_log[HTTP_LOG_MAX]; /* first message MHD logged while starting; "" none */
+    /* MHD's thread only (accept policy, notifications, requests): no lock. */
+    struct http_addr {
+        uint32_t addr; /* network byte order */
+        unsigned n;    /* open connections; 0: a free slot */
+    } addrs[HTTP_CONNECTION_LIMIT];
+    uint64_t refused_per_address;
+    uint64_t header_timeouts;
+};
+
+/* One connection's state (MHD's socket context): its address and when it started. */
+struct http_conn {
+    uint32_t addr;
+    int64_t started_ms;
+    bool headers_seen; /* a request's headers arrived */
 };
 
 /* ---- Address parsing. ---- */
@@ -188,8 +209,8 @@ static enum MHD_Result answer_readyz(struct rpc_http *h, struct MHD_Connection *
     }
     if (age_ms > RPC_HTTP_STALE_MS) {
         /* The loop thread stopped publishing: it is stuck, so the node serves nobody. */
-        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "stale: the node's loop is not responding\n",
-                            MHD_RESPMEM_PERSISTENT);
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                            "stale: the node's loop is not responding\n", MHD_RESPMEM_PERSISTENT);
     }
     if (m.leader_id == 0) {
         return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no leader known\n",
@@ -210,6 +231,8 @@ static enum MHD_Result answer_metrics(struct rpc_http *h, struct MHD_Connection 
 {
     struct rpc_metrics m;
     const struct rpc_metrics *mp = snapshot(h, &m, NULL) ? &m : NULL;
+    m.http_refused_per_address = h->refused_per_address;
+    m.http_header_timeouts = h->header_timeouts;
     size_t len = rpc_metrics_render(mp, NULL, 0);
     char *body = malloc(len + 1);
     if (body == NULL) {
@@ -220,6 +243,109 @@ static enum MHD_Result answer_metrics(struct rpc_http *h, struct MHD_Connection 
     (void)again;
     return respond(c, MHD_HTTP_OK, body, len, MHD_RESPMEM_MUST_FREE,
                    "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/* ---- Connections per address (MHD's thread). ---- */
+
+/* The slot counting `addr`, or NULL. */
+static struct http_addr *addr_find(struct rpc_http *h, uint32_t addr)
+{
+    for (unsigned i = 0; i < HTTP_CONNECTION_LIMIT; i++) {
+        if (h->addrs[i].n > 0 && h->addrs[i].addr == addr) {
+            return &h->addrs[i];
+        }
+    }
+    return NULL;
+}
+
+static uint32_t ipv4_of(const struct sockaddr *sa)
+{
+    return sa != NULL && sa->sa_family == AF_INET
+               ? ((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr
+               : 0;
+}
+
+/* MHD's accept policy: refuse an address that has HTTP_PER_ADDRESS_LIMIT connections.
+ * MHD accepts and notifies STARTED in this same thread right after, so the count this
+ * reads is the count the new connection joins. */
+static enum MHD_Result http_accept(void *cls, const struct sockaddr *sa, socklen_t len)
+{
+    struct rpc_http *h = cls;
+    (void)len;
+    const struct http_addr *a = addr_find(h, ipv4_of(sa));
+    if (a != NULL && a->n >= HTTP_PER_ADDRESS_LIMIT) {
+        h->refused_per_address++;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+static void conn_started(struct rpc_http *h, struct MHD_Connection *c, void **socket_context)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    struct http_conn *hc = calloc(1, sizeof(*hc));
+    if (hc == NULL) {
+        return; /* not counted: the connection is served anyway */
+    }
+    hc->addr = ipv4_of(info != NULL ? info->client_addr : NULL);
+    hc->started_ms = monotonic_ms();
+    struct http_addr *a = addr_find(h, hc->addr);
+    for (unsigned i = 0; a == NULL && i < HTTP_CONNECTION_LIMIT; i++) {
+        if (h->addrs[i].n == 0) {
+            a = &h->addrs[i];
+            a->addr = hc->addr;
+        }
+    }
+    if (a == NULL) {
+        /* MHD holds at most HTTP_CONNECTION_LIMIT connections, so this is not reached;
+         * if it were, the connection would be served uncounted. */
+        free(hc);
+        return;
+    }
+    a->n++;
+    *socket_context = hc;
+}
+
+static void conn_closed(struct rpc_http *h, void **socket_context)
+{
+    struct http_conn *hc = *socket_context;
+    if (hc == NULL) {
+        return;
+    }
+    struct http_addr *a = addr_find(h, hc->addr);
+    assert(a != NULL && a->n > 0);
+    a->n--;
+    /* MHD says only that it closed; a connection that never completed its headers and
+     * lasted the header timeout was closed for it. */
+    if (!hc->headers_seen &&
+        monotonic_ms() - hc->started_ms >= (int64_t)HTTP_HEADER_TIMEOUT_S * 1000 - 100) {
+        h->header_timeouts++;
+    }
+    free(hc);
+    *socket_context = NULL;
+}
+
+/* MHD's connection notifications: count each connection against its address. */
+static void http_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                        enum MHD_ConnectionNotificationCode code)
+{
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        conn_started(cls, c, socket_context);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        conn_closed(cls, socket_context);
+    }
+}
+
+/* Headers of a request arrived on `c`: it gets the longer timeout from now on. */
+static void headers_arrived(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (info != NULL && info->socket_context != NULL) {
+        ((struct http_conn *)info->socket_context)->headers_seen = true;
+    }
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, HTTP_TIMEOUT_S);
 }
 
 /* Marks a request whose headers were seen (MHD's per-request pointer; never freed). */
@@ -247,6 +373,7 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const ch
     }
     if (*con_cls == NULL) {
         *con_cls = &headers_seen;
+        headers_arrived(c);
         return MHD_YES;
     }
     if (*upload_data_size != 0) {
@@ -276,9 +403,10 @@ static int start_daemon(struct rpc_http *h, const struct sockaddr_in *sa, char *
     /* The logger must be the first option, or MHD logs the options before it to stderr
      * (and complains about the order). */
     h->daemon = MHD_start_daemon(
-        flags, ntohs(sa->sin_port), NULL, NULL, http_handle, h, MHD_OPTION_EXTERNAL_LOGGER,
+        flags, ntohs(sa->sin_port), http_accept, h, http_handle, h, MHD_OPTION_EXTERNAL_LOGGER,
         http_log, h, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)sa, MHD_OPTION_CONNECTION_LIMIT,
-        HTTP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT, HTTP_TIMEOUT_S, MHD_OPTION_END);
+        HTTP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT, HTTP_HEADER_TIMEOUT_S,
+        MHD_OPTION_NOTIFY_CONNECTION, http_notify, h, MHD_OPTION_END);
     int err = errno;
     pthread_mutex_lock(&h->mu);
     h->starting = false;

@@ -7,7 +7,14 @@
  * buffer. Output is flushed once per loop iteration by a uv_check handle, so a
  * pipelining client gets many answers per write(2); a uv_idle handle keeps the loop from
  * sleeping in poll while output waits. Reading stops while a connection has too many
- * requests in flight or too much unsent output (backpressure, without blocking the loop).
+ * requests in flight or too much unsent output (backpressure, without blocking the loop),
+ * and so does decoding, between two frames already read: a client that pipelines
+ * requests without reading the answers holds at most RPC__OUTPUT_BYTES_MAX of them (plus
+ * one answer) and one read of frames, however many it sent.
+ *
+ * Before a connection is served, it must come from an address with fewer than
+ * max_connections_per_address connections open (counted in a small hash table); a sweep
+ * closes connections that miss the HELLO deadline or stay idle once authenticated.
  *
  * Lifetimes: every pending request, write and scheduled flush holds a reference on its
  * connection, and every connection one on the server, so callbacks that arrive after a
@@ -17,10 +24,9 @@
 #include "rpc/tls.h"
 
 #include <assert.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define OUTPUT_HIGH_WATER (8u << 20) /* stop reading while this much output is unsent */
 
 struct write_req {
     uv_write_t req;
@@ -48,6 +54,70 @@ static void conn_closed_cb(uv_handle_t *h)
     rpc__conn_release(h->data);
 }
 
+/* ---- Connections per address. ---- */
+
+static struct rpc__addr_count **addr_bucket(struct rpc_server *s, uint32_t addr)
+{
+    /* Fibonacci hashing: consecutive addresses spread over the buckets. */
+    uint32_t h = (uint32_t)(addr * 2654435769u) >> 22;
+    _Static_assert(RPC__ADDR_BUCKETS == 1u << 10, "the hash keeps 10 bits");
+    return &s->addrs[h];
+}
+
+/* Count `c` against its address: false if the address already has its limit (or no
+ * memory to count it), and then `c` is not counted. */
+static bool addr_acquire(struct rpc__conn *c)
+{
+    struct rpc_server *s = c->srv;
+    struct rpc__addr_count **b = addr_bucket(s, c->addr), *a = *b;
+    while (a != NULL && a->addr != c->addr) {
+        a = a->next;
+    }
+    if (a == NULL) {
+        if ((a = calloc(1, sizeof(*a))) == NULL) {
+            return false;
+        }
+        a->addr = c->addr;
+        a->next = *b;
+        *b = a;
+    }
+    if (a->n >= s->max_connections_per_address) {
+        return false; /* a->n > 0: the entry stays for the connections it counts */
+    }
+    a->n++;
+    c->addr_counted = true;
+    return true;
+}
+
+static void addr_release(struct rpc__conn *c)
+{
+    if (!c->addr_counted) {
+        return;
+    }
+    c->addr_counted = false;
+    struct rpc__addr_count **p = addr_bucket(c->srv, c->addr);
+    while ((*p)->addr != c->addr) {
+        p = &(*p)->next; /* counted, so present */
+    }
+    struct rpc__addr_count *a = *p;
+    assert(a->n > 0);
+    if (--a->n == 0) {
+        *p = a->next;
+        free(a);
+    }
+}
+
+/* The peer's IPv4 address (network byte order); 0 if it cannot be read. */
+static uint32_t peer_addr(struct rpc__conn *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0 || ss.ss_family != AF_INET) {
+        return 0;
+    }
+    return ((const struct sockaddr_in *)&ss)->sin_addr.s_addr;
+}
+
 void rpc__conn_close(struct rpc__conn *c)
 {
     if (c->closing) {
@@ -65,6 +135,7 @@ void rpc__conn_close(struct rpc__conn *c)
     }
     s->n_conns--;
     s->m.connections_open = s->n_conns;
+    addr_release(c);
     uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
 }
 
@@ -92,16 +163,28 @@ void rpc__conn_schedule_flush(struct rpc__conn *c)
 
 static void read_start(struct rpc__conn *c);
 
-/* Reading resumes when both the requests in flight and the unsent output are low. */
+static void conn_process(struct rpc__conn *c);
+
+/* Answers appended or handed to uv_write, and not yet written. */
+static size_t output_bytes(const struct rpc__conn *c)
+{
+    return c->out.len + c->unsent;
+}
+
+/* Reading and decoding resume when both the requests in flight and the output are low. */
 void rpc__conn_backpressure_update(struct rpc__conn *c)
 {
     struct rpc_server *s = c->srv;
-    bool over = c->inflight >= s->max_inflight || c->unsent >= OUTPUT_HIGH_WATER;
-    bool under = c->inflight <= s->max_inflight / 2 && c->unsent <= OUTPUT_HIGH_WATER / 2;
+    bool over = c->inflight >= s->max_inflight || output_bytes(c) >= RPC__OUTPUT_BYTES_MAX;
+    bool under = c->inflight <= s->max_inflight / 2 && output_bytes(c) <= RPC__OUTPUT_BYTES_MAX / 2;
     if (over && c->reading) {
         rpc__conn_read_stop(c);
-    } else if (under && !c->reading && !c->closing && !c->close_after_flush) {
-        read_start(c);
+    } else if (under && !c->closing && !c->close_after_flush) {
+        if (!c->reading) {
+            read_start(c);
+        } else if (c->decode_paused) {
+            conn_process(c);
+        }
     }
 }
 
@@ -119,6 +202,7 @@ static void write_cb(uv_write_t *req, int status)
     struct write_req *w = (struct write_req *)req;
     struct rpc__conn *c = w->conn;
     c->unsent -= w->buf.len;
+    c->active_ms = uv_now(c->srv->loop);
     rpc_buf_free(&w->buf);
     free(w);
     if (status != 0) {
@@ -140,6 +224,10 @@ static int take_wire_bytes(struct rpc__conn *c, struct rpc_buf *wire)
     }
     int rv = c->out.len > 0 ? rpc_tls_write(c->tls, c->out.data, c->out.len) : 0;
     c->out.len = 0;
+    if (c->out.cap > RPC__READ_CHUNK_BYTES) {
+        /* TLS holds its own copy now: a burst's buffer is not kept for the next one. */
+        rpc_buf_free(&c->out);
+    }
     if (rv == 0) {
         rv = rpc_tls_take_output(c->tls, wire);
     }
@@ -216,20 +304,42 @@ void rpc__flush_check_cb(uv_check_t *h)
 
 /* ---- Reading and framing. ---- */
 
-/* Decode and handle every complete frame buffered on `c`. */
+/* Whether `c` must stop decoding for now: it has as many requests in flight, or as many
+ * answers waiting, as it may (backpressure_update resumes it). */
+static bool decode_full(const struct rpc__conn *c)
+{
+    return c->inflight >= c->srv->max_inflight || output_bytes(c) >= RPC__OUTPUT_BYTES_MAX;
+}
+
+/* Decode and handle the complete frames buffered on `c`, until none is left or it is
+ * full (then `decode_paused`). Does not nest: an answer given while decoding may update
+ * backpressure, which must not decode the frames this call is walking. */
 static void conn_process(struct rpc__conn *c)
 {
     struct rpc_server *s = c->srv;
     const uint8_t *body;
     size_t len;
-    int rv;
-    while (!c->closing && !c->close_after_flush &&
-           (rv = rpc_framer_next(&c->framer, &body, &len)) != 0) {
+    int rv = 0;
+    if (c->processing) {
+        return;
+    }
+    c->processing = true;
+    c->decode_paused = false;
+    while (!c->closing && !c->close_after_flush) {
+        if (decode_full(c)) {
+            c->decode_paused = true;
+            s->m.decode_pauses++;
+            break;
+        }
+        if ((rv = rpc_framer_next(&c->framer, &body, &len)) == 0) {
+            break;
+        }
         if (rv < 0) {
             s->m.protocol_errors++;
             rpc__answer_error(c, 0, rv == -WIRE_ERANGE ? RPC_ETOOBIG : RPC_EINTERNAL,
-                              rv == -WIRE_ERANGE ? "frame longer than the limit" : "out of memory", true);
-            return;
+                              rv == -WIRE_ERANGE ? "frame longer than the limit" : "out of memory",
+                              true);
+            break;
         }
         struct rpc_request req;
         uint64_t seq = 0;
@@ -243,6 +353,7 @@ static void conn_process(struct rpc__conn *c)
         }
         rpc__handle_request(c, &req);
     }
+    c->processing = false;
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -297,6 +408,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0) {
         return;
     }
+    c->active_ms = uv_now(c->srv->loop);
     if (conn_input(c, c->srv->read_buf, (size_t)nread) != 0) {
         return;
     }
@@ -341,7 +453,7 @@ void rpc__accept_cb(uv_stream_t *listener, int status)
     c->refs = 1;
     s->refs++;
     rpc_framer_init(&c->framer, RPC_HELLO_FRAME_MAX); /* raised to max_frame by HELLO */
-    c->accepted_ms = uv_now(s->loop);
+    c->accepted_ms = c->active_ms = uv_now(s->loop);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 ||
         (s->tls_ctx != NULL && rpc_tls_new(&c->tls, s->tls_ctx) != 0)) {
         c->closing = true;
@@ -357,26 +469,41 @@ void rpc__accept_cb(uv_stream_t *listener, int status)
     s->m.connections_total++;
     s->m.connections_open = s->n_conns;
     if (s->n_conns > s->max_connections) {
+        s->m.refused_max_connections++;
         rpc__answer_error(c, 0, RPC_EBUSY, "too many connections", true);
+        return;
+    }
+    c->addr = peer_addr(c);
+    if (!addr_acquire(c)) {
+        s->m.refused_per_address++;
+        rpc__answer_error(c, 0, RPC_EBUSY, "too many connections from this address", true);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
     read_start(c);
 }
 
-/* ---- The HELLO deadline. ---- */
+/* ---- Deadlines. ---- */
 
-void rpc__hello_sweep_cb(uv_timer_t *t)
+void rpc__sweep_cb(uv_timer_t *t)
 {
     struct rpc_server *s = t->data;
     uint64_t now_ms = uv_now(s->loop);
     struct rpc__conn *next;
     for (struct rpc__conn *c = s->conns; c != NULL; c = next) {
         next = c->next; /* closing unlinks c */
-        if (c->role == RPC_ROLE_NONE && !c->closing &&
-            now_ms - c->accepted_ms >= s->hello_timeout_ms) {
+        if (c->closing) {
+            continue;
+        }
+        if (c->role == RPC_ROLE_NONE && now_ms - c->accepted_ms >= s->hello_timeout_ms) {
             /* Nothing is answered: the TLS handshake may not even be done. */
             s->m.hello_timeouts++;
+            rpc__conn_close(c);
+        } else if (c->role != RPC_ROLE_NONE && c->inflight == 0 &&
+                   now_ms - c->active_ms >= s->idle_timeout_ms) {
+            /* Output that has not moved for as long counts as idle too: a client that
+             * stopped reading its answers holds them no longer than an idle one. */
+            s->m.idle_timeouts++;
             rpc__conn_close(c);
         }
     }

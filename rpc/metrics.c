@@ -257,6 +257,23 @@ static void put_connections(struct writer *w, const struct rpc_metrics *m)
             m->protocol_errors);
     put_u64(w, "tally_hello_timeouts_total", "counter",
             "Connections closed for not saying HELLO within the deadline.", m->hello_timeouts);
+    put_u64(w, "tally_idle_timeouts_total", "counter",
+            "Authenticated connections closed for being idle past the idle timeout.",
+            m->idle_timeouts);
+    put_family(w, "tally_connections_refused_total", "counter",
+               "Client connections refused (answered busy and closed), by limit.");
+    put_labelled(w, "tally_connections_refused_total", "limit", "max_connections",
+                 m->refused_max_connections);
+    put_labelled(w, "tally_connections_refused_total", "limit", "per_address",
+                 m->refused_per_address);
+    put_u64(w, "tally_decode_pauses_total", "counter",
+            "Times a connection's decoding paused for unread answers or requests in flight.",
+            m->decode_pauses);
+    put_u64(w, "tally_http_connections_refused_total", "counter",
+            "HTTP connections refused for the per-address limit.", m->http_refused_per_address);
+    put_u64(w, "tally_http_header_timeouts_total", "counter",
+            "HTTP connections closed before their request headers arrived in time.",
+            m->http_header_timeouts);
 }
 
 static void put_ledger(struct writer *w, const struct rpc_metrics *m)

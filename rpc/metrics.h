@@ -21,9 +21,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define RPC_OP_SLOTS 16     /* request counters indexed by enum rpc_op (wire/wire.h) */
-#define RPC_HIST_BUCKETS 16 /* finite buckets; +Inf is `count` */
-#define RPC_HTTP_STALE_MS 2000 /* /readyz fails when the last publish is older */
+#define RPC_OP_SLOTS 16          /* request counters indexed by enum rpc_op (wire/wire.h) */
+#define RPC_HIST_BUCKETS 16      /* finite buckets; +Inf is `count` */
+#define RPC_HTTP_STALE_MS 2000   /* /readyz fails when the last publish is older */
 #define RPC_METRICS_PEERS_MAX 16 /* servers in the configuration shown by /metrics */
 
 /* A fixed-bucket histogram: bucket[i] counts observations <= bounds[i] (not cumulative
@@ -72,8 +72,15 @@ struct rpc_metrics {
     uint64_t connections_open;
     uint64_t connections_total;
     uint64_t auth_failures;
-    uint64_t protocol_errors;              /* bad frames: connection closed */
-    uint64_t hello_timeouts;               /* no HELLO within the deadline: closed */
+    uint64_t protocol_errors;         /* bad frames: connection closed */
+    uint64_t hello_timeouts;          /* no HELLO within the deadline: closed */
+    uint64_t idle_timeouts;           /* authenticated, idle past the timeout: closed */
+    uint64_t refused_max_connections; /* accepted over max_connections: busy, closed */
+    uint64_t refused_per_address;     /* over the per-address limit: busy, closed */
+    uint64_t decode_pauses;           /* decoding stopped for output or inflight room */
+    /* The HTTP endpoint's own counts (filled by the HTTP thread into its copy). */
+    uint64_t http_refused_per_address;
+    uint64_t http_header_timeouts;
     struct rpc_histogram batch_size;       /* commands per Raft entry (leader) */
     struct rpc_histogram commit_latency_s; /* propose to answer, seconds (leader) */
     /* Ledger. */

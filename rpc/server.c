@@ -64,6 +64,12 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     s->max_inflight = cfg->max_inflight != 0 ? cfg->max_inflight : 4096;
     s->max_connections = cfg->max_connections != 0 ? cfg->max_connections : 4096;
     s->hello_timeout_ms = cfg->hello_timeout_ms != 0 ? cfg->hello_timeout_ms : RPC_HELLO_TIMEOUT_MS;
+    s->idle_timeout_ms = cfg->idle_timeout_ms != 0 ? cfg->idle_timeout_ms : RPC_IDLE_TIMEOUT_MS;
+    s->max_connections_per_address = cfg->max_connections_per_address;
+    if (s->max_connections_per_address == 0) {
+        s->max_connections_per_address = s->max_connections / RPC_PER_ADDRESS_DIVISOR;
+        s->max_connections_per_address += s->max_connections_per_address == 0;
+    }
     s->m.node_id = node_id(node);
     if (s->max_frame > RPC_FRAME_LIMIT) {
         s->max_frame = RPC_FRAME_LIMIT;
@@ -80,9 +86,9 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     uv_tcp_init(loop, &s->listener);
     uv_check_init(loop, &s->check);
     uv_idle_init(loop, &s->idle);
-    uv_timer_init(loop, &s->hello_timer);
+    uv_timer_init(loop, &s->sweep_timer);
     s->open_handles = 4;
-    s->listener.data = s->check.data = s->idle.data = s->hello_timer.data = s;
+    s->listener.data = s->check.data = s->idle.data = s->sweep_timer.data = s;
     int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&sa, 0);
     if (rv == 0) {
         rv = uv_listen((uv_stream_t *)&s->listener, 511, rpc__accept_cb);
@@ -94,8 +100,10 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
     }
     uv_check_start(&s->check, rpc__flush_check_cb);
     /* Four sweeps per deadline: a silent connection lives at most 1.25 times it. */
-    uint64_t sweep_ms = s->hello_timeout_ms / 4 > 0 ? s->hello_timeout_ms / 4 : 1;
-    uv_timer_start(&s->hello_timer, rpc__hello_sweep_cb, sweep_ms, sweep_ms);
+    uint64_t deadline_ms =
+        s->hello_timeout_ms < s->idle_timeout_ms ? s->hello_timeout_ms : s->idle_timeout_ms;
+    uint64_t sweep_ms = deadline_ms / 4 > 0 ? deadline_ms / 4 : 1;
+    uv_timer_start(&s->sweep_timer, rpc__sweep_cb, sweep_ms, sweep_ms);
     *out = s;
     return 0;
 }
@@ -136,21 +144,29 @@ void rpc__server_release(struct rpc_server *s)
 {
     assert(s->refs > 0);
     if (--s->refs == 0) {
+        for (unsigned i = 0; i < RPC__ADDR_BUCKETS; i++) {
+            assert(s->addrs[i] == NULL); /* every connection released its count */
+        }
         rpc_tls_ctx_free(s->tls_ctx);
         free(s->tokens);
         free(s);
     }
 }
 
-static void server_handle_closed(uv_handle_t *h)
+void rpc__server_handle_done(struct rpc_server *s)
 {
-    struct rpc_server *s = h->data;
+    assert(s->open_handles > 0);
     if (--s->open_handles == 0) {
         if (s->close_cb != NULL) {
             s->close_cb(s->close_data);
         }
         rpc__server_release(s);
     }
+}
+
+static void server_handle_closed(uv_handle_t *h)
+{
+    rpc__server_handle_done(h->data);
 }
 
 void rpc_server_close(struct rpc_server *s, void (*cb)(void *), void *data)
@@ -168,5 +184,5 @@ void rpc_server_close(struct rpc_server *s, void (*cb)(void *), void *data)
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     uv_close((uv_handle_t *)&s->check, server_handle_closed);
     uv_close((uv_handle_t *)&s->idle, server_handle_closed);
-    uv_close((uv_handle_t *)&s->hello_timer, server_handle_closed);
+    uv_close((uv_handle_t *)&s->sweep_timer, server_handle_closed);
 }

@@ -12,7 +12,10 @@
  * Bounds: a frame is at most max_frame bytes (checked before anything is allocated);
  * a connection has at most max_inflight requests waiting for an answer, after which the
  * server stops reading it until answers drain (backpressure, without blocking the loop);
- * at most max_connections connections are open.
+ * so does a connection with more than 4 MiB of answers unread, and frames already read
+ * wait undecoded meanwhile; at most max_connections connections are open, and at most
+ * max_connections_per_address from one address. A connection must say HELLO within
+ * hello_timeout_ms and, once authenticated, is closed after idle_timeout_ms idle.
  *
  * Authentication: the first frame must be HELLO with a bearer token whose SHA-256 is in
  * the token list; that fixes the connection's role and principal (recorded as the actor
@@ -31,12 +34,14 @@
 #include <uv.h>
 
 #define RPC_TOKEN_NAME_MAX 48
+#define RPC_IDLE_TIMEOUT_MS 300000 /* default idle timeout of an authenticated connection */
+#define RPC_PER_ADDRESS_DIVISOR 16 /* default per-address limit: max_connections / this */
 #define RPC_TOKENS_MAX 1024
 
 /* One accepted bearer token: only its SHA-256 is kept. */
 struct rpc_token {
     uint8_t sha256[32];
-    int role; /* enum rpc_role */
+    int role;                          /* enum rpc_role */
     char name[RPC_TOKEN_NAME_MAX + 1]; /* the principal: [A-Za-z0-9._:@-], 1..48 bytes */
 };
 
@@ -73,6 +78,12 @@ struct rpc_server_config {
      * closed (0: RPC_HELLO_TIMEOUT_MS). Until HELLO succeeds its frames are bounded by
      * RPC_HELLO_FRAME_MAX, whatever max_frame says: a stranger holds at most that much. */
     unsigned hello_timeout_ms;
+    /* An authenticated connection with no request in flight that neither reads nor
+     * writes a byte for this many ms is closed (0: RPC_IDLE_TIMEOUT_MS). */
+    unsigned idle_timeout_ms;
+    /* At most this many connections from one IPv4 address are served; more are answered
+     * RPC_EBUSY and closed (0: max_connections / RPC_PER_ADDRESS_DIVISOR, at least 1). */
+    unsigned max_connections_per_address;
 };
 
 struct rpc_server;

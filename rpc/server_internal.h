@@ -24,9 +24,21 @@
 #include <uv.h>
 
 #define RPC__READ_CHUNK_BYTES (64u << 10)
+/* Answers a connection may have waiting (appended, or handed to uv_write and not yet
+ * written) before the server stops decoding its frames; decoding resumes at half. */
+#define RPC__OUTPUT_BYTES_MAX (4u << 20)
+#define RPC__ADDR_BUCKETS 1024u /* hash buckets of the per-address connection counts */
 
 struct rpc_tls;
 struct rpc_tls_ctx;
+struct rpc__hash_job;
+
+/* Open connections from one IPv4 address (only while there is at least one). */
+struct rpc__addr_count {
+    uint32_t addr; /* network byte order */
+    unsigned n;
+    struct rpc__addr_count *next; /* same bucket */
+};
 
 struct rpc__conn {
     uv_tcp_t tcp;
@@ -40,9 +52,14 @@ struct rpc__conn {
     int role;            /* enum rpc_role */
     char principal[LEDGER_ACTOR_MAX + 1];
     uint64_t accepted_ms; /* loop time of accept: HELLO must succeed within hello_timeout_ms */
-    unsigned inflight; /* pending requests */
-    unsigned refs;     /* handle + pending requests + writes */
+    uint64_t active_ms;   /* loop time of the last bytes read or written: the idle timeout */
+    uint32_t addr;        /* the peer's IPv4 address, network byte order */
+    unsigned inflight;    /* pending requests */
+    unsigned refs;        /* handle + pending requests + writes */
     bool reading, dirty, closing, close_after_flush, shut;
+    bool addr_counted;  /* counted in srv->addrs (released when it closes) */
+    bool processing;    /* inside conn_process: it does not nest */
+    bool decode_paused; /* frames left in the framer for want of output or inflight room */
 };
 
 struct rpc_server {
@@ -51,16 +68,18 @@ struct rpc_server {
     uv_tcp_t listener;
     uv_check_t check;
     uv_idle_t idle;
-    uv_timer_t hello_timer; /* closes connections that did not say HELLO in time */
-    unsigned open_handles;
+    uv_timer_t sweep_timer; /* closes connections past the HELLO deadline or idle */
+    unsigned open_handles;  /* handles not yet closed, + 1 while a HASH runs */
     struct rpc_token *tokens;
     size_t n_tokens;
     struct rpc_tls_ctx *tls_ctx; /* NULL: plain TCP */
     struct rpc_member members[RPC_MEMBERS_MAX];
     unsigned n_members;
     size_t max_frame;
-    unsigned max_inflight, max_connections;
-    uint64_t hello_timeout_ms;
+    unsigned max_inflight, max_connections, max_connections_per_address;
+    uint64_t hello_timeout_ms, idle_timeout_ms;
+    struct rpc__addr_count *addrs[RPC__ADDR_BUCKETS];
+    struct rpc__hash_job *hash_job; /* the one HASH running on the thread pool, or NULL */
     struct rpc__conn *conns;
     struct rpc__conn *dirty;
     unsigned n_conns;
@@ -73,16 +92,29 @@ struct rpc_server {
     struct rpc_metrics m; /* traffic counters only; Raft figures filled on demand */
 };
 
-/* ---- listener.c: the HELLO deadline ---- */
+/* ---- listener.c: deadlines ---- */
 
-/* Every quarter of hello_timeout_ms: close each connection that has not said HELLO
- * (successfully) within hello_timeout_ms of its accept. */
-void rpc__hello_sweep_cb(uv_timer_t *t);
+/* Every quarter of the shorter of the two deadlines: close each connection that has not
+ * said HELLO (successfully) within hello_timeout_ms of its accept, and each
+ * authenticated one with no request in flight that has neither read nor written a byte
+ * for idle_timeout_ms. */
+void rpc__sweep_cb(uv_timer_t *t);
 
 /* ---- server.c ---- */
 
 /* Drop one reference on `s`; the last one frees it (tokens and TLS context too). */
 void rpc__server_release(struct rpc_server *s);
+
+/* One of the server's handles closed, or its HASH job ended: the last one, once the
+ * server is closing, calls the close callback and drops the server's own reference. */
+void rpc__server_handle_done(struct rpc_server *s);
+
+/* ---- hash.c ---- */
+
+/* Answer HASH: the ledger's state hash is computed on libuv's thread pool, from a read
+ * transaction of its own, and answered when done. One at a time per server: a HASH
+ * that arrives while another runs is answered RPC_EBUSY. */
+void rpc__hash_start(struct rpc__conn *c, const struct rpc_request *req);
 
 /* ---- listener.c ---- */
 

@@ -45,6 +45,7 @@ struct options {
     bool join;
     uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
     uint64_t max_frame, max_inflight, max_connections, hello_timeout_ms;
+    uint64_t idle_timeout_ms, max_connections_per_address;
 };
 
 static uv_loop_t *loop;
@@ -115,6 +116,9 @@ static void usage(FILE *out)
             "  --max-inflight N          per connection, default 4096              TALLY_MAX_INFLIGHT\n"
             "  --max-connections N       default 4096                              TALLY_MAX_CONNECTIONS\n"
             "  --hello-timeout-ms N      TLS handshake + HELLO, default 5000       TALLY_HELLO_TIMEOUT_MS\n"
+            "  --idle-timeout-ms N       close idle clients, default 300000        TALLY_IDLE_TIMEOUT_MS\n"
+            "  --max-connections-per-address N                  TALLY_MAX_CONNECTIONS_PER_ADDRESS\n"
+            "                            from one address, default max-connections / 16 (256)\n"
             "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
             "  --tls-client-ca F         accept client certificates it signed:     TALLY_TLS_CLIENT_CA\n"
             "                            OU = role (admin|gateway|reader), CN = principal\n"
@@ -143,7 +147,7 @@ static bool parse_u64(const char *s, uint64_t *out)
 enum {
     OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
     OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
-    OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
+    OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_MAX_CONNS_ADDR, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
     OPT_CLOCK_OFFSET_FILE, OPT_HELP,
 };
 
@@ -171,6 +175,9 @@ static const struct flag flags[] = {
     {"max-inflight", "TALLY_MAX_INFLIGHT", OPT_MAX_INFLIGHT, true},
     {"max-connections", "TALLY_MAX_CONNECTIONS", OPT_MAX_CONNS, true},
     {"hello-timeout-ms", "TALLY_HELLO_TIMEOUT_MS", OPT_HELLO_TIMEOUT, true},
+    {"idle-timeout-ms", "TALLY_IDLE_TIMEOUT_MS", OPT_IDLE_TIMEOUT, true},
+    {"max-connections-per-address", "TALLY_MAX_CONNECTIONS_PER_ADDRESS", OPT_MAX_CONNS_ADDR,
+     true},
     {"tls-cert", "TALLY_TLS_CERT", OPT_TLS_CERT, false},
     {"tls-key", "TALLY_TLS_KEY", OPT_TLS_KEY, false},
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
@@ -206,6 +213,8 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_MAX_INFLIGHT: o->max_inflight = v; break;
     case OPT_MAX_CONNS: o->max_connections = v; break;
     case OPT_HELLO_TIMEOUT: o->hello_timeout_ms = v; break;
+    case OPT_IDLE_TIMEOUT: o->idle_timeout_ms = v; break;
+    case OPT_MAX_CONNS_ADDR: o->max_connections_per_address = v; break;
     case OPT_TLS_CERT: o->tls_cert = value; break;
     case OPT_TLS_KEY: o->tls_key = value; break;
     case OPT_TLS_CA: o->tls_client_ca = value; break;
@@ -300,6 +309,26 @@ static bool require(const char *value, const char *flag)
 {
     if (value == NULL || value[0] == '\0') {
         fprintf(stderr, "tallyd: %s is required (see --help)\n", flag);
+        return false;
+    }
+    return true;
+}
+
+/* The client port's limits are within their ranges (0: the default); false with a line
+ * saying which is not. */
+static bool limits_valid(const struct options *o)
+{
+    uint64_t max_conns = o->max_connections != 0 ? o->max_connections : 4096;
+    if (o->hello_timeout_ms != 0 && (o->hello_timeout_ms < 100 || o->hello_timeout_ms > 600000)) {
+        fprintf(stderr, "tallyd: --hello-timeout-ms must be 100 .. 600000\n");
+        return false;
+    }
+    if (o->idle_timeout_ms != 0 && (o->idle_timeout_ms < 1000 || o->idle_timeout_ms > 86400000)) {
+        fprintf(stderr, "tallyd: --idle-timeout-ms must be 1000 .. 86400000\n");
+        return false;
+    }
+    if (o->max_connections_per_address > max_conns) {
+        fprintf(stderr, "tallyd: --max-connections-per-address must be 1 .. --max-connections\n");
         return false;
     }
     return true;
@@ -401,8 +430,7 @@ static int start(const struct options *o)
                         "only with them)\n");
         return 3;
     }
-    if (o->hello_timeout_ms != 0 && (o->hello_timeout_ms < 100 || o->hello_timeout_ms > 600000)) {
-        fprintf(stderr, "tallyd: --hello-timeout-ms must be 100 .. 600000\n");
+    if (!limits_valid(o)) {
         return 3;
     }
     if (parse_members(o->members, &cfg, rmembers, &n_rmembers) != 0) {
@@ -472,6 +500,8 @@ static int start(const struct options *o)
         .max_inflight = (unsigned)o->max_inflight,
         .max_connections = (unsigned)o->max_connections,
         .hello_timeout_ms = (unsigned)o->hello_timeout_ms,
+        .idle_timeout_ms = (unsigned)o->idle_timeout_ms,
+        .max_connections_per_address = (unsigned)o->max_connections_per_address,
     };
     int rv = rpc_server_start(&server, loop, node, &scfg, errmsg, sizeof(errmsg));
     free(tokens);

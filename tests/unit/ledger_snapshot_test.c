@@ -352,6 +352,55 @@ static void export_on_another_thread_while_batches_apply(void)
     tl_close(&dst);
 }
 
+struct hash_job {
+    struct ledger_snapshot *snap;
+    uint8_t hash[32];
+    atomic_int batches; /* applied by the main thread since begin */
+    int rv;
+};
+
+/* Hashes the job's snapshot once the main thread has applied 50 batches after it began:
+ * the hash provably overlaps them. */
+static void *hash_thread(void *arg)
+{
+    struct hash_job *job = arg;
+    while (atomic_load(&job->batches) < 50) {
+        sched_yield();
+    }
+    job->rv = ledger_snapshot_hash(job->snap, job->hash);
+    return NULL;
+}
+
+static void snapshot_hash_on_another_thread_is_the_state_hash_at_begin(void)
+{
+    struct tl src;
+    open_ledger(&src);
+    populate(&src, "org", 20);
+    struct state frozen = state_of(&src);
+    struct hash_job job = {0};
+    atomic_init(&job.batches, 0);
+    REQUIRE(ledger_snapshot_begin(src.l, &job.snap) == 0);
+    CHECK_EQ_INT(ledger_snapshot_index(job.snap), frozen.index);
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, hash_thread, &job) == 0);
+    for (int i = 0; i < 30; i++) {
+        char root[16];
+        snprintf(root, sizeof(root), "busy%d", i);
+        populate(&src, root, 1);
+        atomic_store(&job.batches, (int)(src.index - frozen.index));
+    }
+    REQUIRE(pthread_join(th, NULL) == 0);
+    CHECK_EQ_INT(job.rv, 0);
+    CHECK(memcmp(job.hash, frozen.hash, 32) == 0);
+    struct state now = state_of(&src);
+    CHECK(memcmp(now.hash, frozen.hash, 32) != 0);
+    uint8_t again[32];
+    CHECK_EQ_INT(ledger_snapshot_hash(job.snap, again), -LEDGER_EINVAL); /* released */
+    ledger_snapshot_end(job.snap);
+    TL_CHECK_INVARIANTS(&src);
+    tl_close(&src);
+}
+
 /* A target ledger with a history of its own, different from any source's. */
 static struct state open_target(struct tl *dst)
 {
@@ -498,6 +547,7 @@ int main(void)
     TEST(imported_ledger_goes_on_like_the_source);
     TEST(export_leaves_out_batches_applied_after_begin);
     TEST(export_on_another_thread_while_batches_apply);
+    TEST(snapshot_hash_on_another_thread_is_the_state_hash_at_begin);
     TEST(corrupted_snapshot_is_refused_and_the_state_kept);
     TEST(truncated_snapshot_is_refused_and_the_state_kept);
     TEST(import_replaces_a_non_empty_ledger_completely);
