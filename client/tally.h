@@ -222,9 +222,10 @@ struct tally_config {
      */
     const char *tls_ca_file; /* PEM bundle of the CAs that sign the servers' certificates */
     /* Client certificate (PEM, its chain may follow) and its private key (PEM): both or
-     * neither. Its subject names the client to a server that trusts its CA: OU the role
-     * (admin, gateway or reader), CN the principal. Such a client may authenticate by the
-     * certificate alone: give token "" (NULL is taken as "" when tls_cert_file is set). */
+     * neither. A server that trusts its CA and lists its fingerprint (SHA-256 of its DER)
+     * in the token file gives it the role and name of that line; its subject grants
+     * nothing. Such a client may authenticate by the certificate alone: give token ""
+     * (NULL is taken as "" when tls_cert_file is set). */
     const char *tls_cert_file;
     const char *tls_key_file;
     /* The name (DNS name or IP literal, at most 253 bytes) the server certificate must

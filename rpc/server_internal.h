@@ -24,6 +24,7 @@
 #include <uv.h>
 
 #define RPC__READ_CHUNK_BYTES (64u << 10)
+#define RPC__AUTH_LOG_PER_SECOND 10
 
 struct rpc_tls;
 struct rpc_tls_ctx;
@@ -39,6 +40,9 @@ struct rpc__conn {
     size_t unsent;       /* bytes handed to uv_write and not yet written */
     int role;            /* enum rpc_role */
     char principal[LEDGER_ACTOR_MAX + 1];
+    /* The token-file entry HELLO matched (a copy; zero before): a reload closes the
+     * connection if the new file lacks it. */
+    struct rpc_token cred;
     uint64_t accepted_ms; /* loop time of accept: HELLO must succeed within hello_timeout_ms */
     unsigned inflight; /* pending requests */
     unsigned refs;     /* handle + pending requests + writes */
@@ -55,6 +59,12 @@ struct rpc_server {
     unsigned open_handles;
     struct rpc_token *tokens;
     size_t n_tokens;
+    rpc_log_fn *log;
+    /* Failed-login lines: at most RPC__AUTH_LOG_PER_SECOND per second of loop time; the
+     * rest are counted and the count goes on the next line logged. */
+    uint64_t auth_log_second;
+    unsigned auth_log_lines;
+    uint64_t auth_log_suppressed;
     struct rpc_tls_ctx *tls_ctx; /* NULL: plain TCP */
     struct rpc_member members[RPC_MEMBERS_MAX];
     unsigned n_members;
@@ -140,5 +150,9 @@ bool rpc__auth_check(struct rpc__conn *c, const struct rpc_request *req);
  * on a TLS connection, from the client certificate. A second HELLO is RPC_EBADREQ; a
  * bad version, token or certificate is RPC_EAUTH and closes the connection. */
 void rpc__auth_hello(struct rpc__conn *c, const struct rpc_request *req);
+
+/* `c`'s TLS session failed: if a client certificate did not verify, log the failed
+ * login (the rest of the failure is the listener's). */
+void rpc__auth_tls_failed(struct rpc__conn *c);
 
 #endif /* TALLY_RPC_SERVER_INTERNAL_H */
