@@ -260,7 +260,7 @@ static void auth_refuse(struct rpc__conn *c, uint64_t seq, const char *message)
 static void auth_accept(struct rpc__conn *c, const struct rpc_token *t)
 {
     c->role = t->role;
-    c->cred = *t;
+    memcpy(&c->cred, t, sizeof(c->cred)); /* padding too: reloads compare with memcmp */
     snprintf(c->principal, sizeof(c->principal), "%s", t->name);
 }
 
