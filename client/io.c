@@ -16,8 +16,9 @@
  * Retrying is safe because writes carry a request id that the ledger deduplicates: on a
  * lost connection every sent call simply goes back to the pending list and is sent again
  * (new seq, same id) on the next connection. NOT_LEADER answers move the connection to the
- * leader they name; "no quorum" answers back off and, when they repeat, rotate to another
- * endpoint. A reserve that ends UNAVAILABLE after it was sent at least once is followed by
+ * leader they name if it is one of the configured endpoints (the token goes nowhere else),
+ * else to the next endpoint; "no quorum" answers back off and, when they repeat, rotate to
+ * another endpoint. A reserve that ends UNAVAILABLE after it was sent at least once is followed by
  * a background void of its id, with a longer deadline of its own.
  *
  * The connection itself (connect, TLS, HELLO, reading and writing bytes) is conn.c's.
@@ -44,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -440,6 +442,38 @@ static void answer_ok(struct tally *c, struct call *call, const struct rpc_respo
     finish(c, call, &r, now_ms);
 }
 
+/* Whether `address` ("host:port") names configured endpoint `ep`: the same port, and the
+ * same host but for case. */
+static bool endpoint_is(const struct endpoint *ep, const char *address)
+{
+    struct endpoint named;
+    return client__endpoint_parse(address, strlen(address), &named) == 0 &&
+           strcasecmp(named.host, ep->host) == 0 && atoi(named.port) == atoi(ep->port);
+}
+
+/*
+ * After NOT_LEADER naming `address`: connect next to it if it is one of the configured
+ * endpoints (counted as a redirect), else, like after any other failure, to the next
+ * endpoint in turn. A node's answer is not trusted to send the token elsewhere. Appends
+ * to `why` (size bytes) when the address is not followed.
+ */
+static void follow_leader(struct tally *c, const char *address, char *why, size_t size)
+{
+    if (address[0] == '\0' || strcmp(address, c->conn.target) == 0) {
+        return;
+    }
+    for (uint32_t i = 0; i < c->n_endpoints; i++) {
+        if (endpoint_is(&c->endpoints[i], address)) {
+            client__stat_add(&c->stats.redirects, 1);
+            client__copy_text(c->redirect, sizeof(c->redirect), c->endpoints[i].text);
+            return;
+        }
+    }
+    size_t len = strlen(why);
+    snprintf(why + len, size - len, " (leader %.*s is not a configured endpoint: not followed)",
+             (int)WHY_MESSAGE_MAX / 2, address);
+}
+
 /* Handle one decoded answer to a call (the call is in the sent table). */
 static void answer(struct tally *c, struct call *call, const struct rpc_response *resp,
                    int64_t now_ms)
@@ -454,11 +488,8 @@ static void answer(struct tally *c, struct call *call, const struct rpc_response
         answer_ok(c, call, resp, now_ms);
         return;
     case RPC_ENOTLEADER:
-        client__stat_add(&c->stats.redirects, 1);
+        follow_leader(c, resp->leader_address, why, sizeof(why));
         requeue(c, call, false, now_ms, why);
-        if (resp->leader_address[0] != '\0' && strcmp(resp->leader_address, c->conn.target) != 0) {
-            client__copy_text(c->redirect, sizeof(c->redirect), resp->leader_address);
-        }
         conn_drop(c, now_ms, false, why);
         return;
     case RPC_EUNKNOWN:

@@ -182,10 +182,15 @@ struct tally_result {
  * defaults out explicitly.
  */
 struct tally_config {
-    /* "host:port,host:port,...": any members of the cluster (IPv4/IPv6 literals or
+    /* "host:port,host:port,...": the members of the cluster (IPv4/IPv6 literals or
      * names resolved with getaddrinfo at each connect; "[v6]:port" for IPv6). The
-     * client connects to one, follows NOT_LEADER answers, and rotates on failures.
-     * Required; at most TALLY_ENDPOINTS_MAX entries of TALLY_ADDRESS_MAX bytes. */
+     * client starts at a random one, rotates on failures, and follows a NOT_LEADER
+     * answer only to an address that is one of these endpoints (the same host, but for
+     * case, and port): the token is never sent anywhere else. A leader named at an
+     * address not listed here is not followed; the client tries the next endpoint
+     * instead, so list every member, as the members' client addresses in tallyd's
+     * --members spell them, or writes reach the leader only by rotation. Required; at
+     * most TALLY_ENDPOINTS_MAX entries of TALLY_ADDRESS_MAX bytes. */
     const char *endpoints;
     /* Bearer token sent in HELLO (its role decides what the client may do). Required
      * (may be ""; may be NULL with a TLS client certificate), at most TALLY_TOKEN_MAX
@@ -222,9 +227,10 @@ struct tally_config {
      */
     const char *tls_ca_file; /* PEM bundle of the CAs that sign the servers' certificates */
     /* Client certificate (PEM, its chain may follow) and its private key (PEM): both or
-     * neither. Its subject names the client to a server that trusts its CA: OU the role
-     * (admin, gateway or reader), CN the principal. Such a client may authenticate by the
-     * certificate alone: give token "" (NULL is taken as "" when tls_cert_file is set). */
+     * neither. A server that trusts its CA and lists its fingerprint (SHA-256 of its DER)
+     * in the token file gives it the role and name of that line; its subject grants
+     * nothing. Such a client may authenticate by the certificate alone: give token ""
+     * (NULL is taken as "" when tls_cert_file is set). */
     const char *tls_cert_file;
     const char *tls_key_file;
     /* The name (DNS name or IP literal, at most 253 bytes) the server certificate must
@@ -681,7 +687,7 @@ struct tally_stats {
     uint64_t calls;         /* calls accepted */
     uint64_t requests_sent; /* frames sent, retries included (HELLO excluded) */
     uint64_t retries;       /* re-sends of a request after a retryable failure */
-    uint64_t redirects;     /* NOT_LEADER answers followed */
+    uint64_t redirects;     /* NOT_LEADER answers followed (to a configured endpoint) */
     uint64_t connects;      /* connections established (HELLO accepted) */
     uint64_t reconnects;    /* connections lost or dropped */
     uint64_t unavailable;   /* calls that ended UNAVAILABLE */

@@ -387,6 +387,7 @@ static int conn_input(struct rpc__conn *c, const void *data, size_t n)
     }
     if (rv != 0) {
         c->srv->m.protocol_errors++;
+        rpc__auth_tls_failed(c);
         c->close_after_flush = true;
         rpc__conn_read_stop(c);
         if (!rpc_tls_has_output(c->tls)) {

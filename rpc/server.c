@@ -55,6 +55,7 @@ int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node
         memcpy(s->tokens, cfg->tokens, cfg->n_tokens * sizeof(*s->tokens));
     }
     s->n_tokens = cfg->n_tokens;
+    s->log = cfg->log;
     memcpy(s->members, cfg->members, cfg->n_members * sizeof(*s->members));
     s->n_members = cfg->n_members;
     s->loop = loop;

@@ -38,18 +38,23 @@
 #define RPC_PER_ADDRESS_DIVISOR 16 /* default per-address limit: max_connections / this */
 #define RPC_TOKENS_MAX 1024
 
-/* One accepted bearer token: only its SHA-256 is kept. */
+/* One accepted credential: a bearer token or a client certificate, of which only the
+ * SHA-256 is kept. Parsed entries are zeroed first, so two equal entries are equal
+ * byte for byte (rpc_server_set_tokens compares them with memcmp). */
 struct rpc_token {
-    uint8_t sha256[32];
-    int role;                          /* enum rpc_role */
+    uint8_t sha256[32]; /* of the bearer token, or (cert) of the certificate's DER */
+    bool cert;          /* the line said cert:HEX: only a client certificate matches */
+    int role;           /* enum rpc_role */
     char name[RPC_TOKEN_NAME_MAX + 1]; /* the principal: [A-Za-z0-9._:@-], 1..48 bytes */
 };
 
 /*
- * Read a token file: one token per line, "ROLE NAME SHA256HEX" (role admin, gateway or
- * reader; '#' starts a comment; blank lines are skipped). At most RPC_TOKENS_MAX tokens,
- * lines of at most 512 bytes. On success *out (malloc'd, caller frees) holds *n tokens.
- * Returns 0 or -RPC_START_ECONFIG with "FILE:LINE: reason" in errmsg (size bytes).
+ * Read a token file: one credential per line, "ROLE NAME CREDENTIAL" (role admin,
+ * gateway or reader; CREDENTIAL the SHA-256 hex of a bearer token, or "cert:" and the
+ * SHA-256 hex of a client certificate's DER; '#' starts a comment; blank lines are
+ * skipped). At most RPC_TOKENS_MAX entries, lines of at most 512 bytes. On success *out
+ * (malloc'd, caller frees) holds *n entries. Returns 0 or -RPC_START_ECONFIG with
+ * "FILE:LINE: reason" in errmsg (size bytes).
  */
 int rpc_token_file_load(const char *path, struct rpc_token **out, size_t *n, char *errmsg,
                         size_t size);
@@ -57,10 +62,16 @@ int rpc_token_file_load(const char *path, struct rpc_token **out, size_t *n, cha
 /* SHA-256 of a bearer token. */
 void rpc_token_hash(const char *token, uint8_t out[32]);
 
+/* Where the server's log lines go: `level` ("info", "warn") and a logfmt `line`
+ * (msg="..." key=value ...), both borrowed for the call. Runs on the loop thread. */
+typedef void rpc_log_fn(const char *level, const char *line);
+
 struct rpc_server_config {
     const char *address;            /* client listen address, IPv4 "a.b.c.d:port" */
-    const struct rpc_token *tokens; /* borrowed for the server's life */
+    const struct rpc_token *tokens; /* borrowed: copied by rpc_server_start */
     size_t n_tokens;
+    /* Log lines (failed logins, rate-limited); NULL: level=LEVEL LINE on stderr. */
+    rpc_log_fn *log;
     /* Client addresses of the members, to name the leader in NOT_LEADER answers
      * (borrowed, copied by rpc_server_start). Members missing here are redirected by id
      * only, with an empty address. */
@@ -95,6 +106,16 @@ struct rpc_server;
  */
 int rpc_server_start(struct rpc_server **out, uv_loop_t *loop, struct node *node,
                      const struct rpc_server_config *cfg, char *errmsg, size_t size);
+
+/*
+ * Replace the accepted credentials with `tokens` (borrowed; copied), as a reload of the
+ * token file. Every connection authenticated with an entry that is not in the new set,
+ * byte for byte (removed, or its role or name changed), is closed at once; its requests
+ * in flight get no answer. *closed (may be NULL) gets how many were closed. Returns 0,
+ * or -RPC_START_ENOMEM with the old set and every connection kept.
+ */
+int rpc_server_set_tokens(struct rpc_server *s, const struct rpc_token *tokens, size_t n,
+                          unsigned *closed);
 
 /* Add the server's counters and the node's Raft figures to `m` (caller's). */
 void rpc_server_metrics(struct rpc_server *s, struct rpc_metrics *m);

@@ -28,6 +28,7 @@
  * written) before the server stops decoding its frames; decoding resumes at half. */
 #define RPC__OUTPUT_BYTES_MAX (4u << 20)
 #define RPC__ADDR_BUCKETS 1024u /* hash buckets of the per-address connection counts */
+#define RPC__AUTH_LOG_PER_SECOND 10
 
 struct rpc_tls;
 struct rpc_tls_ctx;
@@ -51,6 +52,9 @@ struct rpc__conn {
     size_t unsent;       /* bytes handed to uv_write and not yet written */
     int role;            /* enum rpc_role */
     char principal[LEDGER_ACTOR_MAX + 1];
+    /* The token-file entry HELLO matched (a copy; zero before): a reload closes the
+     * connection if the new file lacks it. */
+    struct rpc_token cred;
     uint64_t accepted_ms; /* loop time of accept: HELLO must succeed within hello_timeout_ms */
     uint64_t active_ms;   /* loop time of the last bytes read or written: the idle timeout */
     uint32_t addr;        /* the peer's IPv4 address, network byte order */
@@ -72,6 +76,12 @@ struct rpc_server {
     unsigned open_handles;  /* handles not yet closed, + 1 while a HASH runs */
     struct rpc_token *tokens;
     size_t n_tokens;
+    rpc_log_fn *log;
+    /* Failed-login lines: at most RPC__AUTH_LOG_PER_SECOND per second of loop time; the
+     * rest are counted and the count goes on the next line logged. */
+    uint64_t auth_log_second;
+    unsigned auth_log_lines;
+    uint64_t auth_log_suppressed;
     struct rpc_tls_ctx *tls_ctx; /* NULL: plain TCP */
     struct rpc_member members[RPC_MEMBERS_MAX];
     unsigned n_members;
@@ -172,5 +182,9 @@ bool rpc__auth_check(struct rpc__conn *c, const struct rpc_request *req);
  * on a TLS connection, from the client certificate. A second HELLO is RPC_EBADREQ; a
  * bad version, token or certificate is RPC_EAUTH and closes the connection. */
 void rpc__auth_hello(struct rpc__conn *c, const struct rpc_request *req);
+
+/* `c`'s TLS session failed: if a client certificate did not verify, log the failed
+ * login (the rest of the failure is the listener's). */
+void rpc__auth_tls_failed(struct rpc__conn *c);
 
 #endif /* TALLY_RPC_SERVER_INTERNAL_H */

@@ -9,6 +9,7 @@
 #include "rpc/tls.h"
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <stdio.h>
@@ -187,20 +188,21 @@ bool rpc_tls_has_output(const struct rpc_tls *t)
     return BIO_ctrl_pending(t->out) > 0;
 }
 
-int rpc_tls_peer_role(struct rpc_tls *t, char *principal, size_t size)
+int rpc_tls_peer_fingerprint(struct rpc_tls *t, uint8_t out[32])
 {
     X509 *cert = SSL_get1_peer_certificate(t->ssl);
-    int role = RPC_ROLE_NONE;
-    if (cert != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK) {
-        X509_NAME *subject = X509_get_subject_name(cert);
-        char ou[32], cn[RPC_TOKEN_MAX];
-        if (X509_NAME_get_text_by_NID(subject, NID_organizationalUnitName, ou, sizeof(ou)) > 0 &&
-            X509_NAME_get_text_by_NID(subject, NID_commonName, cn, sizeof(cn)) > 0 &&
-            rpc_role_parse(ou) > 0) {
-            role = rpc_role_parse(ou);
-            snprintf(principal, size, "%s", cn);
-        }
+    unsigned int len = 0;
+    int rv = -1;
+    if (cert != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK &&
+        X509_digest(cert, EVP_sha256(), out, &len) == 1 && len == 32) {
+        rv = 0;
     }
     X509_free(cert);
-    return role;
+    return rv;
+}
+
+const char *rpc_tls_verify_error(const struct rpc_tls *t)
+{
+    long result = SSL_get_verify_result(t->ssl);
+    return result == X509_V_OK ? NULL : X509_verify_cert_error_string(result);
 }

@@ -8,10 +8,11 @@
  * touches a socket.
  *
  * Client certificates (optional): with a client CA configured, a client may present a
- * certificate signed by it; the handshake then verifies it, and its subject names the
- * connection: the organizational unit (OU) is the role (admin, gateway or reader) and
- * the common name (CN) the principal. A connection authenticated that way may send
- * HELLO with an empty token. Without a certificate a client authenticates by token.
+ * certificate signed by it; the handshake then verifies it. Verifying grants nothing: the
+ * certificate's fingerprint (SHA-256 of its DER) must also be in the token file
+ * (rpc/auth.c), which names its role and principal. A connection authenticated that way
+ * may send HELLO with an empty token. Without a certificate a client authenticates by
+ * token.
  */
 #ifndef TALLY_RPC_TLS_H
 #define TALLY_RPC_TLS_H
@@ -20,6 +21,7 @@
 #include "wire/wire.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct rpc_tls_ctx;
 struct rpc_tls;
@@ -54,9 +56,13 @@ int rpc_tls_take_output(struct rpc_tls *t, struct rpc_buf *out);
 bool rpc_tls_has_output(const struct rpc_tls *t);
 
 /*
- * The verified client certificate's role (enum rpc_role, from OU) and principal (CN,
- * `size` bytes); RPC_ROLE_NONE if there is none or its subject does not name a role.
+ * The SHA-256 of the DER of the client certificate the handshake verified, in `out`.
+ * Returns 0, or -1 if the client presented none (or it did not verify).
  */
-int rpc_tls_peer_role(struct rpc_tls *t, char *principal, size_t size);
+int rpc_tls_peer_fingerprint(struct rpc_tls *t, uint8_t out[32]);
+
+/* After a failed session: why the client's certificate did not verify (OpenSSL's static
+ * text), or NULL if the failure was not about a client certificate. */
+const char *rpc_tls_verify_error(const struct rpc_tls *t);
 
 #endif /* TALLY_RPC_TLS_H */

@@ -4,37 +4,38 @@
  * The client is opened on demand, by the first handler that needs it and only after that
  * handler has checked its input, so that bad input never costs a connection. Each setting
  * comes from its flag, else from its environment variable (TALLY_ENDPOINTS, TALLY_TOKEN,
- * TALLY_TOKEN_FILE, TALLYCTL_TLS_*), else from libtally's default.
+ * TALLY_TOKEN_FILE, TALLYCTL_TLS_*), else from libtally's default. Secrets are better
+ * read from files or the environment than given as flags, which every user sees in ps:
+ * such flags get a warning.
  */
 #include "tallyctl/tallyctl.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-/*
- * Read the token file `path` into `out` (TALLY_TOKEN_MAX + 1 bytes): the bare token, its
- * trailing newline ("\n" or "\r\n") stripped. Returns 0, or -1 after printing why.
- */
-static int read_token_file(const char *path, char *out)
+int ctl__read_secret_file(const char *what, const char *path, char *out, size_t max)
 {
-    char buf[TALLY_TOKEN_MAX + 4];
+    char buf[TALLY_TOKEN_MAX > CTL_SECRET_MAX ? TALLY_TOKEN_MAX + 4 : CTL_SECRET_MAX + 4];
     size_t n = 0;
+    assert(max + 3 <= sizeof(buf));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        ctl__say_error("token file", "%s: %s", path, strerror(errno));
+        ctl__say_error(what, "%s: %s", path, strerror(errno));
         return -1;
     }
-    while (n < sizeof(buf)) { /* bounded: each pass reads >= 1 byte or ends */
-        ssize_t got = read(fd, buf + n, sizeof(buf) - n);
+    while (n < max + 3) { /* bounded: each pass reads >= 1 byte or ends */
+        ssize_t got = read(fd, buf + n, max + 3 - n);
         if (got < 0 && errno == EINTR) {
             continue;
         }
         if (got < 0) {
-            ctl__say_error("token file", "%s: %s", path, strerror(errno));
+            ctl__say_error(what, "%s: %s", path, strerror(errno));
             close(fd);
+            explicit_bzero(buf, sizeof(buf));
             return -1;
         }
         if (got == 0) {
@@ -49,18 +50,32 @@ static int read_token_file(const char *path, char *out)
             n--;
         }
     }
-    if (n > TALLY_TOKEN_MAX) {
-        ctl__say_error("token file", "%s: the token is longer than %d bytes", path,
-                       TALLY_TOKEN_MAX);
-        return -1;
-    }
-    if (memchr(buf, '\n', n) != NULL || memchr(buf, '\0', n) != NULL) {
-        ctl__say_error("token file", "%s: holds more than a bare token on one line", path);
+    bool too_long = n > max;
+    if (too_long || memchr(buf, '\n', n) != NULL || memchr(buf, '\0', n) != NULL) {
+        if (too_long) {
+            ctl__say_error(what, "%s: the secret is longer than %zu bytes", path, max);
+        } else {
+            ctl__say_error(what, "%s: holds more than a bare secret on one line", path);
+        }
+        explicit_bzero(buf, sizeof(buf));
         return -1;
     }
     memcpy(out, buf, n);
     out[n] = '\0';
+    explicit_bzero(buf, sizeof(buf));
     return 0;
+}
+
+void ctl__warn_secrets_in_argv(const struct ctl__ctx *x)
+{
+    if (x->a->given[CTL_OPT_TOKEN]) {
+        ctl__say_error(NULL, "warning: --token shows the token to anyone who can list processes "
+                             "(ps); use --token-file F or TALLY_TOKEN");
+    }
+    if (x->a->given[CTL_OPT_KEY]) {
+        ctl__say_error(NULL, "warning: --key shows the key to anyone who can list processes "
+                             "(ps); use --key-file F or TALLY_KEY");
+    }
 }
 
 /* Work out the token: --token, --token-file, TALLY_TOKEN, TALLY_TOKEN_FILE, in that order
@@ -83,7 +98,7 @@ static int resolve_token(struct ctl__ctx *x)
     }
     x->token[0] = '\0';
     if (file != NULL) {
-        if (read_token_file(file, x->token) != 0) {
+        if (ctl__read_secret_file("token file", file, x->token, TALLY_TOKEN_MAX) != 0) {
             return CTL_USAGE;
         }
         x->token_given = true;

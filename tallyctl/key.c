@@ -176,6 +176,8 @@ int ctl__cmd_key_hash(struct ctl__ctx *x)
     uint8_t hash[TALLY_KEY_HASH_SIZE];
     const char *secret;
     if (x->n_words == 1) {
+        ctl__say_error(NULL, "warning: a SECRET argument shows the key to anyone who can list "
+                             "processes (ps); give it on stdin");
         secret = x->words[0];
     } else {
         if (fgets(line, sizeof(line), stdin) == NULL) {

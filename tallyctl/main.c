@@ -65,6 +65,7 @@ const struct ctl__opt_spec ctl__opt_specs[CTL_OPT_COUNT] = {
     [CTL_OPT_BLOCKED] = {"blocked", false},
     [CTL_OPT_CLEAR] = {"clear", true},
     [CTL_OPT_KEY] = {"key", true},
+    [CTL_OPT_KEY_FILE] = {"key-file", true},
     [CTL_OPT_KEY_HASH] = {"key-hash", true},
     [CTL_OPT_ACCOUNT] = {"account", true},
     [CTL_OPT_ESTIMATE] = {"estimate", true},
@@ -112,10 +113,11 @@ static const struct ctl__command commands[] = {
     {"key", "show", 1, 1, W(STALE), ctl__cmd_key_show, "key show HASH"},
     {"key", "hash", 0, 1, 0, ctl__cmd_key_hash, "key hash [SECRET]   (no SECRET: read from stdin)"},
     {"reserve", NULL, 0, 0,
-     W(KEY) | W(KEY_HASH) | W(ACCOUNT) | W(ESTIMATE) | W(TOKENS) | W(MODEL) | W(TTL) | W(ID),
+     W(KEY) | W(KEY_FILE) | W(KEY_HASH) | W(ACCOUNT) | W(ESTIMATE) | W(TOKENS) | W(MODEL) | W(TTL) |
+         W(ID),
      ctl__cmd_reserve,
-     "reserve (--key SECRET | --key-hash HEX64 | --account A) --estimate MICROS [--tokens N] "
-     "[--model M] [--ttl MS] [--id HEX32]"},
+     "reserve (--key-file F | --key SECRET | --key-hash HEX64 | --account A) --estimate MICROS "
+     "[--tokens N] [--model M] [--ttl MS] [--id HEX32]"},
     {"settle", NULL, 1, 1, W(ACTUAL) | W(TOKENS), ctl__cmd_settle,
      "settle ID --actual MICROS [--tokens N]"},
     {"void", NULL, 1, 1, 0, ctl__cmd_void, "void ID"},
@@ -158,8 +160,9 @@ static void usage(FILE *f)
           "or UTC ISO-8601 (2026-11-01, 2026-11-01T10:00:00Z). Money in micros (10^-6).\n"
           "Options may appear anywhere; '--' ends them.\n"
           "\n"
-          "environment: TALLY_ENDPOINTS, TALLY_TOKEN, TALLY_TOKEN_FILE, TALLYCTL_TLS_CA,\n"
-          "        TALLYCTL_TLS_CERT, TALLYCTL_TLS_KEY, TALLYCTL_TLS_SERVER_NAME (options win)\n"
+          "environment: TALLY_ENDPOINTS, TALLY_TOKEN, TALLY_TOKEN_FILE, TALLY_KEY,\n"
+          "        TALLY_KEY_FILE, TALLYCTL_TLS_CA, TALLYCTL_TLS_CERT, TALLYCTL_TLS_KEY,\n"
+          "        TALLYCTL_TLS_SERVER_NAME (options win; --token and --key warn: ps shows them)\n"
           "exit status: 0 done/granted, 1 denied, 2 unavailable, 3 bad input or refused\n",
           f);
 }
@@ -321,6 +324,7 @@ int main(int argc, char **argv)
         ctl__opt_int(&x, CTL_OPT_TIMEOUT, 1, TIMEOUT_MAX_MS, &x.timeout_ms) != 0) {
         return CTL_USAGE;
     }
+    ctl__warn_secrets_in_argv(&x);
     rc = cmd->run(&x);
     tally_close(x.c);
     explicit_bzero(x.token, sizeof(x.token));

@@ -9,6 +9,7 @@
 #include "tallyctl/tallyctl.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -115,28 +116,74 @@ static void print_reserve(struct ctl__ctx *x, const struct tally_result *res)
     }
 }
 
+/* A non-empty environment variable, or NULL. */
+static const char *env_set(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/*
+ * Fill the reserve's payer from exactly one of --key-file, --key, --key-hash and
+ * --account; with none of them, from TALLY_KEY, else TALLY_KEY_FILE. `secret`
+ * (CTL_SECRET_MAX + 1 bytes) receives a secret read from a file, `hash` a --key-hash.
+ * Returns 0 or CTL_USAGE (said).
+ */
+static int reserve_payer(struct ctl__ctx *x, struct tally_reserve_args *ra,
+                         uint8_t hash[TALLY_KEY_HASH_SIZE], char *secret)
+{
+    const struct ctl__args *a = x->a;
+    int given = (int)a->given[CTL_OPT_KEY] + (int)a->given[CTL_OPT_KEY_FILE] +
+                (int)a->given[CTL_OPT_KEY_HASH] + (int)a->given[CTL_OPT_ACCOUNT];
+    const char *file = NULL, *source = "--key";
+    if (given > 1 ||
+        (given == 0 && env_set("TALLY_KEY") == NULL && env_set("TALLY_KEY_FILE") == NULL)) {
+        return ctl__usage_error(x, "name the payer with one of --key-file, --key, --key-hash or "
+                                   "--account (or set TALLY_KEY or TALLY_KEY_FILE)");
+    }
+    if (a->given[CTL_OPT_KEY_HASH] && ctl__parse_hex(x, "--key-hash", a->value[CTL_OPT_KEY_HASH],
+                                                     hash, TALLY_KEY_HASH_SIZE) != 0) {
+        return CTL_USAGE;
+    }
+    if (a->given[CTL_OPT_KEY_HASH]) {
+        ra->key_hash = hash;
+        return 0;
+    }
+    if (a->given[CTL_OPT_ACCOUNT]) {
+        return ctl__opt_name(x, CTL_OPT_ACCOUNT, TALLY_NAME_MAX, &ra->account) != 0 ? CTL_USAGE : 0;
+    }
+    if (a->given[CTL_OPT_KEY]) {
+        ra->key_secret = a->value[CTL_OPT_KEY];
+    } else if (a->given[CTL_OPT_KEY_FILE]) {
+        file = a->value[CTL_OPT_KEY_FILE];
+        source = "--key-file";
+    } else if (env_set("TALLY_KEY") != NULL) {
+        ra->key_secret = env_set("TALLY_KEY");
+        source = "TALLY_KEY";
+    } else {
+        file = env_set("TALLY_KEY_FILE");
+        source = "TALLY_KEY_FILE";
+    }
+    if (file != NULL) {
+        if (ctl__read_secret_file("key file", file, secret, CTL_SECRET_MAX) != 0) {
+            return CTL_USAGE;
+        }
+        ra->key_secret = secret;
+    }
+    if (ra->key_secret[0] == '\0' || strlen(ra->key_secret) > CTL_SECRET_MAX) {
+        return ctl__usage_error(x, "%s: the key must be 1 to %d bytes", source, CTL_SECRET_MAX);
+    }
+    return 0;
+}
+
 int ctl__cmd_reserve(struct ctl__ctx *x)
 {
     const struct ctl__args *a = x->a;
     struct tally_reserve_args ra;
     uint8_t hash[TALLY_KEY_HASH_SIZE], idbuf[TALLY_REQUEST_ID_SIZE];
+    char secret[CTL_SECRET_MAX + 1];
     memset(&ra, 0, sizeof(ra));
-    if ((int)a->given[CTL_OPT_KEY] + (int)a->given[CTL_OPT_KEY_HASH] +
-            (int)a->given[CTL_OPT_ACCOUNT] !=
-        1) {
-        return ctl__usage_error(x, "name the payer with one of --key, --key-hash or --account");
-    }
-    if (a->given[CTL_OPT_KEY]) {
-        ra.key_secret = a->value[CTL_OPT_KEY];
-        if (ra.key_secret[0] == '\0' || strlen(ra.key_secret) > CTL_SECRET_MAX) {
-            return ctl__usage_error(x, "--key: 1 to %d bytes", CTL_SECRET_MAX);
-        }
-    } else if (a->given[CTL_OPT_KEY_HASH]) {
-        if (ctl__parse_hex(x, "--key-hash", a->value[CTL_OPT_KEY_HASH], hash, sizeof(hash)) != 0) {
-            return CTL_USAGE;
-        }
-        ra.key_hash = hash;
-    } else if (ctl__opt_name(x, CTL_OPT_ACCOUNT, TALLY_NAME_MAX, &ra.account) != 0) {
+    if (reserve_payer(x, &ra, hash, secret) != 0) {
         return CTL_USAGE;
     }
     if (!a->given[CTL_OPT_ESTIMATE]) {
@@ -161,6 +208,7 @@ int ctl__cmd_reserve(struct ctl__ctx *x)
     }
     struct tally_result res = {0};
     rc = tally_reserve(x->c, &ra, x->timeout_ms, &res);
+    explicit_bzero(secret, sizeof(secret));
     if (rc < 0) {
         if (rc == -TALLY_EUNAVAILABLE) {
             await_background_voids(x->c,

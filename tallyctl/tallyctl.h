@@ -69,6 +69,7 @@ enum ctl__opt_id {
     CTL_OPT_BLOCKED,
     CTL_OPT_CLEAR,
     CTL_OPT_KEY,
+    CTL_OPT_KEY_FILE,
     CTL_OPT_KEY_HASH,
     CTL_OPT_ACCOUNT,
     CTL_OPT_ESTIMATE,
@@ -296,6 +297,17 @@ int ctl__opt_request_id(struct ctl__ctx *x, uint8_t buf[TALLY_REQUEST_ID_SIZE],
                         const uint8_t **out);
 
 /* ---- The client (connect.c). ---- */
+
+/*
+ * Read the secret file `path` into `out` (max + 1 bytes): the bare secret, its trailing
+ * newline ("\n" or "\r\n") stripped. Returns 0, or -1 after printing why, prefixed by
+ * `what` ("token file", "key file").
+ */
+int ctl__read_secret_file(const char *what, const char *path, char *out, size_t max);
+
+/* Warn on stderr, once per option, that --token and --key show their secret to anyone
+ * who can list processes (ps), naming the way to give it instead. */
+void ctl__warn_secrets_in_argv(const struct ctl__ctx *x);
 
 /* The value of option `o`, else of environment variable `env`, else NULL ("" is NULL). */
 const char *ctl__option_or_env(const struct ctl__ctx *x, int o, const char *env);

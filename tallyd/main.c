@@ -6,7 +6,8 @@
  *
  * Every flag has a TALLY_* environment equivalent (flag wins). Logs are logfmt lines on
  * stderr. SIGTERM or SIGINT stops the node cleanly: the client port closes, libraft
- * closes (its log is durable), the ledger closes, exit status 0.
+ * closes (its log is durable), the ledger closes, exit status 0. SIGHUP reloads the
+ * token file; a file that cannot be used is logged and the old credentials stay.
  *
  * Process-wide policy lives here, not in the libraries: a node that cannot go on, and a
  * SIGBUS from the ledger's memory map (a full disk), both end the process with exit 74.
@@ -52,7 +53,8 @@ static uv_loop_t *loop;
 static struct node *node;
 static struct rpc_server *server;
 static struct rpc_http *http;
-static uv_signal_t sigterm, sigint;
+static uv_signal_t sigterm, sigint, sighup;
+static const char *token_file;
 static uv_timer_t metrics_timer;
 static uint64_t open_reservations, accounts;
 static uint64_t ticks;
@@ -92,6 +94,12 @@ __attribute__((format(printf, 2, 3))) static void logf_line(const char *level, c
             level, line);
 }
 
+/* The client server's log lines (rpc_log_fn). */
+static void log_rpc(const char *level, const char *line)
+{
+    logf_line(level, "%s", line);
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -107,7 +115,8 @@ static void usage(FILE *out)
             "                            (every node gets the same list; a new data dir of a\n"
             "                            listed node bootstraps it)\n"
             "  --join                    do not bootstrap: wait to be added        TALLY_JOIN=1\n"
-            "  --token-file FILE         lines \"ROLE NAME SHA256HEX\"               TALLY_TOKEN_FILE\n"
+            "  --token-file FILE         lines \"ROLE NAME SHA256HEX\" or             TALLY_TOKEN_FILE\n"
+            "                            \"ROLE NAME cert:SHA256HEX\" (reread on SIGHUP)\n"
             "  --election-timeout-ms N   default 1000                              TALLY_ELECTION_TIMEOUT_MS\n"
             "  --heartbeat-ms N          default 100                               TALLY_HEARTBEAT_MS\n"
             "  --snapshot-threshold N    entries between snapshots, default 8192   TALLY_SNAPSHOT_THRESHOLD\n"
@@ -120,8 +129,8 @@ static void usage(FILE *out)
             "  --max-connections-per-address N                  TALLY_MAX_CONNECTIONS_PER_ADDRESS\n"
             "                            from one address, default max-connections / 16 (256)\n"
             "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
-            "  --tls-client-ca F         accept client certificates it signed:     TALLY_TLS_CLIENT_CA\n"
-            "                            OU = role (admin|gateway|reader), CN = principal\n"
+            "  --tls-client-ca F         accept client certificates it signed and  TALLY_TLS_CLIENT_CA\n"
+            "                            the token file lists as cert:SHA256HEX\n"
 #if TALLY_FAULT_INJECTION
             "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
             "                            to this node's clock (re-read 4 times a second)\n"
@@ -380,6 +389,7 @@ static void node_closed(void *data)
     (void)data;
     uv_close((uv_handle_t *)&sigterm, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
+    uv_close((uv_handle_t *)&sighup, NULL);
     logf_line("info", "msg=\"stopped\"");
 }
 
@@ -404,6 +414,40 @@ static void on_signal(uv_signal_t *h, int signum)
         http = NULL;
     }
     rpc_server_close(server, server_closed, NULL);
+}
+
+/* ---- Token reload. ---- */
+
+/* SIGHUP: read the token file again. A file that does not parse, or has no entries (a
+ * file caught half written, most likely), is logged and changes nothing. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)h, (void)signum;
+    struct rpc_token *tokens = NULL;
+    size_t n = 0;
+    unsigned closed = 0;
+    char errmsg[512];
+    if (stopping) {
+        return;
+    }
+    if (rpc_token_file_load(token_file, &tokens, &n, errmsg, sizeof(errmsg)) != 0) {
+        logf_line("error", "msg=\"token reload failed: the old tokens stay\" reason=\"%s\"",
+                  errmsg);
+        return;
+    }
+    if (n == 0) {
+        logf_line("error",
+                  "msg=\"token reload failed: the old tokens stay\" reason=\"%s has "
+                  "no tokens\"",
+                  token_file);
+    } else if (rpc_server_set_tokens(server, tokens, n, &closed) != 0) {
+        logf_line("error", "msg=\"token reload failed: the old tokens stay\" reason=\"out of "
+                           "memory\"");
+    } else {
+        logf_line("info", "msg=\"tokens reloaded\" file=\"%s\" tokens=%zu closed=%u", token_file, n,
+                  closed);
+    }
+    free(tokens);
 }
 
 /* ---- Start. ---- */
@@ -491,6 +535,7 @@ static int start(const struct options *o)
         .address = o->client_listen,
         .tokens = tokens,
         .n_tokens = n_tokens,
+        .log = log_rpc,
         .members = rmembers,
         .n_members = n_rmembers,
         .tls_cert_file = o->tls_cert,
@@ -521,8 +566,11 @@ static int start(const struct options *o)
     }
     uv_signal_init(loop, &sigterm);
     uv_signal_init(loop, &sigint);
+    uv_signal_init(loop, &sighup);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
+    token_file = o->token_file;
+    uv_signal_start(&sighup, on_sighup, SIGHUP);
 #if TALLY_FAULT_INJECTION
     clock_offset_file = o->clock_offset_file;
 #endif

@@ -6,6 +6,8 @@
 #include "cluster.h"
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <signal.h>
@@ -22,7 +24,7 @@
 struct cl_node cl_nodes[CL_NODES];
 const char *cl_tls_client;
 static const char *tallyd_bin;
-static char token_file[PATH_MAX];
+char cl_token_file[PATH_MAX];
 static char tls_dir[H_DIR_MAX + 8]; /* "" without TLS */
 
 /* Run a shell command; fail the test if it does not exit 0. */
@@ -39,7 +41,8 @@ void cl_tls_setup(void)
     snprintf(tls_dir, sizeof(tls_dir), "%s/tls", h_dir);
     char cmd[16384];
     /* Two CAs (the second signs the rogue client), a server cert with IP SAN 127.0.0.1,
-     * and client certs whose OU names the role. EC keys keep this fast. */
+     * and client certs; the token file maps admin and gateway by fingerprint. Their OUs
+     * say otherwise on purpose: OU grants nothing. EC keys keep this fast. */
     snprintf(cmd, sizeof(cmd),
              "set -e; mkdir -p '%s'; cd '%s'; "
              "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key 2>/dev/null; }; "
@@ -49,33 +52,76 @@ void cl_tls_setup(void)
              "  openssl x509 -req -in $1.csr -CA $3.pem -CAkey $3.key -CAcreateserial -days 2 -extfile $1.ext -out $1.pem 2>/dev/null; }; "
              "ca ca; ca otherca; "
              "leaf server '/CN=127.0.0.1' ca 'subjectAltName=IP:127.0.0.1'; "
-             "leaf admin '/OU=admin/CN=ops-cert' ca 'extendedKeyUsage=clientAuth'; "
-             "leaf gateway '/OU=gateway/CN=gw-cert' ca 'extendedKeyUsage=clientAuth'; "
+             "leaf admin '/OU=reader/CN=ops-cert' ca 'extendedKeyUsage=clientAuth'; "
+             "leaf gateway '/OU=admin/CN=gw-cert' ca 'extendedKeyUsage=clientAuth'; "
+             "leaf stranger '/OU=admin/CN=stranger' ca 'extendedKeyUsage=clientAuth'; "
              "leaf rogue '/OU=admin/CN=rogue' otherca 'extendedKeyUsage=clientAuth'",
              tls_dir, tls_dir);
     run(cmd);
     h_say("TLS material in %s", tls_dir);
 }
 
-static void write_tokens(void)
+const struct cl_token cl_default_tokens[3] = {
+    {"admin", "test-admin", CL_ADMIN_TOKEN},
+    {"gateway", "test-gateway", CL_GATEWAY_TOKEN},
+    {"reader", "test-reader", CL_READER_TOKEN},
+};
+
+/* "cert:" and the SHA-256 hex of the DER of certificate NAME made by cl_tls_setup(). */
+static void cert_credential(const char *name, char out[70])
 {
-    static const char *const roles[][2] = {
-        {"admin", CL_ADMIN_TOKEN}, {"gateway", CL_GATEWAY_TOKEN}, {"reader", CL_READER_TOKEN}};
-    snprintf(token_file, sizeof(token_file), "%s/tokens", h_dir);
-    FILE *f = fopen(token_file, "w");
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/%s.pem", tls_dir, name);
+    FILE *f = fopen(path, "r");
+    X509 *cert = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    uint8_t h[32];
+    unsigned int len = 0;
+    if (f != NULL) {
+        fclose(f);
+    }
+    if (cert == NULL || X509_digest(cert, EVP_sha256(), h, &len) != 1 || len != 32) {
+        H_FAIL("fingerprint of %s", path);
+    }
+    X509_free(cert);
+    memcpy(out, "cert:", 5);
+    rpc_hex(h, sizeof(h), out + 5);
+}
+
+void cl_write_tokens(const struct cl_token *tokens, size_t n)
+{
+    char tmp[PATH_MAX + 8];
+    snprintf(cl_token_file, sizeof(cl_token_file), "%s/tokens", h_dir);
+    snprintf(tmp, sizeof(tmp), "%s.new", cl_token_file);
+    FILE *f = fopen(tmp, "w");
     if (f == NULL) {
-        H_FAIL("write %s", token_file);
+        H_FAIL("write %s", tmp);
     }
     fprintf(f, "# test tokens\n");
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < n; i++) {
         uint8_t h[32];
         char hex[65];
-        SHA256((const unsigned char *)roles[i][1], strlen(roles[i][1]), h);
+        SHA256((const unsigned char *)tokens[i].token, strlen(tokens[i].token), h);
         rpc_hex(h, sizeof(h), hex);
-        fprintf(f, "%s test-%s %s\n", roles[i][0], roles[i][0], hex);
+        fprintf(f, "%s %s %s\n", tokens[i].role, tokens[i].name, hex);
     }
-    if (fclose(f) != 0) {
-        H_FAIL("write %s", token_file);
+    if (tls_dir[0] != '\0') {
+        char cred[70];
+        cert_credential("admin", cred);
+        fprintf(f, "admin ops-cert %s\n", cred);
+        cert_credential("gateway", cred);
+        fprintf(f, "gateway gw-cert %s\n", cred);
+    }
+    if (fclose(f) != 0 || rename(tmp, cl_token_file) != 0) {
+        H_FAIL("write %s", cl_token_file);
+    }
+}
+
+void cl_reload_tokens(void)
+{
+    for (int i = 0; i < CL_NODES; i++) {
+        if (cl_nodes[i].p.pid > 0 && kill(cl_nodes[i].p.pid, SIGHUP) != 0) {
+            H_FAIL("SIGHUP node %d", i + 1);
+        }
     }
 }
 
@@ -96,9 +142,9 @@ static void spawn_process(int i)
     snprintf(cert, sizeof(cert), "%s/server.pem", tls_dir);
     snprintf(key, sizeof(key), "%s/server.key", tls_dir);
     snprintf(ca, sizeof(ca), "%s/ca.pem", tls_dir);
-    char *argv[32] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen",
-                      peer, "--client-listen", client, "--http-listen", http, "--members",
-                      members, "--token-file", token_file, "--snapshot-threshold", "256",
+    char *argv[32] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
+                      "--client-listen", client, "--http-listen", http, "--members", members,
+                      "--token-file", cl_token_file, "--snapshot-threshold", "256",
                       "--snapshot-trailing", "64",
                       /* small, so pipelining tests run into backpressure */
                       "--max-inflight", "64"};
@@ -181,7 +227,7 @@ int cl_leader(int timeout_ms)
 void cl_start(const char *tallyd)
 {
     tallyd_bin = tallyd;
-    write_tokens();
+    cl_write_tokens(cl_default_tokens, 3);
     for (int i = 0; i < CL_NODES; i++) {
         struct cl_node *n = &cl_nodes[i];
         n->peer_port = h_pick_port();

@@ -3,7 +3,7 @@
  * protocol connection (wire/wire.h over a blocking socket) to poke them with.
  *
  * Tokens: the cluster's token file accepts CL_ADMIN_TOKEN (admin), CL_GATEWAY_TOKEN
- * (gateway) and CL_READER_TOKEN (reader).
+ * (gateway) and CL_READER_TOKEN (reader) until a test writes another one.
  */
 #ifndef TALLY_TESTS_CLUSTER_H
 #define TALLY_TESTS_CLUSTER_H
@@ -32,9 +32,30 @@ extern struct cl_node cl_nodes[CL_NODES];
  */
 void cl_tls_setup(void);
 /* The client certificate rc_open() presents: NULL for none, else a NAME made by
- * cl_tls_setup(): "admin" (OU=admin), "gateway" (OU=gateway), "rogue" (signed by another
- * CA). */
+ * cl_tls_setup(): "admin" and "gateway" (in the token file by fingerprint as admin
+ * ops-cert and gateway gw-cert; their OUs name other roles, which grant nothing),
+ * "stranger" (signed by the CA, not in the token file), "rogue" (signed by another CA). */
 extern const char *cl_tls_client;
+
+/* One bearer token of the token file: its role, name and the token (hashed when written). */
+struct cl_token {
+    const char *role, *name, *token;
+};
+
+/* The three tokens of CL_ADMIN_TOKEN, CL_GATEWAY_TOKEN and CL_READER_TOKEN (names
+ * test-admin, test-gateway, test-reader). */
+extern const struct cl_token cl_default_tokens[3];
+
+/* The nodes' token file ("<h_dir>/tokens"), set by cl_write_tokens(). */
+extern char cl_token_file[PATH_MAX];
+
+/* (Re)write the token file with `tokens` (n) and, under TLS, the admin and gateway
+ * certificates' cert: lines; atomically (a new file renamed over the old). cl_start()
+ * writes cl_default_tokens. */
+void cl_write_tokens(const struct cl_token *tokens, size_t n);
+
+/* SIGHUP every running node: each rereads the token file. */
+void cl_reload_tokens(void);
 
 /* Pick ports, write the token file and start all three nodes (tallyd at `tallyd`); wait
  * until one of them leads and serves. */

@@ -3,6 +3,8 @@
 # tallyd on loopback; tallyctl creates an org -> team -> key chain, reserves and settles
 # with the key, is denied once the budget is spent, and gets UNAVAILABLE (exit 2, within
 # its timeout) after two nodes are stopped. Then the script stops cleanly on SIGTERM.
+# On the way, the key secret is given each way tallyctl takes it (--key-file, TALLY_KEY,
+# --key), and only --key, which shows in ps, gets a warning.
 #
 #   tests/integration/tallyctl_test.sh BUILD_DIR
 set -euo pipefail
@@ -71,16 +73,22 @@ secret=$(field secret)
 [ -n "$secret" ] || fail "key add printed no secret: $out"
 say "chain org -> org/team -> org/team/key1 with a key"
 
-run 0 reserve --key "$secret" --estimate 300000 --tokens 100 --ttl 60000 --json
+printf '%s\n' "$secret" > "$work/key"
+run 0 reserve --key-file "$work/key" --estimate 300000 --tokens 100 --ttl 60000 --json
 id=$(field request_id)
+if grep -q warning "$work/err"; then fail "--key-file warned: $(cat "$work/err")"; fi
 run 0 settle "$id" --actual 250000 --tokens 90
 run 0 account show org/team --json
 [ "$(field spent_micros)" = 250000 ] || fail "team spent is not 250000: $out"
 say "reserved 300000, settled 250000"
 
-run 1 reserve --key "$secret" --estimate 300000
+TALLY_KEY="$secret" run 1 reserve --estimate 300000
 grep -q "budget" <<< "$out" || fail "the deny does not say budget: $out"
 say "a reserve past the budget is denied (exit 1)"
+run 1 reserve --key "$secret" --estimate 300000
+grep -q "warning: --key shows the key" "$work/err" || fail "--key did not warn: $(cat "$work/err")"
+if grep -qF -- "$secret" "$work/err"; then fail "the warning shows the key"; fi
+say "the key from --key-file and TALLY_KEY; --key warns on stderr"
 
 pids=$(pgrep -f "tallyd --id [23] --data-dir $work/data/" || true)
 [ -n "$pids" ] || fail "no node 2 and 3 processes found"

@@ -4,9 +4,10 @@
  *   tallyd_client_test <tallyd> basic|exact|failover|minority|restart
  *
  * basic:    an org -> team -> key chain; reserve (by key secret), settle, void and
- *           extend through a client that knows only a follower (it must follow
- *           NOT_LEADER) and through one that knows only the leader; account and
- *           reservation reads agree with what was done.
+ *           extend through a client configured with every node, a follower first (it
+ *           must follow NOT_LEADER to the leader, one of its endpoints) and through one
+ *           that knows only the leader; account and reservation reads agree with what
+ *           was done.
  * exact:    a budget of N micros and 64 concurrent callers reserving 1 micro each, 3N
  *           attempts in all: exactly N are granted, the rest denied for budget.
  * failover: callers reserve continuously; the leader is SIGKILLed. Service must be back
@@ -120,6 +121,25 @@ static void gateway_flow(struct tally *gw, const char *via)
     h_say("%s: reserve, extend, settle (replayed once), reserve, void: ok", via);
 }
 
+/* A gateway client of `endpoints` whose first connection goes to `first` (a client
+ * starts at a random endpoint: reopen until it is that one). */
+static struct tally *open_client_at(const char *endpoints, const char *first)
+{
+    for (int attempt = 0; attempt < 100; attempt++) {
+        struct tally *c = open_client(endpoints, CL_GATEWAY_TOKEN);
+        struct tally_stats st;
+        int64_t deadline_ms = h_now_ms() + 2000;
+        do {
+            tally_stats(c, &st);
+        } while (st.endpoint[0] == '\0' && h_now_ms() < deadline_ms && (h_sleep_ms(1), true));
+        if (strcmp(st.endpoint, first) == 0) {
+            return c;
+        }
+        tally_close(c);
+    }
+    H_FAIL("no client of %s started at %s", endpoints, first);
+}
+
 static void scenario_basic(void)
 {
     struct tally *admin = open_admin();
@@ -131,16 +151,20 @@ static void scenario_basic(void)
         H_FAIL("key add: %s", res.message);
     }
     int leader = cl_leader(10000);
-    char follower[64], leader_ep[64];
+    char follower[64], leader_ep[64], other[64], follower_first[256];
     cl_endpoint((leader + 1) % CL_NODES, follower, sizeof(follower));
     cl_endpoint(leader, leader_ep, sizeof(leader_ep));
+    cl_endpoint((leader + 2) % CL_NODES, other, sizeof(other));
+    /* libtally follows NOT_LEADER only to configured endpoints: the leader is listed, but
+     * after the follower, where the client connects first. */
+    snprintf(follower_first, sizeof(follower_first), "%s,%s,%s", follower, other, leader_ep);
 
-    struct tally *via_follower = open_client(follower, CL_GATEWAY_TOKEN);
-    gateway_flow(via_follower, "gateway knowing only a follower");
+    struct tally *via_follower = open_client_at(follower_first, follower);
+    gateway_flow(via_follower, "gateway connecting to a follower first");
     struct tally_stats st;
     tally_stats(via_follower, &st);
     if (st.redirects == 0) {
-        H_FAIL("the follower-only client was never redirected");
+        H_FAIL("the client that connected to a follower first was never redirected");
     }
     tally_close(via_follower);
     struct tally *via_leader = open_client(leader_ep, CL_GATEWAY_TOKEN);
@@ -159,7 +183,7 @@ static void scenario_basic(void)
     h_say("accounts agree: team and org spent 500, nothing held");
 
     /* A deny names the account and what is left. */
-    struct tally *gw = open_client(follower, CL_GATEWAY_TOKEN);
+    struct tally *gw = open_client(follower_first, CL_GATEWAY_TOKEN);
     struct tally_reserve_args big = {.key_secret = "sk-test-basic", .estimate_micros = 9600,
                                      .ttl_ms = 1000};
     if (tally_reserve(gw, &big, 0, &res) != 0 || res.outcome != TALLY_DENIED ||

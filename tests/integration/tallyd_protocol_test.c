@@ -5,9 +5,11 @@
  *   tallyd_protocol_test <path to tallyd> [tls [<path to tallyctl>]]
  *
  * With `tls` the cluster serves TLS with a client CA, and the test also shows: token
- * auth over TLS; a client certificate naming a role (OU) authenticating without a token;
- * a gateway certificate refused admin work; a certificate from another CA, and a plain
- * TCP client, both cut off without affecting anybody else. Given tallyctl, it also runs
+ * auth over TLS; a client certificate the token file maps to a role by its fingerprint
+ * authenticating without a token, with that role whatever its OU says; a gateway
+ * certificate refused admin work; a certificate the CA signed but the token file does
+ * not list refused; a certificate from another CA, and a plain TCP client, both cut off
+ * without affecting anybody else. Given tallyctl, it also runs
  * tallyctl over TLS, with a token and with the admin client certificate.
  *
  * Each bad input must get an error answer or a closed connection (or both), and the
@@ -446,11 +448,16 @@ static void case_tls(void)
     if (hello_with_cert("admin") != RPC_OK) {
         H_FAIL("an admin client certificate was not accepted");
     }
-    h_say("tls: admin certificate (OU=admin) authenticated without a token, created an account");
+    h_say("tls: admin certificate (mapped by fingerprint; OU=reader) authenticated without a "
+          "token, created an account");
     if (hello_with_cert("gateway") != RPC_OK) {
         H_FAIL("a gateway client certificate was not accepted");
     }
-    h_say("tls: gateway certificate authenticated, account create forbidden");
+    h_say("tls: gateway certificate (OU=admin) authenticated, account create forbidden");
+    if (hello_with_cert("stranger") != RPC_EAUTH) {
+        H_FAIL("a certificate signed by the CA but not in the token file was not refused");
+    }
+    h_say("tls: a CA-signed certificate not in the token file is refused");
     if (hello_with_cert("rogue") == RPC_OK) {
         H_FAIL("a certificate from another CA was accepted");
     }

@@ -8,8 +8,10 @@
  * node built on wire/wire.h, the parts of the I/O thread that need a peer: a refused token
  * ends calls at once with EAUTH; answers that come back out of order reach the right
  * callers; a node that accepts but never answers makes a reserve UNAVAILABLE and the
- * client then sends a void of the same request id. Leader following and retries against
- * real nodes are integration tests.
+ * client then sends a void of the same request id; a NOT_LEADER naming an address that is
+ * not a configured endpoint is not followed (a listener there sees no connection), one
+ * naming a configured endpoint is. Leader following and retries against real nodes are
+ * integration tests.
  *
  * TLS: the same fake node can speak TLS (SSL_accept on its blocking socket) with
  * certificates the test makes with the OpenSSL API (a CA, a rogue CA, server and client
@@ -60,14 +62,13 @@ static uint16_t closed_port(void)
     return ntohs(a.sin_port);
 }
 
-static struct tally *open_at(uint16_t port, int fail_open, uint32_t max_inflight)
+/* A client of `endpoints` with the token "secret-token" and short time-outs. */
+static struct tally *open_endpoints(const char *endpoints, int fail_open, uint32_t max_inflight)
 {
-    char endpoints[64];
     char errmsg[TALLY_ERRMSG_SIZE] = "";
     struct tally_config cfg;
     struct tally *c = NULL;
     tally_config_init(&cfg);
-    snprintf(endpoints, sizeof(endpoints), "127.0.0.1:%u", port);
     cfg.endpoints = endpoints;
     cfg.token = "secret-token";
     cfg.fail_open = fail_open;
@@ -80,6 +81,13 @@ static struct tally *open_at(uint16_t port, int fail_open, uint32_t max_inflight
     }
     REQUIRE(rc == 0 && c != NULL);
     return c;
+}
+
+static struct tally *open_at(uint16_t port, int fail_open, uint32_t max_inflight)
+{
+    char endpoints[64];
+    snprintf(endpoints, sizeof(endpoints), "127.0.0.1:%u", port);
+    return open_endpoints(endpoints, fail_open, max_inflight);
 }
 
 static struct tally_reserve_args reserve_args(const char *secret)
@@ -611,9 +619,10 @@ static void many_threads_share_one_client(void)
 /* ---- A tiny fake node (wire/wire.h) for what needs a peer. ---- */
 
 enum fake_mode {
-    FAKE_EAUTH,   /* refuse HELLO */
-    FAKE_SILENT,  /* accept HELLO, never answer anything else */
-    FAKE_REVERSE, /* answer writes in batches of `batch`, last first */
+    FAKE_EAUTH,    /* refuse HELLO */
+    FAKE_SILENT,   /* accept HELLO, never answer anything else */
+    FAKE_REVERSE,  /* answer writes in batches of `batch`, last first */
+    FAKE_REDIRECT, /* answer writes NOT_LEADER, naming `leader_address` */
 };
 
 struct fake {
@@ -635,6 +644,7 @@ struct fake {
     int handshakes_ok, handshakes_failed;
     char token[RPC_TOKEN_MAX + 1]; /* of the last HELLO */
     char peer_subject[256];        /* the client certificate's subject, "" if none */
+    char leader_address[64];       /* FAKE_REDIRECT: the leader its answers name */
     uint8_t types[64];
     uint8_t ids[64][16];
 };
@@ -804,6 +814,11 @@ static int fake_request(struct fake *f, const struct peer *peer, struct rpc_requ
             if (*n_held == f->batch) {
                 fake_flush(peer, held, n_held);
             }
+        }
+        if (mode == FAKE_REDIRECT) {
+            rpc_error_encode(&out, q->seq, RPC_ENOTLEADER, "not the leader", 2, f->leader_address);
+            send_all(peer, &out);
+            rpc_buf_free(&out);
         }
     }
     return 0;
@@ -1116,6 +1131,92 @@ static void unanswered_reserve_is_voided_in_the_background(void)
     CHECK_EQ_INT(st.failed_open, 1);
     tally_close(c);
     fake_stop(&f);
+}
+
+/* A listening socket on loopback that never accepts: a connection to it would wait in
+ * its backlog, where poll() sees it. */
+static int trap_listen(uint16_t *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    REQUIRE(fd >= 0);
+    REQUIRE(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+    REQUIRE(listen(fd, 16) == 0);
+    REQUIRE(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* A client of `endpoints` whose first connection goes to `first` (a client starts at a
+ * random endpoint: reopen until it is that one). */
+static struct tally *open_starting_at(const char *endpoints, const char *first)
+{
+    for (int attempt = 0; attempt < 100; attempt++) {
+        struct tally *c = open_endpoints(endpoints, 0, 0);
+        struct tally_stats st;
+        int64_t deadline_ms = now_ms() + 1000;
+        do {
+            tally_stats(c, &st);
+        } while (st.endpoint[0] == '\0' && now_ms() < deadline_ms && usleep(1000) == 0);
+        if (strcmp(st.endpoint, first) == 0) {
+            return c;
+        }
+        tally_close(c);
+    }
+    REQUIRE(!"no client started at the wanted endpoint");
+    return NULL;
+}
+
+/* A node that is not the leader names one the client was not configured with: the
+ * client does not go there (its token would), it tries its own endpoints until the
+ * deadline. */
+static void redirect_to_an_unconfigured_address_is_not_followed(void)
+{
+    uint16_t trap_port;
+    int trap = trap_listen(&trap_port);
+    struct fake f;
+    fake_start(&f, FAKE_REDIRECT, 0);
+    snprintf(f.leader_address, sizeof(f.leader_address), "127.0.0.1:%u", trap_port);
+    struct tally *c = open_at(f.port, 0, 0);
+    struct tally_result res;
+    struct tally_reserve_args a = reserve_args("sk-1");
+    CHECK_EQ_INT(tally_reserve(c, &a, 500, &res), -TALLY_EUNAVAILABLE);
+    CHECK(strstr(res.message, "is not a configured endpoint: not followed") != NULL);
+    struct tally_stats st;
+    tally_stats(c, &st);
+    CHECK_EQ_INT(st.redirects, 0);
+    tally_close(c);
+    pthread_mutex_lock(&f.mu);
+    CHECK(f.hellos >= 2); /* it came back to its one endpoint */
+    pthread_mutex_unlock(&f.mu);
+    struct pollfd p = {.fd = trap, .events = POLLIN};
+    CHECK_EQ_INT(poll(&p, 1, 0), 0); /* nobody connected to the named address */
+    close(trap);
+    fake_stop(&f);
+}
+
+/* The same redirect to an address the client was configured with is followed. */
+static void redirect_to_a_configured_endpoint_is_followed(void)
+{
+    struct fake follower, leader;
+    fake_start(&leader, FAKE_REVERSE, 1);
+    fake_start(&follower, FAKE_REDIRECT, 0);
+    snprintf(follower.leader_address, sizeof(follower.leader_address), "127.0.0.1:%u", leader.port);
+    char endpoints[64], first[32];
+    snprintf(endpoints, sizeof(endpoints), "127.0.0.1:%u,127.0.0.1:%u", follower.port, leader.port);
+    snprintf(first, sizeof(first), "127.0.0.1:%u", follower.port);
+    struct tally *c = open_starting_at(endpoints, first);
+    struct tally_result res;
+    struct tally_reserve_args a = reserve_args("sk-1");
+    CHECK_EQ_INT(tally_reserve(c, &a, 2000, &res), 0);
+    CHECK_EQ_INT(res.outcome, TALLY_GRANTED);
+    struct tally_stats st;
+    tally_stats(c, &st);
+    CHECK_EQ_INT(st.redirects, 1);
+    tally_close(c);
+    fake_stop(&follower);
+    fake_stop(&leader);
 }
 
 /* A gateway that resubmits a reserve it holds (same id) must not lose the grant when the
@@ -1653,6 +1754,8 @@ int main(void)
     TEST(out_of_order_answers_reach_their_callers);
     TEST(unanswered_reserve_is_voided_in_the_background);
     TEST(resubmitted_grant_is_not_voided);
+    TEST(redirect_to_an_unconfigured_address_is_not_followed);
+    TEST(redirect_to_a_configured_endpoint_is_followed);
     TEST(resubmitted_grant_is_not_voided_among_sequential_ids);
     TEST(tls_round_trip_is_verified_and_pipelined);
     TEST(tls_client_certificate_stands_for_the_token);
