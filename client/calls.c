@@ -717,6 +717,10 @@ int tally_model_limit_set(struct tally *c, const char *account, const char *mode
 int tally_retention_set(struct tally *c, int64_t retention_ms, const uint8_t *request_id,
                         int64_t deadline_ms, struct tally_result *res)
 {
+    if (retention_ms < TALLY_RETENTION_MIN_MS) {
+        return client__fail_early(res, TALLY_EINVAL,
+                                  "retention_ms is below the minimum of 1 h (3600000 ms)");
+    }
     struct ledger_cmd cmd;
     memset(&cmd, 0, sizeof(cmd));
     cmd.u.config.retention_ms = retention_ms;

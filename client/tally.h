@@ -71,7 +71,8 @@ extern "C" {
 #define TALLY_TTL_MAX_MS (7LL * 24 * 3600 * 1000)         /* a reservation's ttl (>= 1 ms) */
 #define TALLY_PERIOD_MIN_MS 1000LL                        /* a fixed budget period */
 #define TALLY_PERIOD_MAX_MS (366LL * 24 * 3600 * 1000)
-#define TALLY_RETENTION_MAX_MS (90LL * 24 * 3600 * 1000)  /* stored answers (>= 1 ms) */
+#define TALLY_RETENTION_MIN_MS (3600LL * 1000)            /* stored answers: at least 1 h */
+#define TALLY_RETENTION_MAX_MS (90LL * 24 * 3600 * 1000)
 #define TALLY_TIME_MAX_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z: expires_at_ms */
 
 /* ---- Outcomes, errors, reasons. ---- */
@@ -474,7 +475,8 @@ int tally_model_limit_set(struct tally *c, const char *account, const char *mode
                           const struct tally_model_limits *limits, const uint8_t *request_id,
                           int64_t deadline_ms, struct tally_result *res);
 
-/* How long the ledger keeps answers for idempotency (1 ms .. 90 days; default 24 h). */
+/* How long the ledger keeps answers for idempotency (1 h .. 90 days; default 24 h). Below
+ * TALLY_RETENTION_MIN_MS: -TALLY_EINVAL, nothing sent (the ledger refuses it too). */
 int tally_retention_set(struct tally *c, int64_t retention_ms, const uint8_t *request_id,
                         int64_t deadline_ms, struct tally_result *res);
 

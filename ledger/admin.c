@@ -377,6 +377,9 @@ static int cmd_model_limit(struct ledger *l, const struct ledger_cmd *c, uint64_
 static int cmd_config(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)
 {
     *account_id = 0;
+    if (c->u.config.retention_ms < l->retention_min_ms) {
+        return -LEDGER_EINVAL;
+    }
     l->work.retention_ms = c->u.config.retention_ms;
     return 0;
 }

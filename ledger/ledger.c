@@ -670,6 +670,8 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     }
     l->map_bytes = opts->initial_map_bytes ? opts->initial_map_bytes : DEFAULT_MAP_BYTES;
     l->max_map_bytes = opts->max_map_bytes ? opts->max_map_bytes : DEFAULT_MAX_MAP_BYTES;
+    l->retention_min_ms =
+        opts->retention_min_ms > 0 ? opts->retention_min_ms : LEDGER_RETENTION_MIN_MS;
     if (l->max_map_bytes < l->map_bytes) {
         l->max_map_bytes = l->map_bytes;
     }

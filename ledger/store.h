@@ -191,6 +191,7 @@ struct ledger {
     MDB_dbi dbi[DB_COUNT];
     char errmsg[LEDGER_ERRMSG_SIZE];
     size_t map_bytes, max_map_bytes;
+    int64_t retention_min_ms; /* ledger_options.retention_min_ms, resolved */
     struct meta_rec meta; /* as committed */
 
     /* Set while a batch is applied. */

@@ -363,6 +363,9 @@ static void bad_other_calls_are_refused(void)
     expect_refused(tally_model_limit_set(c, "org", "gpt-4", &model_limits, NULL, 0, &res), &res,
                    TALLY_EINVAL);
     expect_refused(tally_retention_set(c, 0, NULL, 0, &res), &res, TALLY_EINVAL);
+    expect_refused(tally_retention_set(c, TALLY_RETENTION_MIN_MS - 1, NULL, 0, &res), &res,
+                   TALLY_EINVAL);
+    CHECK(strstr(res.message, "minimum of 1 h") != NULL);
     expect_refused(tally_account_get(c, "org", 0x8, 0, &accounts[0], &res), &res, TALLY_EINVAL);
     expect_refused(tally_account_list(c, NULL, 0, 0, 0, 0, accounts, &n, &next, &res), &res,
                    TALLY_EINVAL);
