@@ -43,6 +43,7 @@ struct options {
     const char *tls_cert, *tls_key, *tls_client_ca;
     const char *clock_offset_file; /* fault injection: a file holding a signed ms offset */
     bool join;
+    bool allow_unknown_boot_id;
     uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
     uint64_t max_frame, max_inflight, max_connections, hello_timeout_ms;
 };
@@ -106,6 +107,8 @@ static void usage(FILE *out)
             "                            (every node gets the same list; a new data dir of a\n"
             "                            listed node bootstraps it)\n"
             "  --join                    do not bootstrap: wait to be added        TALLY_JOIN=1\n"
+            "  --allow-unknown-boot-id   start without the machine's boot id: the  TALLY_ALLOW_UNKNOWN_BOOT_ID=1\n"
+            "                            ledger is rebuilt after every unclean stop\n"
             "  --token-file FILE         lines \"ROLE NAME SHA256HEX\"               TALLY_TOKEN_FILE\n"
             "  --election-timeout-ms N   default 1000                              TALLY_ELECTION_TIMEOUT_MS\n"
             "  --heartbeat-ms N          default 100                               TALLY_HEARTBEAT_MS\n"
@@ -144,7 +147,7 @@ enum {
     OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
     OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
     OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
-    OPT_CLOCK_OFFSET_FILE, OPT_HELP,
+    OPT_CLOCK_OFFSET_FILE, OPT_ALLOW_UNKNOWN_BOOT_ID, OPT_HELP,
 };
 
 struct flag {
@@ -162,6 +165,7 @@ static const struct flag flags[] = {
     {"http-listen", "TALLY_HTTP_LISTEN", OPT_HTTP, false},
     {"members", "TALLY_MEMBERS", OPT_MEMBERS, false},
     {"join", "TALLY_JOIN", OPT_JOIN, false},
+    {"allow-unknown-boot-id", "TALLY_ALLOW_UNKNOWN_BOOT_ID", OPT_ALLOW_UNKNOWN_BOOT_ID, false},
     {"token-file", "TALLY_TOKEN_FILE", OPT_TOKENS, false},
     {"election-timeout-ms", "TALLY_ELECTION_TIMEOUT_MS", OPT_ELECTION, true},
     {"heartbeat-ms", "TALLY_HEARTBEAT_MS", OPT_HEARTBEAT, true},
@@ -197,6 +201,9 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_HTTP: o->http_listen = value; break;
     case OPT_MEMBERS: o->members = value; break;
     case OPT_JOIN: o->join = value == NULL || strcmp(value, "0") != 0; break;
+    case OPT_ALLOW_UNKNOWN_BOOT_ID:
+        o->allow_unknown_boot_id = value == NULL || strcmp(value, "0") != 0;
+        break;
     case OPT_TOKENS: o->token_file = value; break;
     case OPT_ELECTION: o->election_timeout_ms = v; break;
     case OPT_HEARTBEAT: o->heartbeat_ms = v; break;
@@ -226,8 +233,10 @@ static int parse_options(int argc, char **argv, struct options *o)
             return -1;
         }
         longopts[n++] = (struct option){flags[i].name,
-                                        flags[i].opt == OPT_JOIN ? no_argument
-                                                                 : required_argument,
+                                        flags[i].opt == OPT_JOIN ||
+                                                flags[i].opt == OPT_ALLOW_UNKNOWN_BOOT_ID
+                                            ? no_argument
+                                            : required_argument,
                                         NULL, flags[i].opt};
     }
     longopts[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
@@ -413,6 +422,7 @@ static int start(const struct options *o)
     cfg.address = o->peer_listen;
     cfg.on_fatal = node_exit_fatal; /* a node that cannot go on stops the process: exit 74 */
     cfg.bootstrap = !o->join;
+    cfg.allow_unknown_boot_id = o->allow_unknown_boot_id;
     if (o->election_timeout_ms != 0) {
         cfg.election_timeout_ms = (unsigned)o->election_timeout_ms;
     }
