@@ -236,6 +236,13 @@ int node_peer_match(struct node *node, uint64_t id, uint64_t *match_index);
  */
 void node_set_clock_offset(struct node *node, int64_t offset_ms);
 
+/*
+ * Fault injection: while `on`, every batch this node leads to commit is answered
+ * -NODE_EAPPLY, as if its results had not been kept: the commands are applied, their
+ * callers learn nothing of it. Not for production use.
+ */
+void node_set_lose_answers(struct node *node, bool on);
+
 /* Counters, for tests and metrics. */
 void node_stats(struct node *node, struct node_stats *out);
 

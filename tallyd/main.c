@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define METRICS_PERIOD_MS 250
 #define LEDGER_COUNT_PERIOD_MS 5000
@@ -42,6 +43,7 @@ struct options {
     const char *token_file;
     const char *tls_cert, *tls_key, *tls_client_ca;
     const char *clock_offset_file; /* fault injection: a file holding a signed ms offset */
+    const char *lose_answers_file; /* fault injection: answers are lost while it exists */
     bool join;
     bool allow_unknown_boot_id;
     uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
@@ -58,6 +60,7 @@ static uint64_t open_reservations, accounts;
 static uint64_t ticks;
 #if TALLY_FAULT_INJECTION
 static const char *clock_offset_file;
+static const char *lose_answers_file;
 
 /* Fault injection: apply the offset in clock_offset_file (missing or bad: 0). */
 static void read_clock_offset(void)
@@ -124,6 +127,8 @@ static void usage(FILE *out)
 #if TALLY_FAULT_INJECTION
             "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
             "                            to this node's clock (re-read 4 times a second)\n"
+            "  --debug-lose-answers-file F  fault injection: while F exists, committed writes\n"
+            "                            are answered internal (looked for 4 times a second)\n"
 #endif
             "  --help\n");
 }
@@ -147,7 +152,7 @@ enum {
     OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
     OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
     OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
-    OPT_CLOCK_OFFSET_FILE, OPT_ALLOW_UNKNOWN_BOOT_ID, OPT_HELP,
+    OPT_CLOCK_OFFSET_FILE, OPT_LOSE_ANSWERS_FILE, OPT_ALLOW_UNKNOWN_BOOT_ID, OPT_HELP,
 };
 
 struct flag {
@@ -180,6 +185,7 @@ static const struct flag flags[] = {
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
 #if TALLY_FAULT_INJECTION
     {"debug-clock-offset-file", "TALLY_DEBUG_CLOCK_OFFSET_FILE", OPT_CLOCK_OFFSET_FILE, false},
+    {"debug-lose-answers-file", "TALLY_DEBUG_LOSE_ANSWERS_FILE", OPT_LOSE_ANSWERS_FILE, false},
 #endif
 };
 
@@ -217,6 +223,7 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_TLS_KEY: o->tls_key = value; break;
     case OPT_TLS_CA: o->tls_client_ca = value; break;
     case OPT_CLOCK_OFFSET_FILE: o->clock_offset_file = value; break;
+    case OPT_LOSE_ANSWERS_FILE: o->lose_answers_file = value; break;
     default: return false;
     }
     return true;
@@ -330,6 +337,9 @@ static void metrics_tick(uv_timer_t *h)
 #if TALLY_FAULT_INJECTION
     if (clock_offset_file != NULL && !stopping) {
         read_clock_offset();
+    }
+    if (lose_answers_file != NULL && !stopping) {
+        node_set_lose_answers(node, access(lose_answers_file, F_OK) == 0);
     }
 #endif
     if (http == NULL || stopping) {
@@ -505,6 +515,7 @@ static int start(const struct options *o)
     uv_signal_start(&sigint, on_signal, SIGINT);
 #if TALLY_FAULT_INJECTION
     clock_offset_file = o->clock_offset_file;
+    lose_answers_file = o->lose_answers_file;
 #endif
     uv_timer_init(loop, &metrics_timer);
     uv_timer_start(&metrics_timer, metrics_tick, 0, METRICS_PERIOD_MS);
