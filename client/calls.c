@@ -49,6 +49,17 @@ void client__result_init(struct tally_result *r, const struct call *call)
     if (call != NULL) {
         r->attempts = call->attempts;
     }
+    r->outcome = TALLY_ERROR;
+    r->error = TALLY_EINTERNAL;
+    snprintf(r->message, sizeof(r->message), "no outcome was decided for this call");
+}
+
+void client__result_answered(struct tally_result *r, int outcome)
+{
+    assert(outcome == TALLY_GRANTED || outcome == TALLY_DENIED);
+    r->outcome = outcome;
+    r->error = TALLY_OK;
+    r->message[0] = '\0';
 }
 
 void client__result_fail(struct tally_result *r, int outcome, int code, const char *fmt, ...)
@@ -227,9 +238,9 @@ static void result_from_ledger(struct tally_result *r, const struct ledger_resul
     r->overrun_micros = x->overrun_micros;
     r->expires_at_ms = x->expires_at_ms;
     if (x->status == LEDGER_OK) {
-        r->outcome = TALLY_GRANTED;
+        client__result_answered(r, TALLY_GRANTED);
     } else if (x->status == LEDGER_DENIED) {
-        r->outcome = TALLY_DENIED;
+        client__result_answered(r, TALLY_DENIED);
         r->deny_reason = x->deny_reason < TALLY_DENY_MAX ? x->deny_reason : TALLY_DENY_NONE;
         snprintf(r->message, sizeof(r->message), "denied: %s on account %s",
                  tally_deny_reason_name(r->deny_reason), r->account);
@@ -238,6 +249,42 @@ static void result_from_ledger(struct tally_result *r, const struct ledger_resul
     } else {
         client__result_fail(r, TALLY_ERROR, TALLY_EPROTO, "ledger answered an unknown status %d",
                             (int)x->status);
+    }
+}
+
+int client__answer_matches(const struct call *call, const struct rpc_response *resp, char *why,
+                           size_t size)
+{
+    const struct rpc_request *q = &call->req;
+    switch (q->op) {
+    case RPC_OP_WRITE: {
+        const struct ledger_result *x = &resp->u.write.result;
+        if (memcmp(x->request_id, q->u.write.request_id, LEDGER_REQUEST_ID_SIZE) != 0) {
+            snprintf(why, size, "the answer to a write carries another request id");
+            return -1;
+        }
+        if (x->cmd_type != q->u.write.type) {
+            snprintf(why, size, "the answer to a write of command type %u is of type %u",
+                     (unsigned)q->u.write.type, (unsigned)x->cmd_type);
+            return -1;
+        }
+        return 0;
+    }
+    case RPC_OP_RESV_GET:
+        if (memcmp(resp->u.reservation.request_id, q->u.get.request_id, LEDGER_REQUEST_ID_SIZE) !=
+            0) {
+            snprintf(why, size, "the answer to a reservation read carries another request id");
+            return -1;
+        }
+        return 0;
+    case RPC_OP_ACCOUNT_GET:
+        if (strcmp(resp->u.account.name, q->u.get.name) != 0) {
+            snprintf(why, size, "the answer to an account read is another account");
+            return -1;
+        }
+        return 0;
+    default:
+        return 0;
     }
 }
 
@@ -670,6 +717,10 @@ int tally_model_limit_set(struct tally *c, const char *account, const char *mode
 int tally_retention_set(struct tally *c, int64_t retention_ms, const uint8_t *request_id,
                         int64_t deadline_ms, struct tally_result *res)
 {
+    if (retention_ms < TALLY_RETENTION_MIN_MS) {
+        return client__fail_early(res, TALLY_EINVAL,
+                                  "retention_ms is below the minimum of 1 h (3600000 ms)");
+    }
     struct ledger_cmd cmd;
     memset(&cmd, 0, sizeof(cmd));
     cmd.u.config.retention_ms = retention_ms;

@@ -57,6 +57,7 @@ _Static_assert(TALLY_AMOUNT_MAX == LEDGER_AMOUNT_MAX && TALLY_TOKENS_MAX == LEDG
                "amount and count bounds");
 _Static_assert(TALLY_TTL_MAX_MS == LEDGER_TTL_MAX_MS && TALLY_PERIOD_MIN_MS == LEDGER_PERIOD_MIN_MS &&
                    TALLY_PERIOD_MAX_MS == LEDGER_PERIOD_MAX_MS &&
+                   TALLY_RETENTION_MIN_MS == LEDGER_RETENTION_MIN_MS &&
                    TALLY_RETENTION_MAX_MS == LEDGER_RETENTION_MAX_MS &&
                    TALLY_TIME_MAX_MS == LEDGER_TIME_MAX_MS,
                "time bounds");

@@ -286,8 +286,15 @@ int client__run(struct tally *c, struct call *call, struct tally_result *res, ta
 
 /* ---- calls.c: results and answers. ---- */
 
-/* A zeroed result for `call` (NULL: none yet): its request id and attempts. */
+/* A result for `call` (NULL: none yet), with its request id and attempts, that starts as
+ * an error (TALLY_ERROR, TALLY_EINTERNAL): only client__result_answered() or
+ * client__result_fail() decides it, so a path that forgot to never reads as a grant
+ * (TALLY_GRANTED is 0, the value of a zeroed result). */
 void client__result_init(struct tally_result *r, const struct call *call);
+
+/* Mark `r` as answered by the cluster with `outcome` (GRANTED or DENIED): error 0, no
+ * message yet. */
+void client__result_answered(struct tally_result *r, int outcome);
 
 /* Mark `r` as ended with `outcome` and error `code`, with a printf-style message. */
 void client__result_fail(struct tally_result *r, int outcome, int code, const char *fmt, ...)
@@ -298,6 +305,15 @@ int client__fail_early(struct tally_result *res, int code, const char *message);
 
 /* The tally error for an RPC failure status that ends a call. */
 int client__error_of_status(int status);
+
+/*
+ * Whether a successful answer is the answer to `call`: a write's result must carry the
+ * call's request id and command type, a reservation the asked id, an account the asked
+ * name. Returns 0, or -1 with the mismatch in `why` (`size` bytes): the server answered
+ * something else under this sequence number, a protocol error.
+ */
+int client__answer_matches(const struct call *call, const struct rpc_response *resp, char *why,
+                           size_t size);
 
 /* Copy a successful answer's payload into the waiting caller's outputs and `r`. Returns
  * 0, or -1 if the answer does not fit what was asked (more items than asked for). */

@@ -284,6 +284,20 @@ static bool granted_seen(const struct tally *c, const uint8_t *id)
 static void bg_void_start(struct tally *c, const struct call *reserve, int64_t now_ms);
 static void conn_drop(struct tally *c, int64_t now_ms, bool connect_failed, const char *why);
 
+/* Void the id of reserve `call`, whose outcome the caller will not learn, if it was sent
+ * and this client has not seen it granted (a resubmission of a held grant). */
+static void void_unknown_outcome(struct tally *c, const struct call *call, int64_t now_ms)
+{
+    if (call->attempts == 0) {
+        return;
+    }
+    if (granted_seen(c, call->req.u.write.request_id)) {
+        client__stat_add(&c->stats.voids_skipped, 1);
+    } else {
+        bg_void_start(c, call, now_ms);
+    }
+}
+
 /*
  * Deliver the final answer of `call` and free it. `r` is the answer (the I/O thread's);
  * query outputs were already written into the caller's memory. Applies fail-open and
@@ -307,16 +321,16 @@ static void finish(struct tally *c, struct call *call, struct tally_result *r, i
     if (call->kind == CALL_RESERVE && r->outcome == TALLY_GRANTED) {
         granted_remember(c, id);
     }
+    if (call->kind == CALL_RESERVE && r->outcome == TALLY_ERROR &&
+        (r->error == TALLY_EPROTO || r->error == TALLY_EINTERNAL)) {
+        /* The node may have granted it and lost or garbled the answer: the caller is told
+         * it failed, so no hold may stay. */
+        void_unknown_outcome(c, call, now_ms);
+    }
     if (r->outcome == TALLY_UNAVAILABLE) {
         client__stat_add(&c->stats.unavailable, 1);
         if (call->kind == CALL_RESERVE && r->error != TALLY_ECLOSED) {
-            if (call->attempts > 0) {
-                if (granted_seen(c, id)) {
-                    client__stat_add(&c->stats.voids_skipped, 1);
-                } else {
-                    bg_void_start(c, call, now_ms);
-                }
-            }
+            void_unknown_outcome(c, call, now_ms);
             if (c->fail_open) {
                 r->outcome = TALLY_GRANTED;
                 r->failed_open = 1;
@@ -423,7 +437,18 @@ static void answer_ok(struct tally *c, struct call *call, const struct rpc_respo
                       int64_t now_ms)
 {
     struct tally_result r;
+    char why[WHY_MAX];
+    if (client__answer_matches(call, resp, why, sizeof(why)) != 0) {
+        char msg[WHY_MAX + RPC_ADDRESS_MAX + 16];
+        snprintf(msg, sizeof(msg), "%s: %s", c->conn.target, why);
+        finish_error(c, call, TALLY_EPROTO, msg, now_ms);
+        conn_drop(c, now_ms, false, msg);
+        return;
+    }
     client__result_init(&r, call);
+    if (call->req.op != RPC_OP_WRITE) {
+        client__result_answered(&r, TALLY_GRANTED); /* a write's outcome is its result's */
+    }
     if (client__answer_payload(call, resp, &r) != 0) {
         finish_error(c, call, TALLY_EPROTO, "the server answered more items than asked for",
                      now_ms);
@@ -582,9 +607,12 @@ static void handle_frame(void *arg, const uint8_t *body, size_t len, int64_t now
         return; /* the answer to a call whose deadline passed */
     }
     if (rpc_response_decode(body, len, call->req.op, &resp, why) != 0) {
+        /* Not an answer to this call's op (or no answer at all): the call fails, it is
+         * not resent to a server that answers something else. */
         char msg[WHY_MAX];
         snprintf(msg, sizeof(msg), "malformed answer from %s: %.*s", c->conn.target,
                  (int)WHY_MESSAGE_MAX, why);
+        finish_error(c, call, TALLY_EPROTO, msg, now_ms);
         conn_drop(c, now_ms, false, msg);
         return;
     }

@@ -225,7 +225,9 @@ int tally_status(struct tally *c, const char *endpoint, int64_t deadline_ms,
     int rc = status_ask(c, &ep, deadline_at_ms, out, why, sizeof(why));
     if (res != NULL) {
         client__result_init(res, NULL);
-        if (rc != 0) {
+        if (rc == 0) {
+            client__result_answered(res, TALLY_GRANTED);
+        } else {
             client__result_fail(res, rc == -TALLY_EUNAVAILABLE ? TALLY_UNAVAILABLE : TALLY_ERROR,
                                 -rc, "%s: %s", ep.text, why);
         }

@@ -24,7 +24,9 @@
  *
  * Errors: calls return 0 or a negative TALLY_E* code. Calls that take a
  * `struct tally_result *res` (may be NULL unless stated) also fill it: `outcome`, `error`
- * (the positive code, 0 when the cluster answered) and a human `message`. A denial is an
+ * (the positive code, 0 when the cluster answered) and a human `message`. Check the
+ * return code or `outcome`: TALLY_GRANTED is 0, so a zeroed result reads as a grant (the
+ * client itself starts every result as TALLY_ERROR until an answer decides it). A denial is an
  * answer, not an error: the call returns 0 with outcome TALLY_DENIED.
  *
  * Units: money in micros (10^-6 of the currency, int64), tokens as uint64, durations and
@@ -69,7 +71,8 @@ extern "C" {
 #define TALLY_TTL_MAX_MS (7LL * 24 * 3600 * 1000)         /* a reservation's ttl (>= 1 ms) */
 #define TALLY_PERIOD_MIN_MS 1000LL                        /* a fixed budget period */
 #define TALLY_PERIOD_MAX_MS (366LL * 24 * 3600 * 1000)
-#define TALLY_RETENTION_MAX_MS (90LL * 24 * 3600 * 1000)  /* stored answers (>= 1 ms) */
+#define TALLY_RETENTION_MIN_MS (3600LL * 1000)            /* stored answers: at least 1 h */
+#define TALLY_RETENTION_MAX_MS (90LL * 24 * 3600 * 1000)
 #define TALLY_TIME_MAX_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z: expires_at_ms */
 
 /* ---- Outcomes, errors, reasons. ---- */
@@ -110,7 +113,9 @@ enum tally_error {
     TALLY_EFORBIDDEN = 34,   /* the token's role may not do this (e.g. admin call, gateway) */
     TALLY_EBADREQ = 35,      /* the server found the request malformed */
     TALLY_EINTERNAL = 36,    /* a bug or a storage error on the node */
-    TALLY_EPROTO = 37,       /* the server's answer could not be trusted */
+    TALLY_EPROTO = 37,       /* the server's answer could not be trusted: malformed, or not
+                              * the answer to the call (another request id, command type
+                              * or op); the call fails and the connection is dropped */
     TALLY_EBUSY = 38,        /* too many requests in flight in this client */
     TALLY_ECLOSED = 39,      /* the client is closing */
     TALLY_ECODE_MAX
@@ -324,7 +329,10 @@ struct tally_reserve_args {
  * TALLY_EUNAVAILABLE (or TALLY_EBUSY): log it; still settle or void the id. Other
  * negative codes: bad arguments (-TALLY_EINVAL, nothing sent), a refused request
  * (outcome TALLY_ERROR, e.g. -TALLY_ENOTFOUND for an unknown account, -TALLY_ECONFLICT),
- * or -TALLY_EAUTH. `res` is required.
+ * or -TALLY_EAUTH. -TALLY_EINTERNAL (the node lost the answer) and -TALLY_EPROTO (the
+ * answer was not the answer to this reserve) also void res->request_id in the background,
+ * since the reserve may have been granted; fail_open does not apply to them. `res` is
+ * required.
  */
 int tally_reserve(struct tally *c, const struct tally_reserve_args *args, int64_t deadline_ms,
                   struct tally_result *res);
@@ -473,7 +481,8 @@ int tally_model_limit_set(struct tally *c, const char *account, const char *mode
                           const struct tally_model_limits *limits, const uint8_t *request_id,
                           int64_t deadline_ms, struct tally_result *res);
 
-/* How long the ledger keeps answers for idempotency (1 ms .. 90 days; default 24 h). */
+/* How long the ledger keeps answers for idempotency (1 h .. 90 days; default 24 h). Below
+ * TALLY_RETENTION_MIN_MS: -TALLY_EINVAL, nothing sent (the ledger refuses it too). */
 int tally_retention_set(struct tally *c, int64_t retention_ms, const uint8_t *request_id,
                         int64_t deadline_ms, struct tally_result *res);
 

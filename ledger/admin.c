@@ -80,7 +80,7 @@ static void limits_clear(struct acct_rec *a, uint32_t bits)
 
 
 /* Admin answers live in `answers`. Returns true if `c` was answered from there. */
-static bool admin_replay(struct ledger *l, const struct ledger_cmd *c, uint64_t fp,
+static bool admin_replay(struct ledger *l, const struct ledger_cmd *c, const struct ledger__fp *fp,
                          struct ledger_result *r)
 {
     uint8_t k[ANSWER_KEY_SIZE];
@@ -96,7 +96,7 @@ static bool admin_replay(struct ledger *l, const struct ledger_cmd *c, uint64_t 
         return true;
     }
     memcpy(&a, v.mv_data, sizeof(a));
-    if (a.fp != fp) {
+    if (!ledger__fp_equal(&a.fp, fp)) {
         r->status = -LEDGER_ECONFLICT;
     } else {
         r->status = (int32_t)a.status;
@@ -105,10 +105,11 @@ static bool admin_replay(struct ledger *l, const struct ledger_cmd *c, uint64_t 
     return true;
 }
 
-static void admin_store(struct ledger *l, const struct ledger_cmd *c, uint64_t fp, int status)
+static void admin_store(struct ledger *l, const struct ledger_cmd *c, const struct ledger__fp *fp,
+                        int status)
 {
     uint8_t k[ANSWER_KEY_SIZE];
-    struct answer_rec a = {fp, status};
+    struct answer_rec a = {*fp, status};
     memcpy(k, c->request_id, LEDGER_REQUEST_ID_SIZE);
     k[LEDGER_REQUEST_ID_SIZE] = c->type;
     ledger__db_put(l, DB_ANSWERS, k, sizeof(k), &a, sizeof(a), 0);
@@ -376,6 +377,9 @@ static int cmd_model_limit(struct ledger *l, const struct ledger_cmd *c, uint64_
 static int cmd_config(struct ledger *l, const struct ledger_cmd *c, uint64_t *account_id)
 {
     *account_id = 0;
+    if (c->u.config.retention_ms < l->retention_min_ms) {
+        return -LEDGER_EINVAL;
+    }
     l->work.retention_ms = c->u.config.retention_ms;
     return 0;
 }
@@ -402,8 +406,8 @@ static int cmd_admin(struct ledger *l, const struct ledger_cmd *c, uint64_t *acc
 
 void ledger__exec_admin(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
 {
-    uint64_t fp = ledger_cmd_fingerprint(c);
-    if (admin_replay(l, c, fp, r)) {
+    struct ledger__fp fp = ledger__cmd_fingerprint(c);
+    if (admin_replay(l, c, &fp, r)) {
         return;
     }
     uint64_t account_id = 0;
@@ -421,5 +425,5 @@ void ledger__exec_admin(struct ledger *l, const struct ledger_cmd *c, struct led
         ledger__result_account(l, r, account_id);
     }
     r->status = rv;
-    admin_store(l, c, fp, rv);
+    admin_store(l, c, &fp, rv);
 }

@@ -43,6 +43,9 @@ void ledger__result_account(struct ledger *l, struct ledger_result *r, uint64_t 
 void ledger__soft_budget_check(struct ledger *l, struct acct_rec *a, const uint8_t *request_id,
                                const char *actor);
 void ledger__timer_put(struct ledger *l, int64_t due_ms, const uint8_t *request_id, uint8_t kind);
+/* The fingerprint of `c`: the first 128 bits of SHA-256 over ledger_cmd_fingerprint_feed(). */
+struct ledger__fp ledger__cmd_fingerprint(const struct ledger_cmd *c);
+bool ledger__fp_equal(const struct ledger__fp *a, const struct ledger__fp *b);
 
 /* ---- Admin commands (admin.c). ---- */
 void ledger__exec_admin(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r);

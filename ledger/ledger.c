@@ -429,6 +429,30 @@ void ledger__result_account(struct ledger *l, struct ledger_result *r, uint64_t 
     }
 }
 
+/* ---- Fingerprints. ---- */
+
+static void fp_feed(void *ctx, const void *p, size_t n)
+{
+    SHA256_Update(ctx, p, n);
+}
+
+struct ledger__fp ledger__cmd_fingerprint(const struct ledger_cmd *c)
+{
+    SHA256_CTX sha;
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    struct ledger__fp fp;
+    SHA256_Init(&sha);
+    ledger_cmd_fingerprint_feed(c, fp_feed, &sha);
+    SHA256_Final(digest, &sha);
+    memcpy(fp.b, digest, sizeof(fp.b));
+    return fp;
+}
+
+bool ledger__fp_equal(const struct ledger__fp *a, const struct ledger__fp *b)
+{
+    return memcmp(a->b, b->b, sizeof(a->b)) == 0;
+}
+
 /* ---- Batches. ---- */
 
 static void exec_cmd(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
@@ -646,6 +670,8 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     }
     l->map_bytes = opts->initial_map_bytes ? opts->initial_map_bytes : DEFAULT_MAP_BYTES;
     l->max_map_bytes = opts->max_map_bytes ? opts->max_map_bytes : DEFAULT_MAX_MAP_BYTES;
+    l->retention_min_ms =
+        opts->retention_min_ms > 0 ? opts->retention_min_ms : LEDGER_RETENTION_MIN_MS;
     if (l->max_map_bytes < l->map_bytes) {
         l->max_map_bytes = l->map_bytes;
     }
@@ -678,6 +704,16 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     rc = ledger_open_dbs(l);
     if (rc == 0) {
         rc = meta_load(l);
+    }
+    if (rc == MDB_VERSION_MISMATCH) {
+        if (errmsg != NULL) {
+            snprintf(errmsg, LEDGER_ERRMSG_SIZE,
+                     "the ledger has store format %" PRIu64 ", this build reads only format %d "
+                     "(no migration: see docs/ledger.md, Storage)",
+                     l->meta.format, STORE_FORMAT);
+        }
+        ledger_close(l);
+        return -LEDGER_ECORRUPT;
     }
     if (rc != 0) {
         return open_fail(l, errmsg, rc == MDB_CORRUPTED ? -LEDGER_ECORRUPT : -LEDGER_EIO,

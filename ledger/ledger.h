@@ -56,6 +56,11 @@ struct ledger_options {
     uint32_t flags;
     size_t initial_map_bytes; /* 0: 64 MiB; the map doubles when full */
     size_t max_map_bytes;     /* 0: 64 GiB */
+    /* The least retention config_set accepts (below: EINVAL, nothing changes). 0:
+     * LEDGER_RETENTION_MIN_MS (1 h), what tallyd uses; a shorter retention lets a retried
+     * request id be granted again once its answer is forgotten. Only the simulation
+     * lowers it, to reach the end of retention in fixture time. Replicas must agree. */
+    int64_t retention_min_ms;
 };
 
 /*

@@ -168,14 +168,15 @@ static void reserve_answer(struct ledger *l, const struct resv_rec *rec, struct 
 }
 
 /* Store a reserve that was not granted, so a replay answers the same. */
-static void reserve_reject(struct ledger *l, const struct ledger_cmd *c, uint64_t fp, int status,
-                           const struct deny *d, struct ledger_result *r)
+static void reserve_reject(struct ledger *l, const struct ledger_cmd *c,
+                           const struct ledger__fp *fp, int status, const struct deny *d,
+                           struct ledger_result *r)
 {
     struct resv_rec rec;
     memset(&rec, 0, sizeof(rec));
     rec.state = RESV_REJECTED;
     rec.created_ms = rec.resolved_ms = l->now_ms;
-    rec.reserve_fp = fp;
+    rec.reserve_fp = *fp;
     rec.status = status;
     if (d != NULL) {
         rec.deny_reason = d->reason;
@@ -224,11 +225,11 @@ static bool hold_fits(const struct hold_plan *plan, uint32_t n, int64_t estimate
 
 void ledger__exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r)
 {
-    uint64_t fp = ledger_cmd_fingerprint(c);
+    struct ledger__fp fp = ledger__cmd_fingerprint(c);
     struct resv_rec rec;
     int found = ledger__resv_get(l, c->request_id, &rec);
     if (found != 0) {
-        if (found == 1 && rec.reserve_fp != fp) {
+        if (found == 1 && !ledger__fp_equal(&rec.reserve_fp, &fp)) {
             r->status = -LEDGER_ECONFLICT;
         } else if (found == 1) {
             reserve_answer(l, &rec, r);
@@ -239,13 +240,13 @@ void ledger__exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct l
     int status = ledger_cmd_check(c, NULL);
     struct deny d = {0};
     if (status != 0) {
-        reserve_reject(l, c, fp, status, NULL, r);
+        reserve_reject(l, c, &fp, status, NULL, r);
         return;
     }
     uint64_t leaf = reserve_leaf(l, c, &status, &d);
     if (leaf == 0) {
         if (!l->fatal) {
-            reserve_reject(l, c, fp, status, status == LEDGER_DENIED ? &d : NULL, r);
+            reserve_reject(l, c, &fp, status, status == LEDGER_DENIED ? &d : NULL, r);
         }
         return;
     }
@@ -257,7 +258,7 @@ void ledger__exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct l
         plan[i].acct = recs[i];
         if (!account_fits(l, c, &plan[i], &d)) {
             if (!l->fatal) {
-                reserve_reject(l, c, fp, LEDGER_DENIED, &d, r);
+                reserve_reject(l, c, &fp, LEDGER_DENIED, &d, r);
             }
             return;
         }
@@ -268,7 +269,7 @@ void ledger__exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct l
     assert(n >= 1 && n <= LEDGER_DEPTH_MAX && "I6: the leaf exists, its chain is bounded");
     int64_t est = c->u.reserve.estimate_micros;
     if (!hold_fits(plan, n, est)) {
-        reserve_reject(l, c, fp, -LEDGER_EOVERFLOW, NULL, r);
+        reserve_reject(l, c, &fp, -LEDGER_EOVERFLOW, NULL, r);
         return;
     }
     struct ledger__chain ch = {.rec = &rec, .n = n};

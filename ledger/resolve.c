@@ -303,11 +303,11 @@ void ledger__exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct l
     if (!resolve_target(l, c, &rec, r)) {
         return;
     }
-    uint64_t fp = ledger_cmd_fingerprint(c);
+    struct ledger__fp fp = ledger__cmd_fingerprint(c);
     if (rec.state != LEDGER_RESV_OPEN && rec.state != LEDGER_RESV_EXPIRED) {
         if (rec.resolve_type != c->type) {
             r->status = -LEDGER_ERESOLVED;
-        } else if (rec.resolve_fp != fp) {
+        } else if (!ledger__fp_equal(&rec.resolve_fp, &fp)) {
             r->status = -LEDGER_ECONFLICT;
         } else {
             resolve_answer(&rec, r);

@@ -11,6 +11,7 @@
 #include "ledger/store.h"
 
 #include <assert.h>
+#include <inttypes.h>
 #include <openssl/sha.h>
 #include <stdlib.h>
 #include <string.h>
@@ -318,8 +319,14 @@ static int import_into(struct ledger *l, struct snap_in *in, uint8_t *kbuf, uint
             memcpy(&meta, mv.mv_data, sizeof(meta));
         }
         if ((got_meta != 0 && got_meta != MDB_NOTFOUND) ||
-            (got_meta == 0 && mv.mv_size != sizeof(meta)) || meta.format != STORE_FORMAT) {
+            (got_meta == 0 && mv.mv_size != sizeof(meta))) {
             rc = -LEDGER_ECORRUPT;
+        } else if (meta.format != STORE_FORMAT) {
+            mdb_txn_abort(txn);
+            return ledger__set_error(l, -LEDGER_ECORRUPT,
+                                     "snapshot: store format %" PRIu64
+                                     ", this build reads only format %d",
+                                     meta.format, STORE_FORMAT);
         }
     }
     if (rc != 0) {

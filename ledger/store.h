@@ -43,7 +43,14 @@ enum {
 
 extern const char *const ledger__db_names[DB_COUNT];
 
-#define STORE_FORMAT 1
+/* 2: fingerprints are 128 bits of SHA-256 (format 1 kept a 64-bit FNV). A ledger or a
+ * snapshot of another format is refused, with the formats in the message. */
+#define STORE_FORMAT 2
+
+/* A command's fingerprint in the idempotency store (ledger__cmd_fingerprint()). */
+struct ledger__fp {
+    uint8_t b[LEDGER_FINGERPRINT_SIZE];
+};
 
 struct meta_rec {
     uint64_t format;
@@ -121,7 +128,7 @@ struct resv_rec {
     int64_t expiry_charge_micros;
     int64_t expiry_period_start[LEDGER_DEPTH_MAX];
     /* the reserve's answer */
-    uint64_t reserve_fp;
+    struct ledger__fp reserve_fp;
     int64_t status; /* LEDGER_OK, LEDGER_DENIED or -LEDGER_E* */
     uint64_t flags;
     uint64_t deny_reason;
@@ -130,7 +137,7 @@ struct resv_rec {
     int64_t retry_after_ms;
     /* the resolving settle or void (also a late one) */
     uint64_t resolve_type;
-    uint64_t resolve_fp;
+    struct ledger__fp resolve_fp;
     int64_t resolve_charged_micros;
     int64_t resolve_overrun_micros;
     uint64_t resolve_flags;
@@ -141,7 +148,7 @@ struct resv_rec {
 };
 
 struct answer_rec {
-    uint64_t fp;
+    struct ledger__fp fp;
     int64_t status;
 };
 
@@ -184,6 +191,7 @@ struct ledger {
     MDB_dbi dbi[DB_COUNT];
     char errmsg[LEDGER_ERRMSG_SIZE];
     size_t map_bytes, max_map_bytes;
+    int64_t retention_min_ms; /* ledger_options.retention_min_ms, resolved */
     struct meta_rec meta; /* as committed */
 
     /* Set while a batch is applied. */

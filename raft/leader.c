@@ -385,6 +385,14 @@ uint64_t node_id(const struct node *n)
     return n->id;
 }
 
+void node_set_lose_answers(struct node *n, bool on)
+{
+    if (on != n->lose_answers) {
+        node__logf(n, "warn", "msg=\"losing the answers of committed batches\" on=%d", on);
+    }
+    n->lose_answers = on;
+}
+
 void node_set_clock_offset(struct node *n, int64_t offset_ms)
 {
     if (offset_ms != n->clock_offset_ms) {

@@ -87,6 +87,13 @@ struct node_config {
     unsigned snapshot_threshold;  /* entries between snapshots, default 8192 */
     unsigned snapshot_trailing;   /* entries kept after a snapshot, default 1024 */
     bool bootstrap;               /* bootstrap `members` if the Raft directory is pristine */
+    /* Where the machine's boot id is read (NULL: /proc/sys/kernel/random/boot_id; borrowed
+     * during node_open() only). It tells a ledger left open by a machine crash, which
+     * must be rebuilt, from one left by a killed process. If it cannot be read, node_open()
+     * fails, unless `allow_unknown_boot_id`: then every ledger not closed cleanly is
+     * rebuilt from the Raft snapshot and log, also after a mere process crash. */
+    const char *boot_id_path;
+    bool allow_unknown_boot_id;
     /* Required. Called once the node has logged that it cannot go on (its state machine
      * or libraft failed in a way it cannot trust); must not return. What that means for
      * the process is the program's choice: tallyd passes node_exit_fatal. */
@@ -228,6 +235,13 @@ int node_peer_match(struct node *node, uint64_t id, uint64_t *match_index);
  * freezes the ledger's time until the clock catches up. Not for production use.
  */
 void node_set_clock_offset(struct node *node, int64_t offset_ms);
+
+/*
+ * Fault injection: while `on`, every batch this node leads to commit is answered
+ * -NODE_EAPPLY, as if its results had not been kept: the commands are applied, their
+ * callers learn nothing of it. Not for production use.
+ */
+void node_set_lose_answers(struct node *node, bool on);
 
 /* Counters, for tests and metrics. */
 void node_stats(struct node *node, struct node_stats *out);

@@ -69,6 +69,7 @@ struct node {
     unsigned n_inflight;
     int64_t last_stamp_ms;
     int64_t clock_offset_ms; /* added to the wall clock (fault injection only) */
+    bool lose_answers;       /* answer every committed batch EAPPLY (fault injection only) */
 
     uint64_t leader_term; /* term in which this node leads, 0 if it does not */
     bool barrier_pending;

@@ -223,7 +223,8 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
     int err = 0;
     if (status != 0) {
         err = n->closing ? -NODE_ESHUTDOWN : -NODE_ELEADERSHIPLOST;
-    } else if (r == NULL || r->index != req->index || r->status != 0 || r->n != b->n_cmds) {
+    } else if (n->lose_answers || r == NULL || r->index != req->index || r->status != 0 ||
+               r->n != b->n_cmds) {
         /* The ring slot was reused (more than NODE_RESULT_RING entries in one commit
          * step) or the entry is not the batch we proposed. */
         n->late_results++;

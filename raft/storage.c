@@ -50,11 +50,13 @@ int node__make_dirs(const char *path, char *why, size_t size)
  * trusted: it is deleted, and libraft rebuilds it from its snapshot and log at start.
  */
 #define BOOT_MARKER "ledger.boot"
+#define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
+#define BOOT_ID_UNKNOWN "unknown" /* in the marker of a node that could not read it */
 
-static void read_boot_id(char out[64])
+static void read_boot_id(const char *path, char out[64])
 {
     out[0] = '\0';
-    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    FILE *f = fopen(path, "r");
     if (f != NULL) {
         if (fgets(out, 64, f) == NULL) {
             out[0] = '\0';
@@ -62,6 +64,32 @@ static void read_boot_id(char out[64])
         out[strcspn(out, "\n")] = '\0';
         fclose(f);
     }
+    if (strchr(out, ' ') != NULL || strcmp(out, BOOT_ID_UNKNOWN) == 0) {
+        out[0] = '\0'; /* not a boot id the marker could hold and compare */
+    }
+}
+
+/* This boot's id into n->boot_id; "" (and a warning) only if the node may start without. */
+static int boot_id_load(struct node *n, char *why, size_t size)
+{
+    const char *path = n->cfg.boot_id_path != NULL ? n->cfg.boot_id_path : BOOT_ID_PATH;
+    read_boot_id(path, n->boot_id);
+    if (n->boot_id[0] != '\0') {
+        return 0;
+    }
+    if (!n->cfg.allow_unknown_boot_id) {
+        snprintf(why, size,
+                 "cannot read the boot id from %.100s: a machine crash could not be told from a "
+                 "process crash (--allow-unknown-boot-id rebuilds the ledger after every unclean "
+                 "stop instead)",
+                 path);
+        return -NODE_EIO;
+    }
+    node__logf(n, "warn",
+               "msg=\"boot id unknown: a ledger not closed cleanly is rebuilt from the Raft "
+               "snapshot and log\" path=\"%s\"",
+               path);
+    return 0;
 }
 
 /* Write "BOOT_ID clean|open" durably (temp file, fsync, rename, fsync the dir). */
@@ -71,7 +99,8 @@ static int boot_marker_write(struct node *n, const char *dir, bool clean, char *
     snprintf(path, sizeof(path), "%s/" BOOT_MARKER, dir);
     snprintf(tmp, sizeof(tmp), "%s/" BOOT_MARKER ".tmp", dir);
     char text[96];
-    int len = snprintf(text, sizeof(text), "%s %s\n", n->boot_id, clean ? "clean" : "open");
+    const char *boot = n->boot_id[0] != '\0' ? n->boot_id : BOOT_ID_UNKNOWN;
+    int len = snprintf(text, sizeof(text), "%s %s\n", boot, clean ? "clean" : "open");
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     bool ok = fd >= 0 && write(fd, text, (size_t)len) == len && fsync(fd) == 0;
     if (fd >= 0) {
@@ -101,10 +130,14 @@ static bool ledger_left_by_crash(struct node *n, const char *dir)
     }
     int got = fscanf(f, "%63s %15s", boot, state);
     fclose(f);
-    if (got != 2 || n->boot_id[0] == '\0') {
-        return got != 2; /* an unreadable marker: do not trust the ledger */
+    if (got != 2) {
+        return true; /* an unreadable marker: do not trust the ledger */
     }
-    return strcmp(state, "clean") != 0 && strcmp(boot, n->boot_id) != 0;
+    if (strcmp(state, "clean") == 0) {
+        return false;
+    }
+    /* Open under an unknown boot (then or now) may be after a machine crash too. */
+    return n->boot_id[0] == '\0' || strcmp(boot, n->boot_id) != 0;
 }
 
 /* Delete the ledger's LMDB files so libraft rebuilds it. */
@@ -146,7 +179,10 @@ int node__open_ledger(struct node *n, const char *dir, char *why, size_t size)
     if (rv != 0) {
         return rv;
     }
-    read_boot_id(n->boot_id);
+    rv = boot_id_load(n, why, size);
+    if (rv != 0) {
+        return rv;
+    }
     if (ledger_left_by_crash(n, dir)) {
         node__logf(n, "warn",
                    "msg=\"the ledger was open when the machine went down: rebuilding "

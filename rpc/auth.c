@@ -326,8 +326,9 @@ void rpc__auth_hello(struct rpc__conn *c, const struct rpc_request *req)
     auth_accept(c, t);
     /* Authenticated: from now on frames may be as large as the server allows. */
     c->framer.max_body = s->max_frame;
-    struct rpc_response resp = {.seq = req->seq};
+    struct rpc_response resp = rpc__answer_begin(req->seq);
     resp.u.hello.role = (uint8_t)c->role;
     resp.u.hello.node_id = node_id(s->node);
+    resp.status = RPC_OK;
     rpc__answer(c, RPC_OP_HELLO, &resp);
 }

@@ -74,18 +74,31 @@ void rpc__answer_error(struct rpc__conn *c, uint64_t seq, int status, const char
     rpc__conn_schedule_flush(c);
 }
 
-void rpc__answer(struct rpc__conn *c, int op, const struct rpc_response *resp)
+struct rpc_response rpc__answer_begin(uint64_t seq)
+{
+    struct rpc_response resp;
+    memset(&resp, 0, sizeof(resp));
+    resp.seq = seq;
+    resp.status = RPC_EINTERNAL;
+    snprintf(resp.message, sizeof(resp.message), "no answer was decided");
+    return resp;
+}
+
+bool rpc__answer(struct rpc__conn *c, int op, const struct rpc_response *resp)
 {
     if (rpc_response_encode(&c->out, op, resp) != 0) {
         rpc__answer_error(c, resp->seq, RPC_EINTERNAL, "answer could not be encoded", false);
-        return;
+        return false;
     }
     rpc__conn_schedule_flush(c);
+    return true;
 }
 
-/* Map a node error from node_propose/node_read_barrier to an answer. */
-static void answer_node_error(struct rpc__conn *c, uint64_t seq, int rv)
+/* Map a node error from node_propose/node_read_barrier to an answer; returns the status
+ * answered. */
+static int answer_node_error(struct rpc__conn *c, uint64_t seq, int rv)
 {
+    int status = RPC_EINTERNAL;
     switch (-rv) {
     case NODE_ENOTLEADER: {
         uint64_t leader_id = 0;
@@ -93,29 +106,35 @@ static void answer_node_error(struct rpc__conn *c, uint64_t seq, int rv)
         if (leader_id == 0 || leader_id == node_id(c->srv->node)) {
             /* No leader known, or this node was just elected and has not committed its
              * barrier yet: nothing was done, retry shortly. */
-            rpc__answer_error(c, seq, RPC_EUNAVAILABLE, "no leader ready", false);
+            status = RPC_EUNAVAILABLE;
+            rpc__answer_error(c, seq, status, "no leader ready", false);
         } else {
-            rpc__answer_error(c, seq, RPC_ENOTLEADER, "not the leader", false);
+            status = RPC_ENOTLEADER;
+            rpc__answer_error(c, seq, status, "not the leader", false);
         }
         break;
     }
     case NODE_ELEADERSHIPLOST:
-        rpc__answer_error(c, seq, RPC_EUNKNOWN, "leadership lost: retry with the same request id",
-                          false);
+        status = RPC_EUNKNOWN;
+        rpc__answer_error(c, seq, status, "leadership lost: retry with the same request id", false);
         break;
     case NODE_ESHUTDOWN:
-        rpc__answer_error(c, seq, RPC_ESHUTDOWN, "node shutting down: retry elsewhere", false);
+        status = RPC_ESHUTDOWN;
+        rpc__answer_error(c, seq, status, "node shutting down: retry elsewhere", false);
         break;
     case NODE_EBUSY:
-        rpc__answer_error(c, seq, RPC_EBUSY, "node busy: back off and retry", false);
+        status = RPC_EBUSY;
+        rpc__answer_error(c, seq, status, "node busy: back off and retry", false);
         break;
     case NODE_ETOOBIG:
-        rpc__answer_error(c, seq, RPC_ETOOBIG, "command too big", false);
+        status = RPC_ETOOBIG;
+        rpc__answer_error(c, seq, status, "command too big", false);
         break;
     default:
-        rpc__answer_error(c, seq, RPC_EINTERNAL, node_strerror(rv), false);
+        rpc__answer_error(c, seq, status, node_strerror(rv), false);
         break;
     }
+    return status;
 }
 
 /* Answer a ledger error from a read: ENOTFOUND is the client's, anything else ours. */
@@ -192,6 +211,30 @@ static void count_result(struct rpc_server *s, const struct ledger_result *r)
     }
 }
 
+static void lost_void_cb(struct node *node, void *data, int status, uint64_t index,
+                         const struct ledger_result *results, size_t n_results)
+{
+    (void)node, (void)data, (void)status, (void)index, (void)results, (void)n_results;
+}
+
+/*
+ * A reserve answered RPC_EINTERNAL may have been granted: its entry committed but the
+ * node kept no answer for it (-NODE_EAPPLY), or the answer could not be encoded. The
+ * gateway was told it failed, so the hold must not stay until its ttl: the server
+ * proposes a void of the same request id and principal at once. The ledger decides it
+ * like any void: a granted reservation is released, anything else is left as it is.
+ * (libtally also voids a reserve that ends in EINTERNAL, should this proposal fail.)
+ */
+static void void_lost_reserve(struct rpc_server *s, const struct ledger_cmd *reserve)
+{
+    struct ledger_cmd v = *reserve;
+    v.type = LEDGER_CMD_VOID;
+    memset(&v.u, 0, sizeof(v.u));
+    if (node_propose(s->node, &v, 1, lost_void_cb, NULL) == 0) {
+        s->m.lost_answer_voids++;
+    }
+}
+
 static void propose_cb(struct node *node, void *data, int status, uint64_t index,
                        const struct ledger_result *results, size_t n_results)
 {
@@ -207,13 +250,18 @@ static void propose_cb(struct node *node, void *data, int status, uint64_t index
                               (double)(now_ns() - p->start_ns) / 1e9);
     }
     if (live) {
+        bool internal;
         if (status != 0) {
-            answer_node_error(c, p->req.seq, status);
+            internal = answer_node_error(c, p->req.seq, status) == RPC_EINTERNAL;
         } else {
-            struct rpc_response resp = {.seq = p->req.seq};
+            struct rpc_response resp = rpc__answer_begin(p->req.seq);
             resp.u.write.index = index;
             resp.u.write.result = results[0];
-            rpc__answer(c, RPC_OP_WRITE, &resp);
+            resp.status = RPC_OK;
+            internal = !rpc__answer(c, RPC_OP_WRITE, &resp);
+        }
+        if (internal && p->req.u.write.type == LEDGER_CMD_RESERVE) {
+            void_lost_reserve(s, &p->req.u.write);
         }
     }
     pending_free(p);
@@ -300,10 +348,11 @@ static void answer_list(struct rpc__conn *c, const struct rpc_request *req)
     if (rv < 0) {
         answer_ledger_error(c, req->seq, rv);
     } else {
-        struct rpc_response resp = {.seq = req->seq};
+        struct rpc_response resp = rpc__answer_begin(req->seq);
         resp.u.list.n = k.n;
         resp.u.list.next = k.more ? req->u.list.cursor + k.n : 0;
         resp.u.list.items.accounts = k.items;
+        resp.status = RPC_OK;
         rpc__answer(c, req->op, &resp);
     }
     free(k.items);
@@ -312,7 +361,7 @@ static void answer_list(struct rpc__conn *c, const struct rpc_request *req)
 static void answer_read(struct rpc__conn *c, const struct rpc_request *req)
 {
     struct ledger *l = node_ledger(c->srv->node);
-    struct rpc_response resp = {.seq = req->seq};
+    struct rpc_response resp = rpc__answer_begin(req->seq);
     int rv;
     switch (req->op) {
     case RPC_OP_ACCOUNT_GET:
@@ -332,6 +381,7 @@ static void answer_read(struct rpc__conn *c, const struct rpc_request *req)
         return;
     }
     if (rv == 0) {
+        resp.status = RPC_OK;
         rpc__answer(c, req->op, &resp);
     } else {
         answer_ledger_error(c, req->seq, rv);
@@ -378,7 +428,7 @@ static void handle_read(struct rpc__conn *c, const struct rpc_request *req)
 static void answer_status(struct rpc__conn *c, const struct rpc_request *req)
 {
     struct rpc_server *s = c->srv;
-    struct rpc_response resp = {.seq = req->seq};
+    struct rpc_response resp = rpc__answer_begin(req->seq);
     struct rpc_node_status *st = &resp.u.status;
     struct node_stats ns;
     node_stats(s->node, &ns);
@@ -403,6 +453,7 @@ static void answer_status(struct rpc__conn *c, const struct rpc_request *req)
         snprintf(m->client_address, sizeof(m->client_address), "%s",
                  member_client_address(s, m->id));
     }
+    resp.status = RPC_OK;
     rpc__answer(c, RPC_OP_STATUS, &resp);
 }
 
@@ -412,7 +463,8 @@ static void change_cb(struct node *node, void *data, int status)
     struct rpc__conn *c;
     if (pending_end(p, &c)) {
         if (status == 0) {
-            struct rpc_response resp = {.seq = p->req.seq};
+            struct rpc_response resp = rpc__answer_begin(p->req.seq);
+            resp.status = RPC_OK;
             rpc__answer(c, RPC_OP_MEMBERSHIP, &resp);
         } else if (status == -NODE_ERAFT) {
             rpc__answer_error(c, p->req.seq, RPC_EBADREQ, node_errmsg(node), false);

@@ -54,9 +54,10 @@ static void hash_done_cb(uv_work_t *w, int status)
         if (job->rv != 0) {
             rpc__answer_error(c, job->seq, RPC_EINTERNAL, ledger_strerror(job->rv), false);
         } else {
-            struct rpc_response resp = {.seq = job->seq};
+            struct rpc_response resp = rpc__answer_begin(job->seq);
             resp.u.hash.applied_index = job->applied_index;
             memcpy(resp.u.hash.state_hash, job->hash, sizeof(job->hash));
+            resp.status = RPC_OK;
             rpc__answer(c, RPC_OP_HASH, &resp);
         }
         rpc__conn_backpressure_update(c);

@@ -243,6 +243,9 @@ static void put_traffic(struct writer *w, const struct rpc_metrics *m)
     put_family(w, "tally_overrun_micros_total", "counter",
                "Total excess of actual cost over estimate in those settles, micros.");
     put(w, "tally_overrun_micros_total %" PRId64 "\n", m->overrun_micros);
+    put_u64(w, "tally_lost_answer_voids_total", "counter",
+            "Voids proposed for reserves whose answer was lost to an internal error.",
+            m->lost_answer_voids);
 }
 
 static void put_connections(struct writer *w, const struct rpc_metrics *m)

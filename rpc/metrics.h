@@ -69,6 +69,7 @@ struct rpc_metrics {
     uint64_t unavailable;              /* requests answered UNAVAILABLE or outcome-unknown */
     uint64_t overruns;                 /* settles whose actual exceeded the estimate */
     int64_t overrun_micros;            /* their total excess */
+    uint64_t lost_answer_voids;        /* voids proposed for reserves answered EINTERNAL */
     uint64_t connections_open;
     uint64_t connections_total;
     uint64_t auth_failures;

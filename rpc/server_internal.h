@@ -163,9 +163,14 @@ void rpc__flush_check_cb(uv_check_t *h);
 void rpc__answer_error(struct rpc__conn *c, uint64_t seq, int status, const char *message,
                        bool close);
 
+/* A success answer to `seq` starts here, as an error (RPC_EINTERNAL, "no answer was
+ * decided"): the path that fills the payload sets RPC_OK, so one that forgot to answers
+ * an error, never an empty success. */
+struct rpc_response rpc__answer_begin(uint64_t seq);
+
 /* Append the answer `resp` (borrowed) to op `op` to `c`'s output; an answer that cannot
- * be encoded becomes RPC_EINTERNAL. */
-void rpc__answer(struct rpc__conn *c, int op, const struct rpc_response *resp);
+ * be encoded becomes RPC_EINTERNAL (then returns false). */
+bool rpc__answer(struct rpc__conn *c, int op, const struct rpc_response *resp);
 
 /* Count, authorize and carry out one decoded request (borrowed; copied if it has to
  * wait for the node). Every request gets exactly one answer, unless `c` closes first. */

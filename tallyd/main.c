@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define METRICS_PERIOD_MS 250
 #define LEDGER_COUNT_PERIOD_MS 5000
@@ -43,7 +44,9 @@ struct options {
     const char *token_file;
     const char *tls_cert, *tls_key, *tls_client_ca;
     const char *clock_offset_file; /* fault injection: a file holding a signed ms offset */
+    const char *lose_answers_file; /* fault injection: answers are lost while it exists */
     bool join;
+    bool allow_unknown_boot_id;
     uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
     uint64_t max_frame, max_inflight, max_connections, hello_timeout_ms;
     uint64_t idle_timeout_ms, max_connections_per_address;
@@ -60,6 +63,7 @@ static uint64_t open_reservations, accounts;
 static uint64_t ticks;
 #if TALLY_FAULT_INJECTION
 static const char *clock_offset_file;
+static const char *lose_answers_file;
 
 /* Fault injection: apply the offset in clock_offset_file (missing or bad: 0). */
 static void read_clock_offset(void)
@@ -115,6 +119,8 @@ static void usage(FILE *out)
             "                            (every node gets the same list; a new data dir of a\n"
             "                            listed node bootstraps it)\n"
             "  --join                    do not bootstrap: wait to be added        TALLY_JOIN=1\n"
+            "  --allow-unknown-boot-id   start without the machine's boot id: the  TALLY_ALLOW_UNKNOWN_BOOT_ID=1\n"
+            "                            ledger is rebuilt after every unclean stop\n"
             "  --token-file FILE         lines \"ROLE NAME SHA256HEX\" or             TALLY_TOKEN_FILE\n"
             "                            \"ROLE NAME cert:SHA256HEX\" (reread on SIGHUP)\n"
             "  --election-timeout-ms N   default 1000                              TALLY_ELECTION_TIMEOUT_MS\n"
@@ -134,6 +140,8 @@ static void usage(FILE *out)
 #if TALLY_FAULT_INJECTION
             "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
             "                            to this node's clock (re-read 4 times a second)\n"
+            "  --debug-lose-answers-file F  fault injection: while F exists, committed writes\n"
+            "                            are answered internal (looked for 4 times a second)\n"
 #endif
             "  --help\n");
 }
@@ -156,8 +164,9 @@ static bool parse_u64(const char *s, uint64_t *out)
 enum {
     OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
     OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
-    OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_MAX_CONNS_ADDR, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
-    OPT_CLOCK_OFFSET_FILE, OPT_HELP,
+    OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_IDLE_TIMEOUT,
+    OPT_MAX_CONNS_ADDR, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_CLOCK_OFFSET_FILE,
+    OPT_LOSE_ANSWERS_FILE, OPT_ALLOW_UNKNOWN_BOOT_ID, OPT_HELP,
 };
 
 struct flag {
@@ -175,6 +184,7 @@ static const struct flag flags[] = {
     {"http-listen", "TALLY_HTTP_LISTEN", OPT_HTTP, false},
     {"members", "TALLY_MEMBERS", OPT_MEMBERS, false},
     {"join", "TALLY_JOIN", OPT_JOIN, false},
+    {"allow-unknown-boot-id", "TALLY_ALLOW_UNKNOWN_BOOT_ID", OPT_ALLOW_UNKNOWN_BOOT_ID, false},
     {"token-file", "TALLY_TOKEN_FILE", OPT_TOKENS, false},
     {"election-timeout-ms", "TALLY_ELECTION_TIMEOUT_MS", OPT_ELECTION, true},
     {"heartbeat-ms", "TALLY_HEARTBEAT_MS", OPT_HEARTBEAT, true},
@@ -192,6 +202,7 @@ static const struct flag flags[] = {
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
 #if TALLY_FAULT_INJECTION
     {"debug-clock-offset-file", "TALLY_DEBUG_CLOCK_OFFSET_FILE", OPT_CLOCK_OFFSET_FILE, false},
+    {"debug-lose-answers-file", "TALLY_DEBUG_LOSE_ANSWERS_FILE", OPT_LOSE_ANSWERS_FILE, false},
 #endif
 };
 
@@ -213,6 +224,9 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_HTTP: o->http_listen = value; break;
     case OPT_MEMBERS: o->members = value; break;
     case OPT_JOIN: o->join = value == NULL || strcmp(value, "0") != 0; break;
+    case OPT_ALLOW_UNKNOWN_BOOT_ID:
+        o->allow_unknown_boot_id = value == NULL || strcmp(value, "0") != 0;
+        break;
     case OPT_TOKENS: o->token_file = value; break;
     case OPT_ELECTION: o->election_timeout_ms = v; break;
     case OPT_HEARTBEAT: o->heartbeat_ms = v; break;
@@ -228,6 +242,7 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_TLS_KEY: o->tls_key = value; break;
     case OPT_TLS_CA: o->tls_client_ca = value; break;
     case OPT_CLOCK_OFFSET_FILE: o->clock_offset_file = value; break;
+    case OPT_LOSE_ANSWERS_FILE: o->lose_answers_file = value; break;
     default: return false;
     }
     return true;
@@ -244,8 +259,10 @@ static int parse_options(int argc, char **argv, struct options *o)
             return -1;
         }
         longopts[n++] = (struct option){flags[i].name,
-                                        flags[i].opt == OPT_JOIN ? no_argument
-                                                                 : required_argument,
+                                        flags[i].opt == OPT_JOIN ||
+                                                flags[i].opt == OPT_ALLOW_UNKNOWN_BOOT_ID
+                                            ? no_argument
+                                            : required_argument,
                                         NULL, flags[i].opt};
     }
     longopts[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
@@ -359,6 +376,9 @@ static void metrics_tick(uv_timer_t *h)
 #if TALLY_FAULT_INJECTION
     if (clock_offset_file != NULL && !stopping) {
         read_clock_offset();
+    }
+    if (lose_answers_file != NULL && !stopping) {
+        node_set_lose_answers(node, access(lose_answers_file, F_OK) == 0);
     }
 #endif
     if (http == NULL || stopping) {
@@ -485,6 +505,7 @@ static int start(const struct options *o)
     cfg.address = o->peer_listen;
     cfg.on_fatal = node_exit_fatal; /* a node that cannot go on stops the process: exit 74 */
     cfg.bootstrap = !o->join;
+    cfg.allow_unknown_boot_id = o->allow_unknown_boot_id;
     if (o->election_timeout_ms != 0) {
         cfg.election_timeout_ms = (unsigned)o->election_timeout_ms;
     }
@@ -573,6 +594,7 @@ static int start(const struct options *o)
     uv_signal_start(&sighup, on_sighup, SIGHUP);
 #if TALLY_FAULT_INJECTION
     clock_offset_file = o->clock_offset_file;
+    lose_answers_file = o->lose_answers_file;
 #endif
     uv_timer_init(loop, &metrics_timer);
     uv_timer_start(&metrics_timer, metrics_tick, 0, METRICS_PERIOD_MS);

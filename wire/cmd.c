@@ -562,63 +562,64 @@ int ledger_batch_decode(const void *buf, size_t len, int64_t *stamp_ms, struct l
 
 /* ---- Fingerprints. ---- */
 
-struct fnv {
-    uint64_t h;
+/* Where the fingerprint's bytes go: the caller's hash. */
+struct fp_sink {
+    void (*feed)(void *ctx, const void *p, size_t n);
+    void *ctx;
 };
 
-static void fnv_bytes(struct fnv *f, const void *p, size_t n)
+static void fp_bytes(const struct fp_sink *f, const void *p, size_t n)
 {
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++) {
-        f->h = (f->h ^ b[i]) * 0x100000001b3ULL;
-    }
+    f->feed(f->ctx, p, n);
 }
 
-static void fnv_u64(struct fnv *f, uint64_t v)
+static void fp_u64(const struct fp_sink *f, uint64_t v)
 {
     uint8_t b[8];
     for (int i = 0; i < 8; i++) {
         b[i] = (uint8_t)(v >> (8 * i));
     }
-    fnv_bytes(f, b, 8);
+    fp_bytes(f, b, 8);
 }
 
-static void fnv_str(struct fnv *f, const char *s)
+/* Length first, so that no two different argument lists feed the same bytes. */
+static void fp_str(const struct fp_sink *f, const char *s)
 {
     size_t n = strlen(s);
-    fnv_u64(f, n);
-    fnv_bytes(f, s, n);
+    fp_u64(f, n);
+    fp_bytes(f, s, n);
 }
 
-/* Hash field `name` of the struct `v` points to, in wire order. */
+/* Feed field `name` of the struct `v` points to, in wire order. */
 #define FP_FIELD(kind, name, bound) FP_##kind(&v->name, bound);
-#define FP_u8(p, bound) fnv_u64(f, *(p))
-#define FP_u32(p, bound) fnv_u64(f, *(p))
-#define FP_u64(p, bound) fnv_u64(f, *(p))
-#define FP_i64(p, bound) fnv_u64(f, (uint64_t) * (p))
-#define FP_str(p, bound) fnv_str(f, *(p))
-#define FP_key(p, bound) fnv_bytes(f, *(p), bound)
-#define FP_blob(p, bound) (fnv_u64(f, *(p##_len)), fnv_bytes(f, *(p), *(p##_len)))
-#define FP_limits(p, bound) fnv_limits(f, p)
-#define FP_mlimits(p, bound) fnv_model_limits(f, p)
+#define FP_u8(p, bound) fp_u64(f, *(p))
+#define FP_u32(p, bound) fp_u64(f, *(p))
+#define FP_u64(p, bound) fp_u64(f, *(p))
+#define FP_i64(p, bound) fp_u64(f, (uint64_t) * (p))
+#define FP_str(p, bound) fp_str(f, *(p))
+#define FP_key(p, bound) fp_bytes(f, *(p), bound)
+#define FP_blob(p, bound) (fp_u64(f, *(p##_len)), fp_bytes(f, *(p), *(p##_len)))
+#define FP_limits(p, bound) fp_limits(f, p)
+#define FP_mlimits(p, bound) fp_model_limits(f, p)
 #define FP_payer_key(p, bound) (v->by_account ? (void)0 : FP_key(p, bound))
 #define FP_payer_account(p, bound) (v->by_account ? FP_str(p, bound) : (void)0)
 
-static void fnv_limits(struct fnv *f, const struct ledger_limits *v)
+static void fp_limits(const struct fp_sink *f, const struct ledger_limits *v)
 {
     LEDGER_LIMITS_FIELDS(FP_FIELD)
 }
 
-static void fnv_model_limits(struct fnv *f, const struct ledger_model_limits *v)
+static void fp_model_limits(const struct fp_sink *f, const struct ledger_model_limits *v)
 {
     LEDGER_MODEL_LIMITS_FIELDS(FP_FIELD)
 }
 
-uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c)
+void ledger_cmd_fingerprint_feed(const struct ledger_cmd *c,
+                                 void (*feed)(void *ctx, const void *p, size_t n), void *ctx)
 {
-    struct fnv fnv = {0xcbf29ce484222325ULL}, *f = &fnv;
-    fnv_u64(f, c->type);
-    fnv_bytes(f, c->request_id, LEDGER_REQUEST_ID_SIZE);
+    const struct fp_sink sink = {feed, ctx}, *f = &sink;
+    fp_u64(f, c->type);
+    fp_bytes(f, c->request_id, LEDGER_REQUEST_ID_SIZE);
     switch (c->type) {
 #define CMD_FP(type, number, member)                                                         \
     case number: {                                                                           \
@@ -628,5 +629,4 @@ uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c)
         LEDGER_CMDS(CMD_FP)
 #undef CMD_FP
     }
-    return fnv.h;
 }

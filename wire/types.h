@@ -31,6 +31,7 @@
 #define LEDGER_PERIOD_MAX_MS (366LL * 24 * 3600 * 1000)
 #define LEDGER_RETENTION_DEFAULT_MS (24LL * 3600 * 1000) /* stored answers */
 #define LEDGER_RETENTION_MAX_MS (90LL * 24 * 3600 * 1000)
+#define LEDGER_RETENTION_MIN_MS (3600LL * 1000) /* the least a ledger accepts (ledger.h) */
 #define LEDGER_TIME_MAX_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
 #define LEDGER_BATCH_MAX_CMDS 4096   /* commands in one batch */
 #define LEDGER_BATCH_MAX_BYTES (8u << 20)

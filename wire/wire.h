@@ -77,9 +77,15 @@ bool ledger_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b);
 /* Encode one command alone (for the admin journal). *buf is malloc'd, caller frees. */
 int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len);
 
-/* 64-bit fingerprint of a command's type, id and arguments (the actor excluded): the
- * idempotency store's test for "the same request". */
-uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c);
+/*
+ * The bytes that say "the same request" to the idempotency store: a command's type, id
+ * and arguments (the actor excluded), each length-prefixed, in wire order, passed to
+ * `feed` (with `ctx`, borrowed) in pieces. The ledger hashes them with SHA-256 and keeps
+ * LEDGER_FINGERPRINT_SIZE bytes (ledger/store.h); wire/ itself links no hash.
+ */
+#define LEDGER_FINGERPRINT_SIZE 16 /* 128 bits of SHA-256 */
+void ledger_cmd_fingerprint_feed(const struct ledger_cmd *c,
+                                 void (*feed)(void *ctx, const void *p, size_t n), void *ctx);
 
 /* ==== The client protocol (proto.c). ==== */
 

@@ -3,6 +3,7 @@
  * cluster, over raw sockets.
  *
  *   tallyd_protocol_test <path to tallyd> [tls [<path to tallyctl>]]
+ *   tallyd_protocol_test <path to tallyd-faults> lost_answer
  *
  * With `tls` the cluster serves TLS with a client CA, and the test also shows: token
  * auth over TLS; a client certificate the token file maps to a role by its fingerprint
@@ -11,6 +12,9 @@
  * not list refused; a certificate from another CA, and a plain TCP client, both cut off
  * without affecting anybody else. Given tallyctl, it also runs
  * tallyctl over TLS, with a token and with the admin client certificate.
+ *
+ * With `lost_answer` (tallyd-faults' --debug-lose-answers-file): a reserve that commits
+ * but whose answer the node lost is answered `internal`, and the node voids it at once.
  *
  * Each bad input must get an error answer or a closed connection (or both), and the
  * node must go on serving everybody else: after every case a fresh connection still
@@ -507,14 +511,85 @@ static void tallyctl_over_tls(const char *tallyctl, const char *auth)
     h_say("tallyctl over TLS with %s: ok", auth);
 }
 
+/* The state of reservation `id` as the leader reads it; -1 if it cannot be read. */
+static int resv_state(struct rc *c, const uint8_t id[LEDGER_REQUEST_ID_SIZE])
+{
+    struct rpc_request req = {.op = RPC_OP_RESV_GET};
+    memcpy(req.u.get.request_id, id, LEDGER_REQUEST_ID_SIZE);
+    struct rpc_response resp;
+    if (rc_call(c, &req, &resp) != 0 || resp.status != RPC_OK) {
+        return -1;
+    }
+    return resp.u.reservation.state;
+}
+
+/* A reserve whose answer is lost after it committed is answered `internal` and voided by
+ * the node (not by the client: this one sends nothing more), so no hold stays. */
+static void case_lost_answer(const char *lose_file)
+{
+    struct rc c;
+    open_admin(&c);
+    FILE *f = fopen(lose_file, "w");
+    if (f == NULL) {
+        H_FAIL("cannot create %s", lose_file);
+    }
+    fclose(f);
+    usleep(600 * 1000); /* the nodes look for the file 4 times a second */
+    struct ledger_cmd cmd = reserve_cmd("proto-root", 5);
+    struct rpc_response resp;
+    int status = write_cmd(&c, &cmd, &resp);
+    unlink(lose_file);
+    if (status != RPC_EINTERNAL) {
+        H_FAIL("a reserve whose answer was lost was answered %d, not internal", status);
+    }
+    h_say("lost answer: %s \"%s\"", rpc_status_name(status), resp.message);
+    int state = -1;
+    for (int i = 0; i < 100 && state != LEDGER_RESV_VOIDED; i++) {
+        usleep(50 * 1000);
+        state = resv_state(&c, cmd.request_id);
+    }
+    if (state != LEDGER_RESV_VOIDED) {
+        H_FAIL("the reserve answered internal was not voided (state %d)", state);
+    }
+    uint64_t voids = 0;
+    int leader = cl_leader(10000);
+    usleep(600 * 1000); /* the figures are published 4 times a second */
+    if (cl_metric(leader, "tally_lost_answer_voids_total", &voids) != 0 || voids < 1) {
+        H_FAIL("tally_lost_answer_voids_total is %llu", (unsigned long long)voids);
+    }
+    h_say("ok: the reserve answered internal was voided (tally_lost_answer_voids_total %llu)",
+          (unsigned long long)voids);
+    rc_close(&c);
+    usleep(600 * 1000);
+    still_serving("a lost answer");
+}
+
+/* The end of every run: the replicas agree, and every node stops cleanly. */
+static int converge_and_stop(void)
+{
+    char hash[65];
+    cl_converged(20000, 0, hash);
+    for (int i = 0; i < CL_NODES; i++) {
+        cl_stop(i, SIGTERM);
+    }
+    h_pass();
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     bool tls = argc >= 3 && strcmp(argv[2], "tls") == 0;
-    if (argc != 2 && !(tls && argc <= 4)) {
-        fprintf(stderr, "usage: %s <tallyd> [tls [<tallyctl>]]\n", argv[0]);
+    bool lost_answer = argc == 3 && strcmp(argv[2], "lost_answer") == 0;
+    if (argc != 2 && !(tls && argc <= 4) && !lost_answer) {
+        fprintf(stderr, "usage: %s <tallyd> [tls [<tallyctl>] | lost_answer]\n", argv[0]);
         return 2;
     }
     h_init("tally-protocol-test", 150);
+    char lose_file[PATH_MAX];
+    snprintf(lose_file, sizeof(lose_file), "%s/lose-answers", h_dir);
+    if (lost_answer) {
+        setenv("TALLY_DEBUG_LOSE_ANSWERS_FILE", lose_file, 1); /* the nodes inherit it */
+    }
     char hello_timeout[16];
     snprintf(hello_timeout, sizeof(hello_timeout), "%d", HELLO_TIMEOUT_MS);
     setenv("TALLY_HELLO_TIMEOUT_MS", hello_timeout, 1); /* the nodes inherit it */
@@ -530,6 +605,10 @@ int main(int argc, char **argv)
         H_FAIL("create the account");
     }
     rc_close(&c);
+    if (lost_answer) {
+        case_lost_answer(lose_file);
+        return converge_and_stop();
+    }
     case_garbage();
     case_oversized();
     case_deep_nesting();
@@ -551,11 +630,5 @@ int main(int argc, char **argv)
                  h_dir, h_dir);
         tallyctl_over_tls(argv[3], auth);
     }
-    char hash[65];
-    cl_converged(20000, 0, hash);
-    for (int i = 0; i < CL_NODES; i++) {
-        cl_stop(i, SIGTERM);
-    }
-    h_pass();
-    return 0;
+    return converge_and_stop();
 }

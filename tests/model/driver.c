@@ -640,10 +640,11 @@ static struct ledger_cmd gen_key(void)
 static struct ledger_cmd gen_config(void)
 {
     struct ledger_cmd c = new_cmd(LEDGER_CMD_CONFIG_SET);
-    uint64_t p = rng_below(3);
+    uint64_t p = rng_below(4);
     /* Only the default is set: a changed retention would blur which ids are retained. */
     c.u.config.retention_ms = p == 0   ? LEDGER_RETENTION_DEFAULT_MS
                               : p == 1 ? 0
+                              : p == 2 ? LEDGER_RETENTION_MIN_MS - 1
                                        : LEDGER_RETENTION_MAX_MS + 1;
     return c;
 }

@@ -717,6 +717,9 @@ static struct ledger_result m_config(const struct ledger_cmd *c)
     if (v < 1 || v > LEDGER_RETENTION_MAX_MS) {
         return m_result(c, -LEDGER_EINVAL);
     }
+    if (v < LEDGER_RETENTION_MIN_MS) {
+        return m_result(c, -LEDGER_EINVAL); /* the ledger's minimum, after the shape check */
+    }
     M.retention_ms = v;
     return m_result(c, LEDGER_OK);
 }

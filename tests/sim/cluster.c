@@ -354,7 +354,10 @@ static int open_server(struct sim *s, unsigned i, size_t map_bytes)
         sim_fail(s, "check=setup: mkdtemp failed");
         return -1;
     }
-    struct ledger_options o = {.flags = LEDGER_OPEN_NOSYNC, .initial_map_bytes = map_bytes};
+    /* Retention of seconds (below the ledger's 1 h minimum), so that the end of retention
+     * happens within a run's fixture time. */
+    struct ledger_options o = {
+        .flags = LEDGER_OPEN_NOSYNC, .initial_map_bytes = map_bytes, .retention_min_ms = 1};
     if (ledger_open(&v->ledger, v->dir, &o, err) != 0) {
         sim_fail(s, "check=setup: ledger_open: %s", err);
         return -1;

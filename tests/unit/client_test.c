@@ -371,6 +371,9 @@ static void bad_other_calls_are_refused(void)
     expect_refused(tally_model_limit_set(c, "org", "gpt-4", &model_limits, NULL, 0, &res), &res,
                    TALLY_EINVAL);
     expect_refused(tally_retention_set(c, 0, NULL, 0, &res), &res, TALLY_EINVAL);
+    expect_refused(tally_retention_set(c, TALLY_RETENTION_MIN_MS - 1, NULL, 0, &res), &res,
+                   TALLY_EINVAL);
+    CHECK(strstr(res.message, "minimum of 1 h") != NULL);
     expect_refused(tally_account_get(c, "org", 0x8, 0, &accounts[0], &res), &res, TALLY_EINVAL);
     expect_refused(tally_account_list(c, NULL, 0, 0, 0, 0, accounts, &n, &next, &res), &res,
                    TALLY_EINVAL);
@@ -623,6 +626,13 @@ enum fake_mode {
     FAKE_SILENT,   /* accept HELLO, never answer anything else */
     FAKE_REVERSE,  /* answer writes in batches of `batch`, last first */
     FAKE_REDIRECT, /* answer writes NOT_LEADER, naming `leader_address` */
+    FAKE_EAUTH,   /* refuse HELLO */
+    FAKE_SILENT,  /* accept HELLO, never answer anything else */
+    FAKE_REVERSE, /* answer writes in batches of `batch`, last first */
+    /* Answer every write at once, granted, but not as the answer to it: */
+    FAKE_WRONG_ID,   /* the result carries another request id */
+    FAKE_WRONG_TYPE, /* the result is of another command type */
+    FAKE_WRONG_OP,   /* the answer is shaped as a STATUS answer */
 };
 
 struct fake {
@@ -676,8 +686,9 @@ static void send_all(const struct peer *p, const struct rpc_buf *b)
     }
 }
 
-/* Answer write `q` granted (even estimate) or denied (odd), echoing the estimate. */
-static void fake_answer_write(const struct peer *peer, const struct rpc_request *q)
+/* Answer write `q` granted (even estimate) or denied (odd), echoing the estimate; with
+ * `mode` a FAKE_WRONG_*, granted but wrong in that way. */
+static void fake_answer_write(const struct peer *peer, const struct rpc_request *q, int mode)
 {
     struct rpc_response resp;
     struct rpc_buf out = {0};
@@ -688,12 +699,17 @@ static void fake_answer_write(const struct peer *peer, const struct rpc_request 
     x->cmd_type = q->u.write.type;
     memcpy(x->request_id, q->u.write.request_id, 16);
     x->remaining = q->u.write.u.reserve.estimate_micros;
-    if (q->u.write.u.reserve.estimate_micros % 2 == 1) {
+    if (mode == FAKE_WRONG_ID) {
+        x->request_id[15] ^= 1;
+    } else if (mode == FAKE_WRONG_TYPE) {
+        x->cmd_type = q->u.write.type == LEDGER_CMD_SETTLE ? LEDGER_CMD_VOID : LEDGER_CMD_SETTLE;
+    } else if (mode != FAKE_WRONG_OP && q->u.write.u.reserve.estimate_micros % 2 == 1) {
         x->status = LEDGER_DENIED;
         x->deny_reason = LEDGER_DENY_BUDGET;
         snprintf(x->account, sizeof(x->account), "team");
     }
-    if (rpc_response_encode(&out, RPC_OP_WRITE, &resp) == 0) {
+    int op = mode == FAKE_WRONG_OP ? RPC_OP_STATUS : RPC_OP_WRITE;
+    if (rpc_response_encode(&out, op, &resp) == 0) {
         send_all(peer, &out);
     }
     rpc_buf_free(&out);
@@ -702,7 +718,7 @@ static void fake_answer_write(const struct peer *peer, const struct rpc_request 
 static void fake_flush(const struct peer *peer, struct rpc_request *held, int *n_held)
 {
     for (int i = *n_held - 1; i >= 0; i--) {
-        fake_answer_write(peer, &held[i]);
+        fake_answer_write(peer, &held[i], FAKE_REVERSE);
     }
     *n_held = 0;
 }
@@ -809,7 +825,9 @@ static int fake_request(struct fake *f, const struct peer *peer, struct rpc_requ
         }
         int mode = f->mode; /* a test may change it while connected */
         pthread_mutex_unlock(&f->mu);
-        if (mode == FAKE_REVERSE) {
+        if (mode == FAKE_WRONG_ID || mode == FAKE_WRONG_TYPE || mode == FAKE_WRONG_OP) {
+            fake_answer_write(peer, q, mode);
+        } else if (mode == FAKE_REVERSE) {
             held[(*n_held)++] = *q;
             if (*n_held == f->batch) {
                 fake_flush(peer, held, n_held);
@@ -1217,6 +1235,49 @@ static void redirect_to_a_configured_endpoint_is_followed(void)
     tally_close(c);
     fake_stop(&follower);
     fake_stop(&leader);
+/* An answer that is not the answer to the call (another request id, another command type,
+ * another op's shape) is a protocol error: the call fails with TALLY_EPROTO and says why,
+ * never a grant, the connection is dropped, and the reserve's id is voided in the
+ * background in case the node did grant it. */
+static void answer_to_another_request_fails_the_call(void)
+{
+    static const struct {
+        int mode;
+        const char *says;
+    } cases[] = {
+        {FAKE_WRONG_ID, "another request id"},
+        {FAKE_WRONG_TYPE, "is of type"},
+        {FAKE_WRONG_OP, "malformed answer"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct fake f;
+        fake_start(&f, cases[i].mode, 0);
+        struct tally *c = open_at(f.port, 1, 0);
+        struct tally_result res;
+        struct tally_reserve_args a = reserve_args("sk-1");
+        CHECK_EQ_INT(tally_reserve(c, &a, 2000, &res), -TALLY_EPROTO);
+        CHECK_EQ_INT(res.outcome, TALLY_ERROR);
+        CHECK_EQ_INT(res.error, TALLY_EPROTO);
+        CHECK_EQ_INT(res.failed_open, 0);
+        if (strstr(res.message, cases[i].says) == NULL) {
+            fprintf(stderr, "  mode %d: message \"%s\"\n", cases[i].mode, res.message);
+            CHECK(false);
+        }
+        for (int w = 0; w < 100 && fake_voids_of(&f, res.request_id) == 0; w++) {
+            usleep(10000);
+        }
+        CHECK(fake_voids_of(&f, res.request_id) >= 1);
+        struct tally_stats st;
+        tally_stats(c, &st);
+        CHECK_EQ_INT(st.voids_queued, 1);
+        CHECK(st.reconnects >= 1);
+        /* A settle is refused the same way (it starts no void). */
+        uint8_t id[TALLY_REQUEST_ID_SIZE] = {1};
+        CHECK_EQ_INT(tally_settle(c, id, 10, 1, 2000, &res), -TALLY_EPROTO);
+        CHECK_EQ_INT(res.outcome, TALLY_ERROR);
+        tally_close(c);
+        fake_stop(&f);
+    }
 }
 
 /* A gateway that resubmits a reserve it holds (same id) must not lose the grant when the
@@ -1756,6 +1817,7 @@ int main(void)
     TEST(resubmitted_grant_is_not_voided);
     TEST(redirect_to_an_unconfigured_address_is_not_followed);
     TEST(redirect_to_a_configured_endpoint_is_followed);
+    TEST(answer_to_another_request_fails_the_call);
     TEST(resubmitted_grant_is_not_voided_among_sequential_ids);
     TEST(tls_round_trip_is_verified_and_pipelined);
     TEST(tls_client_certificate_stands_for_the_token);

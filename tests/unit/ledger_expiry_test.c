@@ -296,12 +296,12 @@ static void late_settle_after_retention_is_enotfound(void)
 {
     struct tl t;
     tlx_open_chain(&t, NULL, NULL, NULL);
-    TLX_OK(&t, tl_config(&t, 1000));
+    TLX_OK(&t, tl_config(&t, LEDGER_RETENTION_MIN_MS));
     TLX_OK(&t, tl_reserve(&t, 100, "user", 100, 0, EXPIRY_TTL));
     tlx_tick_to(&t, TLX_T0 + EXPIRY_TTL);
 
-    /* Expired (resolved) at T0 + 1000, retained for 1000 ms. */
-    t.now_ms = TLX_T0 + 2000;
+    /* Expired (resolved) at T0 + EXPIRY_TTL, retained for 1 h. */
+    t.now_ms = TLX_T0 + EXPIRY_TTL + LEDGER_RETENTION_MIN_MS;
     TLX_RUN(&t, tl_settle(&t, 100, 40, 0), -LEDGER_ENOTFOUND);
     TLX_CHECK_CHAIN(&t, 100, 0, 0);
     TL_CHECK_INVARIANTS(&t);

@@ -235,12 +235,12 @@ static void answers_are_forgotten_after_retention(void)
     struct tl t;
     struct ledger_limits lim = tlx_budget(100);
     tlx_open_chain_on(&t, "user", &lim);
-    TLX_OK(&t, tl_config(&t, 1000));
+    TLX_OK(&t, tl_config(&t, LEDGER_RETENTION_MIN_MS));
     TLX_RUN(&t, tl_reserve(&t, 100, "user", 200, 0, TLX_TTL), LEDGER_DENIED);
 
-    t.now_ms = TLX_T0 + 999;
+    t.now_ms = TLX_T0 + LEDGER_RETENTION_MIN_MS - 1;
     TLX_RUN(&t, tl_reserve(&t, 100, "user", 50, 0, TLX_TTL), -LEDGER_ECONFLICT);
-    t.now_ms = TLX_T0 + 1000;
+    t.now_ms = TLX_T0 + LEDGER_RETENTION_MIN_MS;
     struct ledger_result r = TLX_OK(&t, tl_reserve(&t, 100, "user", 50, 0, TLX_TTL));
     CHECK(!replayed(&r));
     TLX_CHECK_CHAIN(&t, 0, 50, 1);
@@ -251,16 +251,16 @@ static void resolved_reservation_is_kept_for_retention_after_resolving(void)
 {
     struct tl t;
     tlx_open_chain(&t, NULL, NULL, NULL);
-    TLX_OK(&t, tl_config(&t, 1000));
+    TLX_OK(&t, tl_config(&t, LEDGER_RETENTION_MIN_MS));
     struct ledger_cmd c = tl_reserve(&t, 100, "user", 100, 0, 200);
     TLX_OK(&t, c);
     t.now_ms = TLX_T0 + 100;
     TLX_OK(&t, tl_settle(&t, 100, 100, 0));
 
-    /* Expires at T0 + 200, resolved at T0 + 100: kept until T0 + 1100. */
-    tlx_tick_to(&t, TLX_T0 + 1099);
+    /* Expires at T0 + 200, resolved at T0 + 100: kept until T0 + 100 + retention. */
+    tlx_tick_to(&t, TLX_T0 + 100 + LEDGER_RETENTION_MIN_MS - 1);
     CHECK_EQ_INT(tlx_resv(&t, 100).state, LEDGER_RESV_SETTLED);
-    tlx_tick_to(&t, TLX_T0 + 1100);
+    tlx_tick_to(&t, TLX_T0 + 100 + LEDGER_RETENTION_MIN_MS);
     uint8_t id[LEDGER_REQUEST_ID_SIZE];
     struct ledger_reservation_info info;
     tl_id(id, 100);
@@ -269,6 +269,28 @@ static void resolved_reservation_is_kept_for_retention_after_resolving(void)
     struct ledger_result r = TLX_OK(&t, c);
     CHECK(!replayed(&r));
     TLX_CHECK_CHAIN(&t, 100, 100, 1);
+    TL_CHECK_INVARIANTS(&t);
+}
+
+/* Retention below 1 h is refused (a retried id could be granted twice once its answer is
+ * gone) and changes nothing; a ledger opened with a lower minimum accepts it. */
+static void retention_below_one_hour_is_refused(void)
+{
+    struct tl t;
+    tlx_open_chain(&t, NULL, NULL, NULL);
+    TLX_RUN(&t, tl_config(&t, LEDGER_RETENTION_MIN_MS - 1), -LEDGER_EINVAL);
+    TLX_RUN(&t, tl_config(&t, 1000), -LEDGER_EINVAL);
+    /* The default retention (24 h) still holds: an answer of 2 h ago is replayed. */
+    TLX_OK(&t, tl_reserve(&t, 100, "user", 100, 0, 200));
+    t.now_ms = TLX_T0 + 2 * LEDGER_RETENTION_MIN_MS;
+    struct ledger_result r = TLX_OK(&t, tl_reserve(&t, 100, "user", 100, 0, 200));
+    CHECK(replayed(&r));
+    TLX_OK(&t, tl_config(&t, LEDGER_RETENTION_MIN_MS));
+
+    struct tl low;
+    struct ledger_options o = {.retention_min_ms = 1};
+    tl_open_opts(&low, TLX_T0, &o);
+    TLX_OK(&low, tl_config(&low, 1000));
     TL_CHECK_INVARIANTS(&t);
 }
 
@@ -288,6 +310,7 @@ int main(void)
     TEST(replay_within_one_batch_is_answered_from_the_first);
     TEST(replay_after_restart_returns_stored_answer);
     TEST(answers_are_forgotten_after_retention);
+    TEST(retention_below_one_hour_is_refused);
     TEST(resolved_reservation_is_kept_for_retention_after_resolving);
     TEST_MAIN_END;
 }

@@ -12,7 +12,10 @@
 #endif
 
 #include "ledger_testlib.h"
+#include "ledger/store.h"
 
+#include <lmdb.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -502,6 +505,59 @@ static void import_of_a_new_ledger_empties_the_target(void)
     tl_close(&dst);
 }
 
+/* Rewrite the format number of the closed ledger in `dir` to `format`, through LMDB. */
+static void set_store_format(const char *dir, uint64_t format)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_val k = {1, "m"}, v;
+    REQUIRE(mdb_env_create(&env) == 0);
+    mdb_env_set_maxdbs(env, DB_COUNT);
+    REQUIRE(mdb_env_open(env, dir, 0, 0600) == 0);
+    REQUIRE(mdb_txn_begin(env, NULL, 0, &txn) == 0);
+    REQUIRE(mdb_dbi_open(txn, ledger__db_names[DB_META], 0, &dbi) == 0);
+    REQUIRE(mdb_get(txn, dbi, &k, &v) == 0 && v.mv_size == sizeof(struct meta_rec));
+    struct meta_rec m;
+    memcpy(&m, v.mv_data, sizeof(m));
+    m.format = format;
+    v = (MDB_val){sizeof(m), &m};
+    REQUIRE(mdb_put(txn, dbi, &k, &v, 0) == 0);
+    REQUIRE(mdb_txn_commit(txn) == 0);
+    mdb_env_close(env);
+}
+
+/* Format 1 kept 64-bit FNV fingerprints, which format 2's records cannot hold: a ledger
+ * or a snapshot of format 1 is refused with both formats named, and nothing changes. */
+static void ledger_and_snapshot_of_format_1_are_refused(void)
+{
+    struct tl src, dst;
+    struct membuf snap;
+    source_with_snapshot(&src, &snap, 2);
+    /* The stream: 16 bytes of header, then the meta record (db, two lengths, "m"), whose
+     * first field is the format; the last 32 bytes are the SHA-256 of all before them. */
+    const size_t format_at = 16 + 1 + 8 + 1;
+    REQUIRE(snap.len > format_at + 8 + 32 && snap.data[16] == DB_META);
+    uint64_t one = 1;
+    memcpy(snap.data + format_at, &one, sizeof(one));
+    SHA256(snap.data, snap.len - 32, snap.data + snap.len - 32);
+    struct state before = open_target(&dst);
+    struct memreader r;
+    CHECK_EQ_INT(import_bytes(&dst, snap.data, snap.len, &r), -LEDGER_ECORRUPT);
+    CHECK(strstr(ledger_errmsg(dst.l), "store format 1") != NULL);
+    struct state after = state_of(&dst);
+    check_state_equal(&before, &after);
+
+    tl_close(&src);
+    set_store_format(src.dir, 1);
+    struct ledger *l = NULL;
+    char err[LEDGER_ERRMSG_SIZE] = "";
+    CHECK_EQ_INT(ledger_open(&l, src.dir, &NOSYNC, err), -LEDGER_ECORRUPT);
+    CHECK(strstr(err, "store format 1") != NULL && strstr(err, "only format 2") != NULL);
+    free(snap.data);
+    tl_close(&dst);
+}
+
 static void export_fails_with_eio_when_the_writer_fails(void)
 {
     struct tl src;
@@ -553,5 +609,6 @@ int main(void)
     TEST(import_replaces_a_non_empty_ledger_completely);
     TEST(import_of_a_new_ledger_empties_the_target);
     TEST(export_fails_with_eio_when_the_writer_fails);
+    TEST(ledger_and_snapshot_of_format_1_are_refused);
     TEST_MAIN_END;
 }
