@@ -44,6 +44,10 @@ void ledger__soft_budget_check(struct ledger *l, struct acct_rec *a, const uint8
                                const char *actor);
 void ledger__timer_put(struct ledger *l, int64_t due_ms, const uint8_t *request_id, uint8_t kind);
 
+/* ---- Scopes (scope.c). ---- */
+/* Whether `c` (whose scope is valid) stays inside its scope: false is EFORBIDDEN. */
+bool ledger__scope_allows(struct ledger *l, const struct ledger_cmd *c);
+
 /* ---- Admin commands (admin.c). ---- */
 void ledger__exec_admin(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r);
 int ledger__key_get(struct ledger *l, const uint8_t *hash, struct key_rec *out);

@@ -4,9 +4,10 @@
  *
  * The one idea: a secret never stays in memory. A token file holds SHA-256 hashes, and
  * HELLO hashes the bearer token and compares it with every entry in constant time. What
- * authentication decides is fixed on the connection once (a role and a principal, the
- * actor of every command it sends); rpc_role_allows (rpc/proto.c, shared with the
- * client) then gates each request by role and op.
+ * authentication decides is fixed on the connection once (a role, a principal, the actor
+ * of every command it sends, and a scope, the roots every command and read is confined
+ * to); rpc_role_allows (wire/proto.c, shared with the client) then gates each request by
+ * role and op, and the scope travels with each command to the ledger, which judges it.
  */
 #include "rpc/server_internal.h"
 #include "rpc/tls.h"
@@ -40,15 +41,36 @@ static bool principal_valid(const char *s)
     return true;
 }
 
-/* Parse one non-comment line "ROLE NAME HEX" into t. */
+/* The optional 4th field "scope=ROOT[,ROOT...]" (NULL: none, unscoped) into t. */
+static const char *token_parse_scope(const char *field, struct rpc_token *t)
+{
+    t->scope[0] = '\0';
+    if (field == NULL) {
+        return NULL;
+    }
+    const char *roots = field + strlen("scope=");
+    if (strncmp(field, "scope=", strlen("scope=")) != 0 || roots[0] == '\0' ||
+        !ledger_scope_valid(roots)) {
+        return "the 4th field must be scope=ROOT[,ROOT...]: 1-16 account names";
+    }
+    snprintf(t->scope, sizeof(t->scope), "%s", roots); /* fits: ledger_scope_valid */
+    return NULL;
+}
+
+/* Parse one non-comment line "ROLE NAME HEX [scope=ROOTS]" into t. */
 static const char *token_parse_line(char *line, struct rpc_token *t)
 {
     char *save = NULL;
     char *role = strtok_r(line, " \t", &save);
     char *name = strtok_r(NULL, " \t", &save);
     char *hex = strtok_r(NULL, " \t", &save);
+    char *scope = strtok_r(NULL, " \t", &save);
     if (role == NULL || name == NULL || hex == NULL || strtok_r(NULL, " \t", &save) != NULL) {
-        return "expected \"ROLE NAME SHA256HEX\"";
+        return "expected \"ROLE NAME SHA256HEX [scope=ROOT[,ROOT...]]\"";
+    }
+    const char *why = token_parse_scope(scope, t);
+    if (why != NULL) {
+        return why;
     }
     t->role = rpc_role_parse(role);
     if (t->role < 0) {
@@ -153,6 +175,12 @@ bool rpc__auth_check(struct rpc__conn *c, const struct rpc_request *req)
                           false);
         return false;
     }
+    /* The state hash covers every tenant: a scoped credential may not see it. */
+    if (req->op == RPC_OP_HASH && c->scope[0] != '\0') {
+        rpc__answer_error(c, req->seq, RPC_EFORBIDDEN, "a scoped credential may not do this",
+                          false);
+        return false;
+    }
     return true;
 }
 
@@ -186,6 +214,7 @@ void rpc__auth_hello(struct rpc__conn *c, const struct rpc_request *req)
         }
         c->role = t->role;
         snprintf(c->principal, sizeof(c->principal), "%s", t->name);
+        snprintf(c->scope, sizeof(c->scope), "%s", t->scope);
     }
     /* Authenticated: from now on frames may be as large as the server allows. */
     c->framer.max_body = s->max_frame;

@@ -38,11 +38,14 @@ struct rpc_token {
     uint8_t sha256[32];
     int role; /* enum rpc_role */
     char name[RPC_TOKEN_NAME_MAX + 1]; /* the principal: [A-Za-z0-9._:@-], 1..48 bytes */
+    char scope[LEDGER_SCOPE_MAX + 1];  /* root accounts joined by ','; "" unscoped */
 };
 
 /*
- * Read a token file: one token per line, "ROLE NAME SHA256HEX" (role admin, gateway or
- * reader; '#' starts a comment; blank lines are skipped). At most RPC_TOKENS_MAX tokens,
+ * Read a token file: one token per line, "ROLE NAME SHA256HEX [scope=ROOT[,ROOT...]]"
+ * (role admin, gateway or reader; the scope, 1..LEDGER_SCOPE_ROOTS_MAX valid account
+ * names, limits the token to those root accounts, none means all; '#' starts a comment;
+ * blank lines are skipped). At most RPC_TOKENS_MAX tokens,
  * lines of at most 512 bytes. On success *out (malloc'd, caller frees) holds *n tokens.
  * Returns 0 or -RPC_START_ECONFIG with "FILE:LINE: reason" in errmsg (size bytes).
  */

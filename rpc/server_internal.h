@@ -39,6 +39,7 @@ struct rpc__conn {
     size_t unsent;       /* bytes handed to uv_write and not yet written */
     int role;            /* enum rpc_role */
     char principal[LEDGER_ACTOR_MAX + 1];
+    char scope[LEDGER_SCOPE_MAX + 1]; /* the credential's roots, "" unscoped: fixed at HELLO */
     uint64_t accepted_ms; /* loop time of accept: HELLO must succeed within hello_timeout_ms */
     unsigned inflight; /* pending requests */
     unsigned refs;     /* handle + pending requests + writes */

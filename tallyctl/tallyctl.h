@@ -318,12 +318,13 @@ struct ctl__list_query {
 };
 
 /*
- * Fetch the page of `q` that starts at `cursor` (0: the first) into `items`, which has room
- * for TALLY_LIST_MAX; the contract of libtally's list calls (*got items, *next the cursor of
- * the next page, 0 after the last).
+ * Fetch the page of `q` that starts after `cursor` (len 0: the first) into `items`, which
+ * has room for TALLY_LIST_MAX; the contract of libtally's list calls (*got items, *next the
+ * cursor of the next page, of len 0 after the last).
  */
-typedef int (*ctl__fetch_fn)(struct ctl__ctx *x, const struct ctl__list_query *q, uint64_t cursor,
-                             void *items, uint32_t *got, uint64_t *next, struct tally_result *res);
+typedef int (*ctl__fetch_fn)(struct ctl__ctx *x, const struct ctl__list_query *q,
+                             const struct tally_cursor *cursor, void *items, uint32_t *got,
+                             struct tally_cursor *next, struct tally_result *res);
 
 /* A walk through the pages of a listing: set `fetch` and `q`, the rest zero, then call
  * ctl__pager_next() until `done`. */
@@ -331,7 +332,7 @@ struct ctl__pager {
     ctl__fetch_fn fetch;
     const struct ctl__list_query *q; /* borrowed */
     int page;                        /* pages fetched so far */
-    uint64_t cursor;                 /* where the next page starts */
+    struct tally_cursor cursor;      /* where the next page starts */
     bool done;                       /* the last page was fetched */
 };
 

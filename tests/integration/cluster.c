@@ -261,7 +261,7 @@ static int node_hash(int i, uint64_t *applied, char hex[65])
     struct rpc_request req = {.op = RPC_OP_HASH};
     struct rpc_response resp;
     int rv = -1;
-    if (rc_hello(&c, CL_READER_TOKEN) == RPC_OK && rc_call(&c, &req, &resp) == 0 &&
+    if (rc_hello(&c, CL_ADMIN_TOKEN) == RPC_OK && rc_call(&c, &req, &resp) == 0 &&
         resp.status == RPC_OK) {
         *applied = resp.u.hash.applied_index;
         rpc_hex(resp.u.hash.state_hash, 32, hex);
