@@ -79,6 +79,9 @@ enum ctl__opt_id {
     CTL_OPT_SINCE,
     CTL_OPT_UNTIL,
     CTL_OPT_FORMAT,
+    CTL_OPT_ROLE,
+    CTL_OPT_NAME,
+    CTL_OPT_SCOPE,
     CTL_OPT_COUNT
 };
 
@@ -398,6 +401,17 @@ int ctl__cmd_key_show(struct ctl__ctx *x);
 /* key hash [SECRET]: the SHA-256 the ledger stores for a secret (read from the first line
  * of stdin when not given, so it stays out of the shell history). No cluster needed. */
 int ctl__cmd_key_hash(struct ctl__ctx *x);
+
+/* A new secret: `prefix` and 2 * n_random hex digits of getrandom(2) into `out`, which
+ * holds strlen(prefix) + 2 * n_random + 1 bytes (n_random at most 64). Returns 0 or -1
+ * (errno set). The caller wipes `out` when done. */
+int ctl__new_secret(const char *prefix, size_t n_random, char *out);
+
+/* token.c */
+
+/* token new --role R --name N [--scope ROOT[,ROOT...]]: a new bearer token, shown once,
+ * and the token-file line that admits it (the SHA-256 only). No cluster needed. */
+int ctl__cmd_token_new(struct ctl__ctx *x);
 
 /* reservation.c */
 
