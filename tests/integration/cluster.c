@@ -59,20 +59,26 @@ void cl_tls_setup(void)
 
 static void write_tokens(void)
 {
-    static const char *const roles[][2] = {
-        {"admin", CL_ADMIN_TOKEN}, {"gateway", CL_GATEWAY_TOKEN}, {"reader", CL_READER_TOKEN}};
+    /* role, token, name, the 4th field */
+    static const char *const roles[][4] = {
+        {"admin", CL_ADMIN_TOKEN, "test-admin", ""},
+        {"gateway", CL_GATEWAY_TOKEN, "test-gateway", ""},
+        {"reader", CL_READER_TOKEN, "test-reader", ""},
+        {"gateway", CL_GATEWAY_A_TOKEN, "test-gw-a", " scope=org-a"},
+        {"gateway", CL_GATEWAY_B_TOKEN, "test-gw-b", " scope=org-b"},
+        {"admin", CL_ADMIN_A_TOKEN, "test-admin-a", " scope=org-a"}};
     snprintf(token_file, sizeof(token_file), "%s/tokens", h_dir);
     FILE *f = fopen(token_file, "w");
     if (f == NULL) {
         H_FAIL("write %s", token_file);
     }
     fprintf(f, "# test tokens\n");
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++) {
         uint8_t h[32];
         char hex[65];
         SHA256((const unsigned char *)roles[i][1], strlen(roles[i][1]), h);
         rpc_hex(h, sizeof(h), hex);
-        fprintf(f, "%s test-%s %s\n", roles[i][0], roles[i][0], hex);
+        fprintf(f, "%s %s %s%s\n", roles[i][0], roles[i][2], hex, roles[i][3]);
     }
     if (fclose(f) != 0) {
         H_FAIL("write %s", token_file);

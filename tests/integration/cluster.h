@@ -3,7 +3,9 @@
  * protocol connection (wire/wire.h over a blocking socket) to poke them with.
  *
  * Tokens: the cluster's token file accepts CL_ADMIN_TOKEN (admin), CL_GATEWAY_TOKEN
- * (gateway) and CL_READER_TOKEN (reader).
+ * (gateway) and CL_READER_TOKEN (reader), all unscoped, and the scoped CL_GATEWAY_A_TOKEN
+ * (gateway, scope=org-a), CL_GATEWAY_B_TOKEN (gateway, scope=org-b) and CL_ADMIN_A_TOKEN
+ * (admin, scope=org-a).
  */
 #ifndef TALLY_TESTS_CLUSTER_H
 #define TALLY_TESTS_CLUSTER_H
@@ -15,6 +17,9 @@
 #define CL_ADMIN_TOKEN "admin-secret-for-tests"
 #define CL_GATEWAY_TOKEN "gateway-secret-for-tests"
 #define CL_READER_TOKEN "reader-secret-for-tests"
+#define CL_GATEWAY_A_TOKEN "gateway-org-a-secret-for-tests"
+#define CL_GATEWAY_B_TOKEN "gateway-org-b-secret-for-tests"
+#define CL_ADMIN_A_TOKEN "admin-org-a-secret-for-tests"
 
 struct cl_node {
     struct h_proc p;
