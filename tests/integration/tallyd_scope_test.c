@@ -2,7 +2,7 @@
  * tallyd_scope_test.c: two tenants on a real three-node tallyd cluster, each with a
  * gateway token scoped to its own root (cluster.c's token file), over the raw protocol.
  *
- *   tallyd_scope_test <path to tallyd>
+ *   tallyd_scope_test <path to tallyd> [<path to tallyctl>]
  *
  * Every cross-scope operation of one gateway against the other's accounts (reserve by
  * account and by key; settle, void and extend of the other's reservation; account show
@@ -11,7 +11,9 @@
  * reservations and the journal are as they were. (The state hash itself covers the
  * ledger's applied index and clock, which every batch moves, refused or not; the nodes
  * must still agree on it at the end.) A scoped admin may work only under its root, and
- * list cursors page through long listings without gaps or repeats.
+ * list cursors page through long listings without gaps or repeats. Given tallyctl, a
+ * scoped gateway's tallyctl is refused the other's account (exit 3, "forbidden") and
+ * lists only its own root.
  */
 #define _GNU_SOURCE
 #include "cluster.h"
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #define BIG_MICROS 1000000000000000LL /* 10^15: the settle of the audit's finding */
 
@@ -407,10 +410,48 @@ static void list_cursors_page_without_gaps(void)
     rc_close(&c);
 }
 
+/* tallyctl with `token` running `args`: its exit status; stdout and stderr in `out`. */
+static int tallyctl_run(const char *tallyctl, const char *token, const char *args, char *out,
+                        size_t size)
+{
+    char endpoints[256], cmd[2 * PATH_MAX + 1024], path[PATH_MAX];
+    cl_endpoints(endpoints, sizeof(endpoints));
+    snprintf(path, sizeof(path), "%s/tallyctl.out", h_dir);
+    snprintf(cmd, sizeof(cmd), "%s --endpoints %s --token %s %s > %s 2>&1", tallyctl, endpoints,
+             token, args, path);
+    int rv = system(cmd);
+    FILE *f = fopen(path, "r");
+    size_t n = f != NULL ? fread(out, 1, size - 1, f) : 0;
+    out[n] = '\0';
+    if (f != NULL) {
+        fclose(f);
+    }
+    return rv != -1 && WIFEXITED(rv) ? WEXITSTATUS(rv) : -1;
+}
+
+static void tallyctl_scoped(const char *tallyctl)
+{
+    static char out[1 << 18];
+    int rv = tallyctl_run(tallyctl, CL_GATEWAY_A_TOKEN, "account show b-team", out, sizeof(out));
+    if (rv != 3 || strstr(out, "forbidden") == NULL) {
+        H_FAIL("tallyctl account show across scopes: exit %d, '%s'", rv, out);
+    }
+    rv = tallyctl_run(tallyctl, CL_GATEWAY_A_TOKEN, "--json account list", out, sizeof(out));
+    if (rv != 0 || strstr(out, "\"org-a\"") == NULL || strstr(out, "org-b") != NULL ||
+        strstr(out, "page-") != NULL) {
+        H_FAIL("tallyctl account list with a scoped token: exit %d, '%s'", rv, out);
+    }
+    rv = tallyctl_run(tallyctl, CL_ADMIN_TOKEN, "--json account list", out, sizeof(out));
+    if (rv != 0 || strstr(out, "\"page-39\"") == NULL || strstr(out, "\"org-b\"") == NULL) {
+        H_FAIL("tallyctl account list with the admin token: exit %d", rv);
+    }
+    h_say("ok: tallyctl: forbidden across scopes, scoped listings");
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s <tallyd>\n", argv[0]);
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: %s <tallyd> [<tallyctl>]\n", argv[0]);
         return 2;
     }
     h_init("tally-scope-test", 150);
@@ -439,6 +480,9 @@ int main(int argc, char **argv)
     rc_close(&c);
     scoped_admin();
     list_cursors_page_without_gaps();
+    if (argc == 3) {
+        tallyctl_scoped(argv[2]);
+    }
     char hash_hex[65];
     cl_converged(20000, 0, hash_hex);
     h_pass();
