@@ -728,8 +728,8 @@ static void maybe_scope(struct ledger_cmd *c)
             roots[n++] = i;
         }
     }
-    const char *first = n > 0 && !rng_chance(100) ? M.acct[roots[rng_below((uint64_t)n)]].name
-                                                  : "nobody";
+    const char *first =
+        n > 0 && !rng_chance(100) ? M.acct[roots[rng_below((uint64_t)n)]].name : "nobody";
     snprintf(c->scope, sizeof(c->scope), "%s", first);
     if (n > 0 && rng_chance(300)) {
         size_t used = strlen(c->scope);
