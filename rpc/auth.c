@@ -175,8 +175,9 @@ bool rpc__auth_check(struct rpc__conn *c, const struct rpc_request *req)
                           false);
         return false;
     }
-    /* The state hash covers every tenant: a scoped credential may not see it. */
-    if (req->op == RPC_OP_HASH && c->scope[0] != '\0') {
+    /* The state hash covers every tenant and membership the whole cluster: a scoped
+     * credential may do neither. */
+    if ((req->op == RPC_OP_HASH || req->op == RPC_OP_MEMBERSHIP) && c->scope[0] != '\0') {
         rpc__answer_error(c, req->seq, RPC_EFORBIDDEN, "a scoped credential may not do this",
                           false);
         return false;

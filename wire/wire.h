@@ -138,8 +138,8 @@ uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c);
  * `u`, in wire order (kinds as in the command table of types.h, plus `cmd`, a ledger
  * command); pack, read and the field counts are generated from it. `role` is the least
  * role that may send it (rpc_role_allows(); a gateway may write only reserve, settle, void
- * and extend; HASH reveals every tenant's state, so only an unscoped admin may send it,
- * which rpc/auth.c checks). The answers are listed beside the arguments.
+ * and extend; HASH reveals every tenant's state and MEMBERSHIP changes the whole cluster,
+ * so only an unscoped admin may send them, which rpc/auth.c checks). The answers are listed beside the arguments.
  */
 #define RPC_OPS(X)                                                                           \
     X(HELLO, 1, "hello", RPC_ARGS_HELLO, RPC_ROLE_NONE)                                      \

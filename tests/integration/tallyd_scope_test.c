@@ -369,6 +369,13 @@ static void scoped_admin(void)
     expect_write(&c, &root, -LEDGER_EFORBIDDEN, "scoped admin creates a root");
     expect_write(&c, &other, -LEDGER_EFORBIDDEN, "scoped admin creates under org-b");
     expect_write(&c, &own, LEDGER_OK, "scoped admin creates under org-a");
+    struct rpc_request transfer = {.op = RPC_OP_MEMBERSHIP};
+    struct rpc_response resp;
+    transfer.u.membership.kind = RPC_MEMBER_TRANSFER;
+    if (read_req(&c, &transfer, &resp) != RPC_EFORBIDDEN) {
+        H_FAIL("a scoped admin was not refused a leadership transfer");
+    }
+    h_say("ok: scoped admin refused a membership change");
     rc_close(&c);
 }
 
