@@ -4,9 +4,9 @@
  * A batch is the msgpack array [format, stamp_ms, [command, ...]] followed by 0..7 zero
  * bytes so its length is a multiple of 8 (libraft's unit). A command is a flat array:
  * [type, request_id (bin 16), actor (str), scope (str), fields of its type...], fields
- * positional so a decoder needs no map lookups. Encoding uses msgpack-c's packer; decoding uses the
- * bounded reader of mp.h, which never allocates, so a hostile batch cannot make the
- * ledger allocate more than its fixed command array.
+ * positional so a decoder needs no map lookups. Encoding uses msgpack-c's packer;
+ * decoding uses the bounded reader of mp.h, which never allocates, so a hostile batch
+ * cannot make the ledger allocate more than its fixed command array.
  *
  * The one idea: nothing here names a command's fields. Pack, read, the field counts, the
  * fingerprint, equality and the shape check are each one macro per field kind, expanded

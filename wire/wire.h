@@ -139,7 +139,8 @@ uint64_t ledger_cmd_fingerprint(const struct ledger_cmd *c);
  * command); pack, read and the field counts are generated from it. `role` is the least
  * role that may send it (rpc_role_allows(); a gateway may write only reserve, settle, void
  * and extend; HASH reveals every tenant's state and MEMBERSHIP changes the whole cluster,
- * so only an unscoped admin may send them, which rpc/auth.c checks). The answers are listed beside the arguments.
+ * so only an unscoped admin may send them, which rpc/auth.c checks). The answers are
+ * listed beside the arguments.
  */
 #define RPC_OPS(X)                                                                           \
     X(HELLO, 1, "hello", RPC_ARGS_HELLO, RPC_ROLE_NONE)                                      \
