@@ -193,14 +193,13 @@ static void write_journal(FILE *out, int node)
         return;
     }
     static struct tally_journal_entry items[TALLY_LIST_MAX];
-    uint64_t cursor = 0;
+    struct tally_cursor cursor = {0};
     size_t total = 0;
     do {
         uint32_t n = 0;
-        uint64_t next = 0;
         struct tally_result res;
-        int rv = tally_journal_list(c, NULL, 0, INT64_MAX, cursor, TALLY_LIST_MAX, TALLY_READ_STALE,
-                                    10000, items, &n, &next, &res);
+        int rv = tally_journal_list(c, NULL, 0, INT64_MAX, &cursor, TALLY_LIST_MAX,
+                                    TALLY_READ_STALE, 10000, items, &n, &cursor, &res);
         if (rv != 0) {
             fprintf(out, "Jerror %d %s\n", ch.nodes[node].id, tally_strerror(rv));
             break;
@@ -214,8 +213,7 @@ static void write_journal(FILE *out, int node)
                     (long long)items[k].amount_micros, (long long)items[k].period_start_ms);
         }
         total += n;
-        cursor = next;
-    } while (cursor != 0);
+    } while (cursor.len != 0);
     tally_close(c);
     ch_log("journal: %zu entries from node %d", total, ch.nodes[node].id);
 }
@@ -231,7 +229,7 @@ static bool converge(int timeout_s, uint64_t *applied_out, char hash_out[65])
         char hex[CH_NODES][65];
         bool same = cluster_find_leader(2000) >= 0;
         for (int i = 0; i < CH_NODES && same; i++) {
-            if (raw_hash(ch.nodes[i].ip, CH_CLIENT_PORT, ch.reader_token, 3000, &applied[i],
+            if (raw_hash(ch.nodes[i].ip, CH_CLIENT_PORT, ch.admin_token, 3000, &applied[i],
                          hex[i]) != 0 ||
                 (i > 0 && (applied[i] != applied[0] || strcmp(hex[i], hex[0]) != 0))) {
                 same = false;
@@ -265,7 +263,7 @@ static void write_final(const char *path)
         struct tally_node_status st;
         uint64_t app = 0;
         char hex[65] = "-";
-        if (raw_hash(n->ip, CH_CLIENT_PORT, ch.reader_token, 3000, &app, hex) == 0) {
+        if (raw_hash(n->ip, CH_CLIENT_PORT, ch.admin_token, 3000, &app, hex) == 0) {
             fprintf(out, "H %d %llu %s\n", n->id, (unsigned long long)app, hex);
         } else {
             fprintf(out, "H %d 0 -\n", n->id);

@@ -327,7 +327,9 @@ int client__answer_payload(struct call *call, const struct rpc_response *resp,
         }
         *call->out_n = resp->u.list.n;
         if (call->out_next != NULL) {
-            *call->out_next = resp->u.list.next;
+            assert(resp->u.list.next_len <= TALLY_CURSOR_MAX); /* the decoder's bound */
+            call->out_next->len = resp->u.list.next_len;
+            memcpy(call->out_next->bytes, resp->u.list.next, resp->u.list.next_len);
         }
         return 0;
     case RPC_OP_MEMBERSHIP:
@@ -793,23 +795,29 @@ int tally_reservation_get(struct tally *c, const uint8_t request_id[TALLY_REQUES
 
 /* Common part of the three paged lists. */
 static int list_run(struct tally *c, uint8_t op, const char *filter, int64_t since_ms,
-                    int64_t until_ms, uint64_t cursor, uint32_t limit, unsigned flags,
-                    int64_t deadline_ms, void *items, uint32_t *n, uint64_t *next,
-                    struct tally_result *res)
+                    int64_t until_ms, const struct tally_cursor *cursor, uint32_t limit,
+                    unsigned flags, int64_t deadline_ms, void *items, uint32_t *n,
+                    struct tally_cursor *next, struct tally_result *res)
 {
     int rc;
     if (!client__is_empty(filter) && !client__name_valid(filter, TALLY_NAME_MAX)) {
         return client__fail_early(res, TALLY_ENAME, "not a valid account name");
     }
     if (items == NULL || n == NULL || limit == 0 || limit > TALLY_LIST_MAX ||
-        !read_flags_ok(flags) || since_ms > until_ms) {
-        return client__fail_early(
-            res, TALLY_EINVAL,
-            "items or n is NULL, limit not 1 .. 512, unknown flags or since > until");
+        !read_flags_ok(flags) || since_ms > until_ms ||
+        (cursor != NULL && cursor->len > TALLY_CURSOR_MAX)) {
+        return client__fail_early(res, TALLY_EINVAL,
+                                  "items or n is NULL, limit not 1 .. 512, unknown flags, "
+                                  "since > until or a cursor over its bound");
+    }
+    /* `next` may be `cursor` itself: copy the cursor before clearing it. */
+    struct tally_cursor after = {0};
+    if (cursor != NULL) {
+        after = *cursor;
     }
     *n = 0;
     if (next != NULL) {
-        *next = 0;
+        next->len = 0;
     }
     struct call *call = blocking_call(c, op, deadline_ms, res, &rc);
     if (call == NULL) {
@@ -818,7 +826,8 @@ static int list_run(struct tally *c, uint8_t op, const char *filter, int64_t sin
     client__copy_text(call->req.u.list.filter, sizeof(call->req.u.list.filter), filter);
     call->req.u.list.since_ms = since_ms;
     call->req.u.list.until_ms = until_ms;
-    call->req.u.list.cursor = cursor;
+    call->req.u.list.cursor_len = after.len;
+    memcpy(call->req.u.list.cursor, after.bytes, after.len);
     call->req.u.list.limit = limit;
     call->req.u.list.flags = flags;
     call->out = items;
@@ -828,26 +837,28 @@ static int list_run(struct tally *c, uint8_t op, const char *filter, int64_t sin
     return client__run(c, call, res, NULL, NULL);
 }
 
-int tally_account_list(struct tally *c, const char *parent, uint64_t cursor, uint32_t limit,
-                       unsigned flags, int64_t deadline_ms, struct tally_account *items,
-                       uint32_t *n, uint64_t *next, struct tally_result *res)
+int tally_account_list(struct tally *c, const char *parent, const struct tally_cursor *cursor,
+                       uint32_t limit, unsigned flags, int64_t deadline_ms,
+                       struct tally_account *items, uint32_t *n, struct tally_cursor *next,
+                       struct tally_result *res)
 {
     return list_run(c, RPC_OP_ACCOUNT_LIST, parent, 0, 0, cursor, limit, flags, deadline_ms, items,
                     n, next, res);
 }
 
-int tally_reservation_list(struct tally *c, const char *account, uint64_t cursor, uint32_t limit,
-                           unsigned flags, int64_t deadline_ms, struct tally_reservation *items,
-                           uint32_t *n, uint64_t *next, struct tally_result *res)
+int tally_reservation_list(struct tally *c, const char *account, const struct tally_cursor *cursor,
+                           uint32_t limit, unsigned flags, int64_t deadline_ms,
+                           struct tally_reservation *items, uint32_t *n, struct tally_cursor *next,
+                           struct tally_result *res)
 {
     return list_run(c, RPC_OP_RESV_LIST, account, 0, 0, cursor, limit, flags, deadline_ms, items, n,
                     next, res);
 }
 
 int tally_journal_list(struct tally *c, const char *account, int64_t since_ms, int64_t until_ms,
-                       uint64_t cursor, uint32_t limit, unsigned flags, int64_t deadline_ms,
-                       struct tally_journal_entry *items, uint32_t *n, uint64_t *next,
-                       struct tally_result *res)
+                       const struct tally_cursor *cursor, uint32_t limit, unsigned flags,
+                       int64_t deadline_ms, struct tally_journal_entry *items, uint32_t *n,
+                       struct tally_cursor *next, struct tally_result *res)
 {
     return list_run(c, RPC_OP_JOURNAL, account, since_ms, until_ms, cursor, limit, flags,
                     deadline_ms, items, n, next, res);

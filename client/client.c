@@ -62,12 +62,13 @@ _Static_assert(TALLY_TTL_MAX_MS == LEDGER_TTL_MAX_MS && TALLY_PERIOD_MIN_MS == L
                    TALLY_TIME_MAX_MS == LEDGER_TIME_MAX_MS,
                "time bounds");
 #define SAME(a, b) ((int)(a) == (int)(b))
-/* libtally's codes 1..15 are the ledger's, code for code (LEDGER_ERRORS in wire/types.h). */
+/* libtally's codes 1..16 are the ledger's, code for code (LEDGER_ERRORS in wire/types.h). */
 #define SAME_AS_LEDGER(code, number, name, message)                                          \
     _Static_assert(SAME(TALLY_##code, LEDGER_##code), "TALLY_" #code " is LEDGER_" #code);
 LEDGER_ERRORS(SAME_AS_LEDGER)
 #undef SAME_AS_LEDGER
-_Static_assert(SAME(TALLY_ESTALE + 1, LEDGER_ECODE_MAX), "ledger error codes");
+_Static_assert(SAME(TALLY_EFORBIDDEN + 1, LEDGER_ECODE_MAX), "ledger error codes");
+_Static_assert(SAME(TALLY_CURSOR_MAX, RPC_CURSOR_MAX), "list cursors");
 _Static_assert(SAME(TALLY_DENY_MODEL_TPM, LEDGER_DENY_MODEL_TPM) &&
                    SAME(TALLY_DENY_MAX, LEDGER_DENY_MAX),
                "deny reasons");
@@ -149,7 +150,6 @@ const char *tally_strerror(int code)
     static const char *const names[TALLY_ECODE_MAX] = {
         [TALLY_EUNAVAILABLE] = "unavailable",
         [TALLY_EAUTH] = "unauthenticated",
-        [TALLY_EFORBIDDEN] = "forbidden",
         [TALLY_EBADREQ] = "bad_request",
         [TALLY_EINTERNAL] = "internal",
         [TALLY_EPROTO] = "protocol_error",

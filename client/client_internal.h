@@ -96,7 +96,7 @@ struct call {
     void *out;        /* struct tally_account / _reservation / item array */
     uint32_t out_cap; /* items in a list array */
     uint32_t *out_n;
-    uint64_t *out_next;
+    struct tally_cursor *out_next;
     char *out_account; /* key_get */
     int *out_revoked;
 };

@@ -86,9 +86,10 @@ enum tally_outcome {
 };
 
 /*
- * Error codes (returned negated, stored positive in tally_result.error). 1..15 are the
+ * Error codes (returned negated, stored positive in tally_result.error). 1..16 are the
  * ledger's own codes (the same numbers as the ledger's LEDGER_E*): the cluster answered
- * and the command changed nothing. 32 and up come from the server or the client.
+ * and the command changed nothing. 32 and up come from the server or the client (34 is
+ * unused: it was TALLY_EFORBIDDEN before that became the ledger's code 16).
  */
 enum tally_error {
     TALLY_OK = 0,
@@ -107,10 +108,14 @@ enum tally_error {
     TALLY_EIO = 13,      /* storage error on the node */
     TALLY_ECORRUPT = 14, /* corrupt state on the node */
     TALLY_ESTALE = 15,   /* (ledger-internal; not expected on the wire) */
+    /* The credential may not do this: its role may not make the call (an admin call with a
+     * gateway token), or its scope does not cover the account, key or reservation named
+     * (for a scoped credential, also an account name that does not exist); nothing
+     * changed. The server answers the first, the ledger the second. */
+    TALLY_EFORBIDDEN = 16,
 
     TALLY_EUNAVAILABLE = 32, /* no answer before the deadline (outcome TALLY_UNAVAILABLE) */
     TALLY_EAUTH = 33,        /* the token (or protocol version) was refused by the server */
-    TALLY_EFORBIDDEN = 34,   /* the token's role may not do this (e.g. admin call, gateway) */
     TALLY_EBADREQ = 35,      /* the server found the request malformed */
     TALLY_EINTERNAL = 36,    /* a bug or a storage error on the node */
     TALLY_EPROTO = 37,       /* the server's answer could not be trusted: malformed, or not
@@ -600,10 +605,20 @@ int tally_reservation_get(struct tally *c, const uint8_t request_id[TALLY_REQUES
                           unsigned flags, int64_t deadline_ms, struct tally_reservation *out,
                           struct tally_result *res);
 
+/* Where a paged list goes on: bytes the server chose (the key of the last item of the
+ * previous page), opaque to the caller, so a page costs the same however deep it is. */
+#define TALLY_CURSOR_MAX 128
+struct tally_cursor {
+    uint16_t len; /* 0: the first page (as `cursor`), no more pages (as *next) */
+    uint8_t bytes[TALLY_CURSOR_MAX];
+};
+
 /*
- * Paged lists. `cursor` is 0 for the first page, then the previous page's *next; *next
- * 0 means that was the last page. `items` is the caller's array of `limit` entries
- * (1 .. TALLY_LIST_MAX); *n receives how many were written.
+ * Paged lists. `cursor` is NULL (or of len 0) for the first page, then the previous
+ * page's *next; a *next of len 0 means that was the last page. `items` is the caller's
+ * array of `limit` entries (1 .. TALLY_LIST_MAX); *n receives how many were written.
+ * A scoped credential lists only what lies under its roots, and a filter naming an
+ * account outside them fails with TALLY_EFORBIDDEN.
  *
  * tally_account_list: the children of `parent` (NULL or "": the roots), in name order.
  * tally_reservation_list: open reservations whose chain contains `account` (NULL or "":
@@ -611,16 +626,18 @@ int tally_reservation_get(struct tally *c, const uint8_t request_id[TALLY_REQUES
  * tally_journal_list: entries of `account` (NULL or "": all) with since_ms <= ts_ms <
  * until_ms, in log order.
  */
-int tally_account_list(struct tally *c, const char *parent, uint64_t cursor, uint32_t limit,
-                       unsigned flags, int64_t deadline_ms, struct tally_account *items,
-                       uint32_t *n, uint64_t *next, struct tally_result *res);
-int tally_reservation_list(struct tally *c, const char *account, uint64_t cursor, uint32_t limit,
-                           unsigned flags, int64_t deadline_ms, struct tally_reservation *items,
-                           uint32_t *n, uint64_t *next, struct tally_result *res);
-int tally_journal_list(struct tally *c, const char *account, int64_t since_ms, int64_t until_ms,
-                       uint64_t cursor, uint32_t limit, unsigned flags, int64_t deadline_ms,
-                       struct tally_journal_entry *items, uint32_t *n, uint64_t *next,
+int tally_account_list(struct tally *c, const char *parent, const struct tally_cursor *cursor,
+                       uint32_t limit, unsigned flags, int64_t deadline_ms,
+                       struct tally_account *items, uint32_t *n, struct tally_cursor *next,
                        struct tally_result *res);
+int tally_reservation_list(struct tally *c, const char *account, const struct tally_cursor *cursor,
+                           uint32_t limit, unsigned flags, int64_t deadline_ms,
+                           struct tally_reservation *items, uint32_t *n, struct tally_cursor *next,
+                           struct tally_result *res);
+int tally_journal_list(struct tally *c, const char *account, int64_t since_ms, int64_t until_ms,
+                       const struct tally_cursor *cursor, uint32_t limit, unsigned flags,
+                       int64_t deadline_ms, struct tally_journal_entry *items, uint32_t *n,
+                       struct tally_cursor *next, struct tally_result *res);
 
 /* ---- Cluster (status: reader role; membership: admin role). ---- */
 

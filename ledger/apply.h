@@ -47,6 +47,10 @@ void ledger__timer_put(struct ledger *l, int64_t due_ms, const uint8_t *request_
 struct ledger__fp ledger__cmd_fingerprint(const struct ledger_cmd *c);
 bool ledger__fp_equal(const struct ledger__fp *a, const struct ledger__fp *b);
 
+/* ---- Scopes (scope.c). ---- */
+/* Whether `c` (whose scope is valid) stays inside its scope: false is EFORBIDDEN. */
+bool ledger__scope_allows(struct ledger *l, const struct ledger_cmd *c);
+
 /* ---- Admin commands (admin.c). ---- */
 void ledger__exec_admin(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r);
 int ledger__key_get(struct ledger *l, const uint8_t *hash, struct key_rec *out);

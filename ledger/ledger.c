@@ -14,7 +14,7 @@
  *
  * This file holds the transaction (batches, open and close), the account cache, model
  * records, timers, the journal and results; the commands run in admin.c, reserve.c and
- * resolve.c, which share these through apply.h.
+ * resolve.c, after scope.c has judged their scope, and share these through apply.h.
  */
 #include "wire/wire.h"
 #include "ledger/apply.h"
@@ -459,6 +459,15 @@ static void exec_cmd(struct ledger *l, const struct ledger_cmd *c, struct ledger
 {
     result_init(r, c);
     ledger__cache_make_room(l);
+    /* The scope is judged before anything else, the stored answer included (scope.c). */
+    if (!ledger_scope_valid(c->scope)) {
+        r->status = -LEDGER_EINVAL;
+        return;
+    }
+    if (!ledger__scope_allows(l, c)) {
+        r->status = l->fatal ? RESULT_UNDECIDED : -LEDGER_EFORBIDDEN;
+        return;
+    }
     switch (c->type) {
     case LEDGER_CMD_RESERVE:
         ledger__exec_reserve(l, c, r);

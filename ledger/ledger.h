@@ -203,6 +203,48 @@ int ledger_reservation_list(struct ledger *l, const char *account, ledger_reserv
 int ledger_journal_list(struct ledger *l, const char *account, int64_t since_ms, int64_t until_ms,
                         ledger_journal_cb cb, void *ctx);
 
+/*
+ * ---- Scoped and paged reads. ----
+ *
+ * The reads above, for a credential with a scope (`scope` as in ledger_cmd.scope; NULL
+ * or "" is unscoped) and one page at a time. What is outside the scope answers as the
+ * ledger answers a command: an account name that is not an existing account under the
+ * scope's roots is -LEDGER_EFORBIDDEN (whether or not it exists elsewhere), so is a
+ * reservation or key whose account's root is outside it; lists without a filter list
+ * only what lies under the roots (a journal record that names no account, such as a
+ * retention change, is not listed to a scoped reader).
+ *
+ * A list resumes after `after` (after_len bytes; 0: from the start), the cursor the
+ * previous page ended with, and sets `last` to the cursor of the last item its callback
+ * took (returned 0 for). A cursor is the key the list is ordered by (a child's name, a
+ * reservation's timer key, a journal record's number and chain position), opaque to
+ * clients: resuming costs a seek, not a walk over the items before it. A cursor of the
+ * wrong shape for its list is -LEDGER_EINVAL.
+ */
+struct ledger_page {
+    const char *scope;
+    uint16_t after_len;
+    uint8_t after[LEDGER_CURSOR_MAX];
+    uint16_t last_len; /* set by the list */
+    uint8_t last[LEDGER_CURSOR_MAX];
+};
+
+int ledger_account_get_scoped(struct ledger *l, const char *scope, const char *name,
+                              struct ledger_account_info *out);
+int ledger_key_get_scoped(struct ledger *l, const char *scope,
+                          const uint8_t key_hash[LEDGER_KEY_HASH_SIZE],
+                          char account[LEDGER_NAME_MAX + 1], int *revoked);
+int ledger_reservation_get_scoped(struct ledger *l, const char *scope,
+                                  const uint8_t request_id[LEDGER_REQUEST_ID_SIZE],
+                                  struct ledger_reservation_info *out);
+int ledger_account_list_page(struct ledger *l, const char *parent, struct ledger_page *page,
+                             ledger_account_cb cb, void *ctx);
+int ledger_reservation_list_page(struct ledger *l, const char *account, struct ledger_page *page,
+                                 ledger_reservation_cb cb, void *ctx);
+int ledger_journal_list_page(struct ledger *l, const char *account, int64_t since_ms,
+                             int64_t until_ms, struct ledger_page *page, ledger_journal_cb cb,
+                             void *ctx);
+
 /* ---- Snapshots. ---- */
 
 /* A frozen view of the ledger for export. */

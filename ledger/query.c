@@ -4,8 +4,11 @@
  * Queries run in their own LMDB read transaction and report the state as of the
  * ledger's clock (the last batch stamp), with period rollover and bucket refill applied
  * to copies, so an answer is what the next command would see, and two replicas at the
- * same index answer the same.
+ * same index answer the same. A scoped read sees only what lies under its roots, and a
+ * list resumes from the key its previous page ended on (ledger.h, "Scoped and paged
+ * reads").
  */
+#include "wire/wire.h"
 #include "ledger/store.h"
 
 #include <assert.h>
@@ -53,6 +56,49 @@ static uint64_t id_of(struct ledger *l, MDB_txn *txn, const char *name)
     uint64_t id;
     memcpy(&id, v.mv_data, 8);
     return id;
+}
+
+static bool scoped(const char *scope)
+{
+    return scope != NULL && scope[0] != '\0';
+}
+
+/* Whether the current root of account `id` is in `scope` (always when unscoped). */
+static bool in_scope(struct ledger *l, MDB_txn *txn, const char *scope, uint64_t id)
+{
+    if (!scoped(scope)) {
+        return true;
+    }
+    struct acct_rec a;
+    for (uint32_t depth = 0; id != 0 && depth < LEDGER_DEPTH_MAX; depth++) {
+        if (ledger__get_account(l, txn, id, &a) != 0) {
+            return false;
+        }
+        if (a.parent_id == 0) {
+            char root[LEDGER_NAME_MAX + 1];
+            ledger__copy_name(root, a.name, a.name_len, LEDGER_NAME_MAX);
+            return ledger_scope_has(scope, root);
+        }
+        id = a.parent_id;
+    }
+    return false;
+}
+
+static int forbidden(struct ledger *l, const char *what)
+{
+    return ledger__set_error(l, -LEDGER_EFORBIDDEN, "%s: outside the scope", what);
+}
+
+/* The id of account `name` for a read in `scope`: 0, or -LEDGER_ENOTFOUND unscoped and
+ * -LEDGER_EFORBIDDEN scoped when it is not an account under the scope's roots. */
+static int scoped_id(struct ledger *l, MDB_txn *txn, const char *scope, const char *name,
+                     uint64_t *id, const char *what)
+{
+    *id = name != NULL ? id_of(l, txn, name) : 0;
+    if (*id != 0 && in_scope(l, txn, scope, *id)) {
+        return 0;
+    }
+    return scoped(scope) ? forbidden(l, what) : map_rc(l, MDB_NOTFOUND, what);
 }
 
 /* Name of account `id` into dst ("" if unknown or 0). */
@@ -130,25 +176,42 @@ void ledger__account_info(struct ledger *l, MDB_txn *txn, const struct acct_rec 
     out->n_keys = (uint32_t)a->n_keys;
 }
 
-int ledger_account_get(struct ledger *l, const char *name, struct ledger_account_info *out)
+int ledger_account_get_scoped(struct ledger *l, const char *scope, const char *name,
+                              struct ledger_account_info *out)
 {
     MDB_txn *txn;
     int rv = read_begin(l, &txn);
     if (rv != 0) {
         return rv;
     }
-    struct acct_rec a;
-    uint64_t id = name ? id_of(l, txn, name) : 0;
-    int rc = id ? ledger__get_account(l, txn, id, &a) : MDB_NOTFOUND;
-    if (rc == 0) {
-        ledger__account_info(l, txn, &a, l->meta.clock_ms, out);
+    uint64_t id;
+    rv = scoped_id(l, txn, scope, name, &id, "account");
+    if (rv == 0) {
+        struct acct_rec a;
+        int rc = ledger__get_account(l, txn, id, &a);
+        if (rc == 0) {
+            ledger__account_info(l, txn, &a, l->meta.clock_ms, out);
+        }
+        rv = map_rc(l, rc, "account");
     }
     mdb_txn_abort(txn);
-    return map_rc(l, rc, "account");
+    return rv;
+}
+
+int ledger_account_get(struct ledger *l, const char *name, struct ledger_account_info *out)
+{
+    return ledger_account_get_scoped(l, NULL, name, out);
 }
 
 int ledger_key_get(struct ledger *l, const uint8_t key_hash[LEDGER_KEY_HASH_SIZE],
                    char account[LEDGER_NAME_MAX + 1], int *revoked)
+{
+    return ledger_key_get_scoped(l, NULL, key_hash, account, revoked);
+}
+
+int ledger_key_get_scoped(struct ledger *l, const char *scope,
+                          const uint8_t key_hash[LEDGER_KEY_HASH_SIZE],
+                          char account[LEDGER_NAME_MAX + 1], int *revoked)
 {
     MDB_txn *txn;
     int rv = read_begin(l, &txn);
@@ -163,6 +226,10 @@ int ledger_key_get(struct ledger *l, const uint8_t key_hash[LEDGER_KEY_HASH_SIZE
     if (rc == 0) {
         struct key_rec kr;
         memcpy(&kr, v.mv_data, sizeof(kr));
+        if (!in_scope(l, txn, scope, kr.account_id)) {
+            mdb_txn_abort(txn);
+            return forbidden(l, "key");
+        }
         name_of(l, txn, kr.account_id, account);
         *revoked = (int)kr.revoked;
     }
@@ -170,23 +237,36 @@ int ledger_key_get(struct ledger *l, const uint8_t key_hash[LEDGER_KEY_HASH_SIZE
     return map_rc(l, rc, "key");
 }
 
-/* Iterate the keys of `db` that start with `prefix`, in order. The callback gets the
- * key and value; a non-zero return stops and is returned. */
+/* Iterate the keys of `db` that start with `prefix` (at most 8 bytes), in order, after
+ * prefix + the page's cursor if it has one. The callback gets the key and value; a
+ * non-zero return stops and is returned. */
 typedef int (*scan_fn)(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MDB_val *v,
                        void *ctx);
 
 static int scan_prefix(struct ledger *l, MDB_txn *txn, int db, const void *prefix, size_t plen,
-                       scan_fn fn, void *ctx)
+                       const struct ledger_page *page, scan_fn fn, void *ctx)
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, l->dbi[db], &cur);
     if (rc != 0) {
         return map_rc(l, rc, "cursor");
     }
-    assert(plen == 0 || prefix != NULL);
-    MDB_val k = {plen, (void *)prefix}, v;
+    assert(plen <= 8 && (plen == 0 || prefix != NULL));
+    uint8_t start[8 + LEDGER_CURSOR_MAX];
+    size_t slen = plen;
+    memcpy(start, prefix != NULL ? prefix : start, plen);
+    bool resume = page != NULL && page->after_len > 0;
+    if (resume) {
+        assert(page->after_len <= LEDGER_CURSOR_MAX);
+        memcpy(start + plen, page->after, page->after_len);
+        slen += page->after_len;
+    }
+    MDB_val k = {slen, start}, v;
     int stop = 0;
-    rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
+    rc = mdb_cursor_get(cur, &k, &v, slen ? MDB_SET_RANGE : MDB_FIRST);
+    if (resume && rc == 0 && k.mv_size == slen && memcmp(k.mv_data, start, slen) == 0) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT); /* the cursor's own item was listed */
+    }
     while (rc == 0 && k.mv_size >= plen && (plen == 0 || memcmp(k.mv_data, prefix, plen) == 0)) {
         stop = fn(l, txn, &k, &v, ctx);
         if (stop != 0) {
@@ -206,16 +286,27 @@ struct list_ctx {
     ledger_model_cb model_cb;
     void *ctx;
     uint64_t account_id;
+    struct ledger_page *page; /* NULL: unscoped, from the start */
 };
+
+/* Record the cursor of an item the callback took (stop == 0). */
+static int page_took(struct ledger_page *page, int stop, const void *key, size_t len)
+{
+    if (page != NULL && stop == 0) {
+        assert(len <= LEDGER_CURSOR_MAX);
+        memcpy(page->last, key, len);
+        page->last_len = (uint16_t)len;
+    }
+    return stop;
+}
 
 static int list_child(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MDB_val *v,
                       void *ctx)
 {
-    (void)k;
     struct list_ctx *lc = ctx;
     struct acct_rec a;
     uint64_t id;
-    if (v->mv_size != 8) {
+    if (v->mv_size != 8 || k->mv_size < 8 || k->mv_size > CHILD_KEY_MAX) {
         return ledger__set_error(l, -LEDGER_ECORRUPT, "children: bad record");
     }
     memcpy(&id, v->mv_data, 8);
@@ -223,12 +314,23 @@ static int list_child(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MD
     if (rc != 0) {
         return map_rc(l, rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "child account");
     }
+    /* Only roots can be out of scope here: a parent was checked before the scan. */
+    if (a.parent_id == 0 && lc->page != NULL && !in_scope(l, txn, lc->page->scope, id)) {
+        return 0;
+    }
     struct ledger_account_info info;
     ledger__account_info(l, txn, &a, l->meta.clock_ms, &info);
-    return lc->cb(lc->ctx, &info);
+    const uint8_t *name = (const uint8_t *)k->mv_data + 8;
+    return page_took(lc->page, lc->cb(lc->ctx, &info), name, k->mv_size - 8);
 }
 
 int ledger_account_list(struct ledger *l, const char *parent, ledger_account_cb cb, void *ctx)
+{
+    return ledger_account_list_page(l, parent, NULL, cb, ctx);
+}
+
+int ledger_account_list_page(struct ledger *l, const char *parent, struct ledger_page *page,
+                             ledger_account_cb cb, void *ctx)
 {
     MDB_txn *txn;
     int rv = read_begin(l, &txn);
@@ -237,16 +339,16 @@ int ledger_account_list(struct ledger *l, const char *parent, ledger_account_cb 
     }
     uint64_t pid = 0;
     if (parent != NULL && parent[0] != '\0') {
-        pid = id_of(l, txn, parent);
-        if (pid == 0) {
+        rv = scoped_id(l, txn, page != NULL ? page->scope : NULL, parent, &pid, "parent");
+        if (rv != 0) {
             mdb_txn_abort(txn);
-            return map_rc(l, MDB_NOTFOUND, "parent");
+            return rv;
         }
     }
     uint8_t prefix[8];
     ledger__be64(prefix, pid);
-    struct list_ctx lc = {.cb = cb, .ctx = ctx};
-    rv = scan_prefix(l, txn, DB_CHILDREN, prefix, 8, list_child, &lc);
+    struct list_ctx lc = {.cb = cb, .ctx = ctx, .page = page};
+    rv = scan_prefix(l, txn, DB_CHILDREN, prefix, 8, page, list_child, &lc);
     mdb_txn_abort(txn);
     return rv;
 }
@@ -292,7 +394,7 @@ int ledger_model_list(struct ledger *l, const char *name, ledger_model_cb cb, vo
     uint8_t prefix[8];
     ledger__be64(prefix, id);
     struct list_ctx lc = {.model_cb = cb, .ctx = ctx};
-    rv = scan_prefix(l, txn, DB_MODELS, prefix, 8, list_model, &lc);
+    rv = scan_prefix(l, txn, DB_MODELS, prefix, 8, NULL, list_model, &lc);
     mdb_txn_abort(txn);
     return rv;
 }
@@ -328,6 +430,22 @@ static int resv_read(MDB_txn *txn, struct ledger *l, const uint8_t *id, struct r
 int ledger_reservation_get(struct ledger *l, const uint8_t request_id[LEDGER_REQUEST_ID_SIZE],
                            struct ledger_reservation_info *out)
 {
+    return ledger_reservation_get_scoped(l, NULL, request_id, out);
+}
+
+/* Whether reservation `r` is in `scope`: the root of the chain it was granted on. */
+static bool resv_in_scope(struct ledger *l, MDB_txn *txn, const char *scope,
+                          const struct resv_rec *r)
+{
+    assert(r->chain_len <= LEDGER_DEPTH_MAX);
+    return !scoped(scope) ||
+           (r->chain_len > 0 && in_scope(l, txn, scope, r->chain[r->chain_len - 1]));
+}
+
+int ledger_reservation_get_scoped(struct ledger *l, const char *scope,
+                                  const uint8_t request_id[LEDGER_REQUEST_ID_SIZE],
+                                  struct ledger_reservation_info *out)
+{
     MDB_txn *txn;
     int rv = read_begin(l, &txn);
     if (rv != 0) {
@@ -337,6 +455,10 @@ int ledger_reservation_get(struct ledger *l, const uint8_t request_id[LEDGER_REQ
     int rc = resv_read(txn, l, request_id, &r);
     if (rc == 0 && r.state == RESV_REJECTED) {
         rc = MDB_NOTFOUND; /* a denied reserve is an answer, not a reservation */
+    }
+    if (rc == 0 && !resv_in_scope(l, txn, scope, &r)) {
+        mdb_txn_abort(txn);
+        return forbidden(l, "reservation");
     }
     if (rc == 0) {
         resv_info(l, txn, request_id, &r, out);
@@ -349,6 +471,7 @@ struct resv_list_ctx {
     uint64_t account_id; /* 0: all */
     ledger_reservation_cb cb;
     void *ctx;
+    struct ledger_page *page; /* NULL: unscoped, from the start */
 };
 
 static int list_resv(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MDB_val *v,
@@ -370,31 +493,41 @@ static int list_resv(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MDB
     for (uint64_t i = 0; i < r.chain_len && !match; i++) {
         match = r.chain[i] == rc->account_id;
     }
-    if (!match) {
+    if (!match || (rc->page != NULL && !resv_in_scope(l, txn, rc->page->scope, &r))) {
         return 0;
     }
     struct ledger_reservation_info info;
     resv_info(l, txn, key + 8, &r, &info);
-    return rc->cb(rc->ctx, &info);
+    return page_took(rc->page, rc->cb(rc->ctx, &info), key, TIMER_KEY_SIZE);
 }
 
 int ledger_reservation_list(struct ledger *l, const char *account, ledger_reservation_cb cb,
                             void *ctx)
 {
+    return ledger_reservation_list_page(l, account, NULL, cb, ctx);
+}
+
+int ledger_reservation_list_page(struct ledger *l, const char *account, struct ledger_page *page,
+                                 ledger_reservation_cb cb, void *ctx)
+{
+    if (page != NULL && page->after_len != 0 && page->after_len != TIMER_KEY_SIZE) {
+        return ledger__set_error(l, -LEDGER_EINVAL, "not a cursor of this list");
+    }
     MDB_txn *txn;
     int rv = read_begin(l, &txn);
     if (rv != 0) {
         return rv;
     }
-    struct resv_list_ctx rc = {.cb = cb, .ctx = ctx};
+    struct resv_list_ctx rc = {.cb = cb, .ctx = ctx, .page = page};
     if (account != NULL) {
-        rc.account_id = id_of(l, txn, account);
-        if (rc.account_id == 0) {
+        rv = scoped_id(l, txn, page != NULL ? page->scope : NULL, account, &rc.account_id,
+                       "account");
+        if (rv != 0) {
             mdb_txn_abort(txn);
-            return map_rc(l, MDB_NOTFOUND, "account");
+            return rv;
         }
     }
-    rv = scan_prefix(l, txn, DB_TIMERS, NULL, 0, list_resv, &rc);
+    rv = scan_prefix(l, txn, DB_TIMERS, NULL, 0, page, list_resv, &rc);
     mdb_txn_abort(txn);
     return rv;
 }
@@ -433,11 +566,17 @@ static uint64_t journal_first_since(struct ledger *l, MDB_txn *txn, int64_t sinc
 /* list_journal's "past the requested range" (a callback stops with a small int). */
 #define JOURNAL_PAST_RANGE INT32_MIN
 
+/* A journal cursor: the record's number (BE64) and the entry's position in its chain. */
+#define JOURNAL_CURSOR_SIZE 9
+
 struct journal_ctx {
     uint64_t account_id;
     int64_t until_ms;
     ledger_journal_cb cb;
     void *ctx;
+    struct ledger_page *page; /* NULL: unscoped, from the start */
+    uint64_t resume_seq;      /* the cursor's record: entries up to resume_index were listed */
+    uint64_t resume_index;
 };
 
 static int journal_emit(struct ledger *l, MDB_txn *txn, const struct jrec *j, uint64_t i,
@@ -461,7 +600,23 @@ static int journal_emit(struct ledger *l, MDB_txn *txn, const struct jrec *j, ui
         e.amount_micros = j->amount_micros[i];
         e.period_start_ms = j->period_start[i];
     }
-    return jc->cb(jc->ctx, &e);
+    uint8_t cursor[JOURNAL_CURSOR_SIZE];
+    ledger__be64(cursor, j->seq);
+    cursor[8] = (uint8_t)i;
+    return page_took(jc->page, jc->cb(jc->ctx, &e), cursor, sizeof(cursor));
+}
+
+/* Whether entry `i` of record `j` is listed: in scope, and not on an earlier page. */
+static bool journal_wanted(struct ledger *l, MDB_txn *txn, const struct jrec *j, uint64_t i,
+                           const struct journal_ctx *jc)
+{
+    if (j->seq == jc->resume_seq && i <= jc->resume_index) {
+        return false;
+    }
+    if (jc->page == NULL || !scoped(jc->page->scope)) {
+        return true;
+    }
+    return j->chain_len > 0 && in_scope(l, txn, jc->page->scope, j->chain[j->chain_len - 1]);
 }
 
 static int list_journal(struct ledger *l, MDB_txn *txn, const MDB_val *k, const MDB_val *v,
@@ -481,10 +636,12 @@ static int list_journal(struct ledger *l, MDB_txn *txn, const MDB_val *k, const 
         return ledger__set_error(l, -LEDGER_ECORRUPT, "journal: bad chain length");
     }
     if (j.chain_len == 0) {
-        return jc->account_id == 0 ? journal_emit(l, txn, &j, 0, jc) : 0;
+        bool wanted = jc->account_id == 0 && journal_wanted(l, txn, &j, 0, jc);
+        return wanted ? journal_emit(l, txn, &j, 0, jc) : 0;
     }
     for (uint64_t i = 0; i < j.chain_len; i++) {
-        if (jc->account_id == 0 || j.chain[i] == jc->account_id) {
+        if ((jc->account_id == 0 || j.chain[i] == jc->account_id) &&
+            journal_wanted(l, txn, &j, i, jc)) {
             int stop = journal_emit(l, txn, &j, i, jc);
             if (stop != 0) {
                 return stop;
@@ -494,20 +651,35 @@ static int list_journal(struct ledger *l, MDB_txn *txn, const MDB_val *k, const 
     return 0;
 }
 
-int ledger_journal_list(struct ledger *l, const char *account, int64_t since_ms,
-                        int64_t until_ms, ledger_journal_cb cb, void *ctx)
+int ledger_journal_list(struct ledger *l, const char *account, int64_t since_ms, int64_t until_ms,
+                        ledger_journal_cb cb, void *ctx)
 {
+    return ledger_journal_list_page(l, account, since_ms, until_ms, NULL, cb, ctx);
+}
+
+int ledger_journal_list_page(struct ledger *l, const char *account, int64_t since_ms,
+                             int64_t until_ms, struct ledger_page *page, ledger_journal_cb cb,
+                             void *ctx)
+{
+    struct journal_ctx jc = {.until_ms = until_ms, .cb = cb, .ctx = ctx, .page = page};
+    if (page != NULL && page->after_len != 0) {
+        if (page->after_len != JOURNAL_CURSOR_SIZE || page->after[8] >= LEDGER_DEPTH_MAX) {
+            return ledger__set_error(l, -LEDGER_EINVAL, "not a cursor of this list");
+        }
+        jc.resume_seq = ledger__get_be64(page->after);
+        jc.resume_index = page->after[8];
+    }
     MDB_txn *txn;
     int rv = read_begin(l, &txn);
     if (rv != 0) {
         return rv;
     }
-    struct journal_ctx jc = {.until_ms = until_ms, .cb = cb, .ctx = ctx};
     if (account != NULL) {
-        jc.account_id = id_of(l, txn, account);
-        if (jc.account_id == 0) {
+        rv = scoped_id(l, txn, page != NULL ? page->scope : NULL, account, &jc.account_id,
+                       "account");
+        if (rv != 0) {
             mdb_txn_abort(txn);
-            return map_rc(l, MDB_NOTFOUND, "account");
+            return rv;
         }
     }
     MDB_cursor *cur;
@@ -517,7 +689,8 @@ int ledger_journal_list(struct ledger *l, const char *account, int64_t since_ms,
         return map_rc(l, rv, "cursor");
     }
     uint8_t start[8];
-    ledger__be64(start, journal_first_since(l, txn, since_ms));
+    uint64_t first = journal_first_since(l, txn, since_ms);
+    ledger__be64(start, first > jc.resume_seq ? first : jc.resume_seq);
     MDB_val k = {8, start}, v;
     int stop = 0;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);

@@ -5,11 +5,13 @@
  * The one idea: a secret never stays in memory. A token file holds SHA-256 hashes (of
  * bearer tokens, or of client certificates' DER), and HELLO hashes what the client shows
  * and compares it with every entry in constant time. What authentication decides is
- * fixed on the connection once (a role and a principal, the actor of every command it
- * sends, and the entry it matched, so a reload can tell who lost theirs);
- * rpc_role_allows (rpc/proto.c, shared with the client) then gates each request by role
- * and op. A failed login is logged with the peer's address and the reason, never with
- * what the client sent, at most RPC__AUTH_LOG_PER_SECOND lines a second.
+ * fixed on the connection once (a role, a principal, the actor of every command it
+ * sends, a scope, the roots every command and read is confined to, and the entry it
+ * matched, so a reload can tell who lost theirs); rpc_role_allows (wire/proto.c, shared
+ * with the client) then gates each request by role and op, and the scope travels with
+ * each command to the ledger, which judges it. A failed login is logged with the peer's
+ * address and the reason, never with what the client sent, at most
+ * RPC__AUTH_LOG_PER_SECOND lines a second.
  */
 #include "rpc/server_internal.h"
 #include "rpc/tls.h"
@@ -44,15 +46,32 @@ static bool principal_valid(const char *s)
     return true;
 }
 
-/* Parse one non-comment line "ROLE NAME [cert:]HEX" into t. */
+/* The optional 4th field "scope=ROOT[,ROOT...]" (NULL: none, unscoped) into t. */
+static const char *token_parse_scope(const char *field, struct rpc_token *t)
+{
+    t->scope[0] = '\0';
+    if (field == NULL) {
+        return NULL;
+    }
+    const char *roots = field + strlen("scope=");
+    if (strncmp(field, "scope=", strlen("scope=")) != 0 || roots[0] == '\0' ||
+        !ledger_scope_valid(roots)) {
+        return "the 4th field must be scope=ROOT[,ROOT...]: 1-16 account names";
+    }
+    snprintf(t->scope, sizeof(t->scope), "%s", roots); /* fits: ledger_scope_valid */
+    return NULL;
+}
+
+/* Parse one non-comment line "ROLE NAME [cert:]HEX [scope=ROOTS]" into t. */
 static const char *token_parse_line(char *line, struct rpc_token *t)
 {
     char *save = NULL;
     char *role = strtok_r(line, " \t", &save);
     char *name = strtok_r(NULL, " \t", &save);
     char *hex = strtok_r(NULL, " \t", &save);
+    char *scope = strtok_r(NULL, " \t", &save);
     if (role == NULL || name == NULL || hex == NULL || strtok_r(NULL, " \t", &save) != NULL) {
-        return "expected \"ROLE NAME SHA256HEX\" or \"ROLE NAME cert:SHA256HEX\"";
+        return "expected \"ROLE NAME [cert:]SHA256HEX [scope=ROOT[,ROOT...]]\"";
     }
     memset(t, 0, sizeof(*t));
     t->cert = strncmp(hex, "cert:", 5) == 0;
@@ -69,7 +88,7 @@ static const char *token_parse_line(char *line, struct rpc_token *t)
                        : "the hash must be 64 hex digits (SHA-256 of the token)";
     }
     snprintf(t->name, sizeof(t->name), "%s", name);
-    return NULL;
+    return token_parse_scope(scope, t);
 }
 
 int rpc_token_file_load(const char *path, struct rpc_token **out, size_t *n, char *errmsg,
@@ -262,6 +281,7 @@ static void auth_accept(struct rpc__conn *c, const struct rpc_token *t)
     c->role = t->role;
     memcpy(&c->cred, t, sizeof(c->cred)); /* padding too: reloads compare with memcmp */
     snprintf(c->principal, sizeof(c->principal), "%s", t->name);
+    snprintf(c->scope, sizeof(c->scope), "%s", t->scope);
 }
 
 /* HELLO with no token on a TLS connection: the client certificate's fingerprint must be
@@ -293,6 +313,13 @@ bool rpc__auth_check(struct rpc__conn *c, const struct rpc_request *req)
     }
     if (!rpc_role_allows(c->role, req->op, req->op == RPC_OP_WRITE ? req->u.write.type : 0)) {
         rpc__answer_error(c, req->seq, RPC_EFORBIDDEN, "the connection's role may not do this",
+                          false);
+        return false;
+    }
+    /* The state hash covers every tenant and membership the whole cluster: a scoped
+     * credential may do neither. */
+    if ((req->op == RPC_OP_HASH || req->op == RPC_OP_MEMBERSHIP) && c->scope[0] != '\0') {
+        rpc__answer_error(c, req->seq, RPC_EFORBIDDEN, "a scoped credential may not do this",
                           false);
         return false;
     }

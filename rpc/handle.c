@@ -137,11 +137,15 @@ static int answer_node_error(struct rpc__conn *c, uint64_t seq, int rv)
     return status;
 }
 
-/* Answer a ledger error from a read: ENOTFOUND is the client's, anything else ours. */
+/* Answer a ledger error from a read: ENOTFOUND, EFORBIDDEN (outside the connection's
+ * scope) and EINVAL (a cursor that is not one) are the client's, anything else ours. */
 static void answer_ledger_error(struct rpc__conn *c, uint64_t seq, int rv)
 {
-    rpc__answer_error(c, seq, rv == -LEDGER_ENOTFOUND ? RPC_ENOTFOUND : RPC_EINTERNAL,
-                      ledger_strerror(rv), false);
+    int status = rv == -LEDGER_ENOTFOUND    ? RPC_ENOTFOUND
+                 : rv == -LEDGER_EFORBIDDEN ? RPC_EFORBIDDEN
+                 : rv == -LEDGER_EINVAL     ? RPC_EBADREQ
+                                            : RPC_EINTERNAL;
+    rpc__answer_error(c, seq, status, ledger_strerror(rv), false);
 }
 
 /* ---- Pending requests. ---- */
@@ -273,8 +277,10 @@ static void handle_write(struct rpc__conn *c, const struct rpc_request *req)
     if (p == NULL) {
         return;
     }
-    /* The connection's principal is the actor, whatever the client wrote. */
+    /* The connection's principal is the actor and its credential's scope the scope,
+     * whatever the client wrote: a scoped credential can never send an unscoped command. */
     snprintf(p->req.u.write.actor, sizeof(p->req.u.write.actor), "%s", c->principal);
+    snprintf(p->req.u.write.scope, sizeof(p->req.u.write.scope), "%s", c->scope);
     int rv = node_propose(c->srv->node, &p->req.u.write, 1, propose_cb, p);
     if (rv != 0) {
         pending_refuse(p, rv);
@@ -284,7 +290,6 @@ static void handle_write(struct rpc__conn *c, const struct rpc_request *req)
 /* ---- Reads. ---- */
 
 struct collect {
-    uint64_t skip;  /* items before the page */
     uint32_t limit; /* items in the page */
     uint32_t n;
     bool more;
@@ -294,10 +299,6 @@ struct collect {
 
 static int collect_item(struct collect *k, const void *item)
 {
-    if (k->skip > 0) {
-        k->skip--;
-        return 0;
-    }
     if (k->n == k->limit) {
         k->more = true;
         return 1;
@@ -322,11 +323,16 @@ static int collect_entry(void *ctx, const struct ledger_journal_entry *entry)
     return collect_item(ctx, entry);
 }
 
-/* Answer a list request from the local ledger, one page from offset `cursor`. */
+/* Answer a list request from the local ledger: the page after the request's cursor,
+ * within the connection's scope. */
 static void answer_list(struct rpc__conn *c, const struct rpc_request *req)
 {
     struct ledger *l = node_ledger(c->srv->node);
-    struct collect k = {.skip = req->u.list.cursor, .limit = req->u.list.limit};
+    struct collect k = {.limit = req->u.list.limit};
+    struct ledger_page page = {.scope = c->scope};
+    assert(req->u.list.cursor_len <= sizeof(page.after)); /* the decoder's bound */
+    page.after_len = req->u.list.cursor_len;
+    memcpy(page.after, req->u.list.cursor, page.after_len);
     k.size = req->op == RPC_OP_ACCOUNT_LIST ? sizeof(struct ledger_account_info)
              : req->op == RPC_OP_RESV_LIST  ? sizeof(struct ledger_reservation_info)
                                             : sizeof(struct ledger_journal_entry);
@@ -338,19 +344,23 @@ static void answer_list(struct rpc__conn *c, const struct rpc_request *req)
     const char *filter = req->u.list.filter[0] != '\0' ? req->u.list.filter : NULL;
     int rv;
     if (req->op == RPC_OP_ACCOUNT_LIST) {
-        rv = ledger_account_list(l, filter, collect_account, &k);
+        rv = ledger_account_list_page(l, filter, &page, collect_account, &k);
     } else if (req->op == RPC_OP_RESV_LIST) {
-        rv = ledger_reservation_list(l, filter, collect_resv, &k);
+        rv = ledger_reservation_list_page(l, filter, &page, collect_resv, &k);
     } else {
         int64_t until = req->u.list.until_ms > 0 ? req->u.list.until_ms : INT64_MAX;
-        rv = ledger_journal_list(l, filter, req->u.list.since_ms, until, collect_entry, &k);
+        rv = ledger_journal_list_page(l, filter, req->u.list.since_ms, until, &page, collect_entry,
+                                      &k);
     }
     if (rv < 0) {
         answer_ledger_error(c, req->seq, rv);
     } else {
         struct rpc_response resp = rpc__answer_begin(req->seq);
         resp.u.list.n = k.n;
-        resp.u.list.next = k.more ? req->u.list.cursor + k.n : 0;
+        /* A page that ended full has a cursor: the key of its last item. */
+        assert(!k.more || (k.n > 0 && page.last_len > 0));
+        resp.u.list.next_len = k.more ? page.last_len : 0;
+        memcpy(resp.u.list.next, page.last, resp.u.list.next_len);
         resp.u.list.items.accounts = k.items;
         resp.status = RPC_OK;
         rpc__answer(c, req->op, &resp);
@@ -365,14 +375,14 @@ static void answer_read(struct rpc__conn *c, const struct rpc_request *req)
     int rv;
     switch (req->op) {
     case RPC_OP_ACCOUNT_GET:
-        rv = ledger_account_get(l, req->u.get.name, &resp.u.account);
+        rv = ledger_account_get_scoped(l, c->scope, req->u.get.name, &resp.u.account);
         break;
     case RPC_OP_RESV_GET:
-        rv = ledger_reservation_get(l, req->u.get.request_id, &resp.u.reservation);
+        rv = ledger_reservation_get_scoped(l, c->scope, req->u.get.request_id, &resp.u.reservation);
         break;
     case RPC_OP_KEY_GET: {
         int revoked = 0;
-        rv = ledger_key_get(l, req->u.get.key_hash, resp.u.key.account, &revoked);
+        rv = ledger_key_get_scoped(l, c->scope, req->u.get.key_hash, resp.u.key.account, &revoked);
         resp.u.key.revoked = revoked != 0;
         break;
     }

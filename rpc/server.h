@@ -46,15 +46,18 @@ struct rpc_token {
     bool cert;          /* the line said cert:HEX: only a client certificate matches */
     int role;           /* enum rpc_role */
     char name[RPC_TOKEN_NAME_MAX + 1]; /* the principal: [A-Za-z0-9._:@-], 1..48 bytes */
+    char scope[LEDGER_SCOPE_MAX + 1];  /* root accounts joined by ','; "" unscoped */
 };
 
 /*
- * Read a token file: one credential per line, "ROLE NAME CREDENTIAL" (role admin,
- * gateway or reader; CREDENTIAL the SHA-256 hex of a bearer token, or "cert:" and the
- * SHA-256 hex of a client certificate's DER; '#' starts a comment; blank lines are
- * skipped). At most RPC_TOKENS_MAX entries, lines of at most 512 bytes. On success *out
- * (malloc'd, caller frees) holds *n entries. Returns 0 or -RPC_START_ECONFIG with
- * "FILE:LINE: reason" in errmsg (size bytes).
+ * Read a token file: one credential per line, "ROLE NAME CREDENTIAL [scope=ROOT[,ROOT...]]"
+ * (role admin, gateway or reader; CREDENTIAL the SHA-256 hex of a bearer token, or
+ * "cert:" and the SHA-256 hex of a client certificate's DER; the scope, 1..
+ * LEDGER_SCOPE_ROOTS_MAX valid account names, limits the credential to those root
+ * accounts, none means all; '#' starts a comment; blank lines are skipped). At most
+ * RPC_TOKENS_MAX entries, lines of at most 512 bytes. On success *out (malloc'd, caller
+ * frees) holds *n entries. Returns 0 or -RPC_START_ECONFIG with "FILE:LINE: reason" in
+ * errmsg (size bytes).
  */
 int rpc_token_file_load(const char *path, struct rpc_token **out, size_t *n, char *errmsg,
                         size_t size);

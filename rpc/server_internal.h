@@ -55,6 +55,7 @@ struct rpc__conn {
     /* The token-file entry HELLO matched (a copy; zero before): a reload closes the
      * connection if the new file lacks it. */
     struct rpc_token cred;
+    char scope[LEDGER_SCOPE_MAX + 1]; /* the credential's roots, "" unscoped: fixed at HELLO */
     uint64_t accepted_ms; /* loop time of accept: HELLO must succeed within hello_timeout_ms */
     uint64_t active_ms;   /* loop time of the last bytes read or written: the idle timeout */
     uint32_t addr;        /* the peer's IPv4 address, network byte order */

@@ -418,8 +418,9 @@ int ctl__cmd_account_show(struct ctl__ctx *x)
     return CTL_OK;
 }
 
-static int fetch_accounts(struct ctl__ctx *x, const struct ctl__list_query *q, uint64_t cursor,
-                          void *items, uint32_t *got, uint64_t *next, struct tally_result *res)
+static int fetch_accounts(struct ctl__ctx *x, const struct ctl__list_query *q,
+                          const struct tally_cursor *cursor, void *items, uint32_t *got,
+                          struct tally_cursor *next, struct tally_result *res)
 {
     return tally_account_list(x->c, q->name, cursor, TALLY_LIST_MAX, q->flags, x->timeout_ms, items,
                               got, next, res);

@@ -82,8 +82,9 @@ static void print_journal_entry(const struct tally_journal_entry *e, bool jsonl)
     printf(",%s\n", admin ? ah : "");
 }
 
-static int fetch_journal(struct ctl__ctx *x, const struct ctl__list_query *q, uint64_t cursor,
-                         void *items, uint32_t *got, uint64_t *next, struct tally_result *res)
+static int fetch_journal(struct ctl__ctx *x, const struct ctl__list_query *q,
+                         const struct tally_cursor *cursor, void *items, uint32_t *got,
+                         struct tally_cursor *next, struct tally_result *res)
 {
     return tally_journal_list(x->c, q->name, q->since_ms, q->until_ms, cursor, TALLY_LIST_MAX,
                               q->flags, x->timeout_ms, items, got, next, res);

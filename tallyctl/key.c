@@ -7,6 +7,7 @@
  */
 #include "tallyctl/tallyctl.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/random.h>
@@ -16,14 +17,13 @@
 #define SECRET_SIZE (sizeof(SECRET_PREFIX) + 2 * SECRET_RANDOM_BYTES)
 #define KEY_HASH_HEX (2 * TALLY_KEY_HASH_SIZE)
 
-/* A new key secret: SECRET_PREFIX and 32 hex digits of getrandom(2), into `out`
- * (SECRET_SIZE bytes). Returns 0 or -1 (errno set). */
-static int new_secret(char out[SECRET_SIZE])
+int ctl__new_secret(const char *prefix, size_t n_random, char *out)
 {
-    uint8_t random[SECRET_RANDOM_BYTES];
+    uint8_t random[64];
     size_t got = 0;
-    for (int tries = 0; got < sizeof(random) && tries < 100; tries++) {
-        ssize_t n = getrandom(random + got, sizeof(random) - got, 0);
+    assert(n_random <= sizeof(random));
+    for (int tries = 0; got < n_random && tries < 100; tries++) {
+        ssize_t n = getrandom(random + got, n_random - got, 0);
         if (n < 0 && errno != EINTR) {
             return -1;
         }
@@ -31,12 +31,12 @@ static int new_secret(char out[SECRET_SIZE])
             got += (size_t)n;
         }
     }
-    if (got < sizeof(random)) {
+    if (got < n_random) {
         errno = EAGAIN;
         return -1;
     }
-    memcpy(out, SECRET_PREFIX, sizeof(SECRET_PREFIX) - 1);
-    tally_hex(random, sizeof(random), out + sizeof(SECRET_PREFIX) - 1);
+    memcpy(out, prefix, strlen(prefix));
+    tally_hex(random, n_random, out + strlen(prefix));
     explicit_bzero(random, sizeof(random));
     return 0;
 }
@@ -58,7 +58,7 @@ int ctl__cmd_key_add(struct ctl__ctx *x)
             return CTL_USAGE;
         }
     } else {
-        if (new_secret(secret) != 0) {
+        if (ctl__new_secret(SECRET_PREFIX, SECRET_RANDOM_BYTES, secret) != 0) {
             ctl__say_error(x->what, "getrandom: %s", strerror(errno));
             return CTL_UNAVAILABLE;
         }

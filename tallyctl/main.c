@@ -76,6 +76,9 @@ const struct ctl__opt_spec ctl__opt_specs[CTL_OPT_COUNT] = {
     [CTL_OPT_SINCE] = {"since", true},
     [CTL_OPT_UNTIL] = {"until", true},
     [CTL_OPT_FORMAT] = {"format", true},
+    [CTL_OPT_ROLE] = {"role", true},
+    [CTL_OPT_NAME] = {"name", true},
+    [CTL_OPT_SCOPE] = {"scope", true},
 };
 
 /* ---- The command table, usage, dispatch. ---- */
@@ -128,6 +131,8 @@ static const struct ctl__command commands[] = {
     {"journal", "export", 0, 0, W(ACCOUNT) | W(SINCE) | W(UNTIL) | W(FORMAT) | W(STALE),
      ctl__cmd_journal_export,
      "journal export [--account A] [--since T] [--until T] [--format csv|jsonl]"},
+    {"token", "new", 0, 0, W(ROLE) | W(NAME) | W(SCOPE), ctl__cmd_token_new,
+     "token new --role admin|gateway|reader --name NAME [--scope ROOT[,ROOT...]]"},
     {"cluster", "status", 0, 0, 0, ctl__cmd_cluster_status, "cluster status"},
     {"cluster", "transfer", 0, 1, 0, ctl__cmd_cluster_transfer, "cluster transfer [ID]"},
     {"cluster", "add", 2, 2, 0, ctl__cmd_cluster_add, "cluster add ID PEER_ADDR"},

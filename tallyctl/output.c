@@ -108,6 +108,8 @@ static const char *ledger_error_text(int code)
         return "storage error on the node";
     case TALLY_ECORRUPT:
         return "corrupt state on the node";
+    case TALLY_EFORBIDDEN:
+        return "outside the token's scope (or not an account under it)";
     default:
         return NULL;
     }

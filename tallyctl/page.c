@@ -11,6 +11,7 @@
 
 #include <assert.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define PAGES_MAX 1000000 /* pages of one listing */
 
@@ -18,24 +19,25 @@ int ctl__pager_next(struct ctl__ctx *x, struct ctl__pager *p, void *items, uint3
                     const char *later_hint)
 {
     struct tally_result res = {0};
-    uint64_t next = 0;
+    struct tally_cursor next = {0};
     assert(!p->done && p->page < PAGES_MAX);
     *got = 0;
-    int rc = p->fetch(x, p->q, p->cursor, items, got, &next, &res);
+    int rc = p->fetch(x, p->q, &p->cursor, items, got, &next, &res);
     if (rc < 0) {
         return ctl__call_failed(x, p->q->name, rc, &res, p->page > 0 ? later_hint : NULL);
     }
-    if (*got > TALLY_LIST_MAX || (next != 0 && next == p->cursor)) {
+    bool same = next.len == p->cursor.len && memcmp(next.bytes, p->cursor.bytes, next.len) == 0;
+    if (*got > TALLY_LIST_MAX || next.len > TALLY_CURSOR_MAX || (next.len != 0 && same)) {
         ctl__say_error(x->what, "protocol: the server answered a malformed page");
         return CTL_UNAVAILABLE;
     }
-    if (p->page + 1 >= PAGES_MAX && next != 0) {
+    if (p->page + 1 >= PAGES_MAX && next.len != 0) {
         ctl__say_error(x->what, "more than %d pages: giving up", PAGES_MAX);
         return CTL_UNAVAILABLE;
     }
     p->page++;
     p->cursor = next;
-    p->done = next == 0;
+    p->done = next.len == 0;
     return 0;
 }
 

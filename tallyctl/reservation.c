@@ -390,8 +390,9 @@ static void json_reservation(struct ctl__jw *w, const void *item)
     ctl__jw_close(w, '}');
 }
 
-static int fetch_reservations(struct ctl__ctx *x, const struct ctl__list_query *q, uint64_t cursor,
-                              void *items, uint32_t *got, uint64_t *next, struct tally_result *res)
+static int fetch_reservations(struct ctl__ctx *x, const struct ctl__list_query *q,
+                              const struct tally_cursor *cursor, void *items, uint32_t *got,
+                              struct tally_cursor *next, struct tally_result *res)
 {
     return tally_reservation_list(x->c, q->name, cursor, TALLY_LIST_MAX, q->flags, x->timeout_ms,
                                   items, got, next, res);

@@ -80,6 +80,9 @@ enum ctl__opt_id {
     CTL_OPT_SINCE,
     CTL_OPT_UNTIL,
     CTL_OPT_FORMAT,
+    CTL_OPT_ROLE,
+    CTL_OPT_NAME,
+    CTL_OPT_SCOPE,
     CTL_OPT_COUNT
 };
 
@@ -330,12 +333,13 @@ struct ctl__list_query {
 };
 
 /*
- * Fetch the page of `q` that starts at `cursor` (0: the first) into `items`, which has room
- * for TALLY_LIST_MAX; the contract of libtally's list calls (*got items, *next the cursor of
- * the next page, 0 after the last).
+ * Fetch the page of `q` that starts after `cursor` (len 0: the first) into `items`, which
+ * has room for TALLY_LIST_MAX; the contract of libtally's list calls (*got items, *next the
+ * cursor of the next page, of len 0 after the last).
  */
-typedef int (*ctl__fetch_fn)(struct ctl__ctx *x, const struct ctl__list_query *q, uint64_t cursor,
-                             void *items, uint32_t *got, uint64_t *next, struct tally_result *res);
+typedef int (*ctl__fetch_fn)(struct ctl__ctx *x, const struct ctl__list_query *q,
+                             const struct tally_cursor *cursor, void *items, uint32_t *got,
+                             struct tally_cursor *next, struct tally_result *res);
 
 /* A walk through the pages of a listing: set `fetch` and `q`, the rest zero, then call
  * ctl__pager_next() until `done`. */
@@ -343,7 +347,7 @@ struct ctl__pager {
     ctl__fetch_fn fetch;
     const struct ctl__list_query *q; /* borrowed */
     int page;                        /* pages fetched so far */
-    uint64_t cursor;                 /* where the next page starts */
+    struct tally_cursor cursor;      /* where the next page starts */
     bool done;                       /* the last page was fetched */
 };
 
@@ -409,6 +413,17 @@ int ctl__cmd_key_show(struct ctl__ctx *x);
 /* key hash [SECRET]: the SHA-256 the ledger stores for a secret (read from the first line
  * of stdin when not given, so it stays out of the shell history). No cluster needed. */
 int ctl__cmd_key_hash(struct ctl__ctx *x);
+
+/* A new secret: `prefix` and 2 * n_random hex digits of getrandom(2) into `out`, which
+ * holds strlen(prefix) + 2 * n_random + 1 bytes (n_random at most 64). Returns 0 or -1
+ * (errno set). The caller wipes `out` when done. */
+int ctl__new_secret(const char *prefix, size_t n_random, char *out);
+
+/* token.c */
+
+/* token new --role R --name N [--scope ROOT[,ROOT...]]: a new bearer token, shown once,
+ * and the token-file line that admits it (the SHA-256 only). No cluster needed. */
+int ctl__cmd_token_new(struct ctl__ctx *x);
 
 /* reservation.c */
 

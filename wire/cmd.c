@@ -3,10 +3,10 @@
  *
  * A batch is the msgpack array [format, stamp_ms, [command, ...]] followed by 0..7 zero
  * bytes so its length is a multiple of 8 (libraft's unit). A command is a flat array:
- * [type, request_id (bin 16), actor (str), fields of its type...], fields positional so
- * a decoder needs no map lookups. Encoding uses msgpack-c's packer; decoding uses the
- * bounded reader of mp.h, which never allocates, so a hostile batch cannot make the
- * ledger allocate more than its fixed command array.
+ * [type, request_id (bin 16), actor (str), scope (str), fields of its type...], fields
+ * positional so a decoder needs no map lookups. Encoding uses msgpack-c's packer;
+ * decoding uses the bounded reader of mp.h, which never allocates, so a hostile batch
+ * cannot make the ledger allocate more than its fixed command array.
  *
  * The one idea: nothing here names a command's fields. Pack, read, the field counts, the
  * fingerprint, equality and the shape check are each one macro per field kind, expanded
@@ -22,9 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BATCH_FORMAT 1
+#define BATCH_FORMAT 2 /* 2: every command carries its scope */
 
-/* ---- Names, errors. ---- */
+/* ---- Names, scopes, errors. ---- */
 
 bool ledger_name_valid(const char *name, size_t max)
 {
@@ -41,6 +41,52 @@ bool ledger_name_valid(const char *name, size_t max)
         }
     }
     return true;
+}
+
+bool ledger_scope_valid(const char *scope)
+{
+    size_t n = strnlen(scope, LEDGER_SCOPE_MAX + 1);
+    if (n == 0) {
+        return true;
+    }
+    if (n > LEDGER_SCOPE_MAX) {
+        return false;
+    }
+    const char *p = scope;
+    /* Bounded by the count of roots: each turn takes one or refuses. */
+    for (unsigned roots = 1; roots <= LEDGER_SCOPE_ROOTS_MAX; roots++) {
+        size_t len = strcspn(p, ",");
+        char name[LEDGER_NAME_MAX + 1];
+        if (len == 0 || len > LEDGER_NAME_MAX) {
+            return false;
+        }
+        memcpy(name, p, len);
+        name[len] = '\0';
+        if (!ledger_name_valid(name, LEDGER_NAME_MAX)) {
+            return false;
+        }
+        if (p[len] == '\0') {
+            return true;
+        }
+        p += len + 1;
+    }
+    return false;
+}
+
+bool ledger_scope_has(const char *scope, const char *root)
+{
+    size_t n = strlen(root);
+    if (scope[0] == '\0') {
+        return true;
+    }
+    for (const char *p = scope; *p != '\0';) {
+        size_t len = strcspn(p, ",");
+        if (len == n && memcmp(p, root, n) == 0) {
+            return true;
+        }
+        p += len + (p[len] == ',');
+    }
+    return false;
 }
 
 static const char *error_text(int code, bool message)
@@ -141,6 +187,7 @@ static bool read_model_limits(struct mp_reader *r, struct ledger_model_limits *l
 #define SHAPE_mlimits(p, bound) true
 #define SHAPE_payer_key SHAPE_key
 #define SHAPE_payer_account SHAPE_str
+#define SHAPE_COMMON(kind, name, bound) &&SHAPE_##kind(&common->name, bound)
 
 /* Whether field `name` is equal in the structs `a` and `b` point to. */
 #define EQUAL_FIELD(kind, name, bound) &&EQUAL_##kind(&pa->name, &pb->name, bound)
@@ -193,7 +240,9 @@ static bool model_limits_equal(const struct ledger_model_limits *pa,
     return true LEDGER_MODEL_LIMITS_FIELDS(EQUAL_FIELD);
 }
 
-/* Number of fields after [type, request_id, actor] for each command type. */
+/* Fields every command has after its actor, and after those, for each command type. */
+#define COMMON_FIELDS (0 LEDGER_CMD_COMMON(FIELD_COUNT))
+
 static const uint8_t fields_of[LEDGER_CMD_TYPE_MAX] = {
 #define CMD_FIELD_COUNT(type, number, member) [number] = 0 LEDGER_ARGS_##member(FIELD_COUNT),
     LEDGER_CMDS(CMD_FIELD_COUNT)
@@ -208,6 +257,10 @@ static bool type_known(uint8_t type)
 bool ledger_cmd_encodable(const struct ledger_cmd *c)
 {
     if (!type_known(c->type) || !wire__str_fits(c->actor, LEDGER_ACTOR_MAX)) {
+        return false;
+    }
+    const struct ledger_cmd *common = c;
+    if (!(true LEDGER_CMD_COMMON(SHAPE_COMMON))) {
         return false;
     }
     switch (c->type) {
@@ -228,6 +281,12 @@ bool ledger_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b)
         strcmp(a->actor, b->actor) != 0) {
         return false;
     }
+    {
+        const struct ledger_cmd *pa = a, *pb = b;
+        if (!(true LEDGER_CMD_COMMON(EQUAL_FIELD))) {
+            return false;
+        }
+    }
     switch (a->type) {
 #define CMD_EQUAL(type, number, member)                                                      \
     case number: {                                                                           \
@@ -245,10 +304,14 @@ void ledger_pack_cmd(msgpack_packer *pk, const struct ledger_cmd *c)
 {
     /* Paired with the assertion in ledger_read_cmd(): what crosses is always encodable. */
     assert(ledger_cmd_encodable(c));
-    msgpack_pack_array(pk, 3 + fields_of[c->type]);
+    msgpack_pack_array(pk, 3 + COMMON_FIELDS + fields_of[c->type]);
     msgpack_pack_uint8(pk, c->type);
     wire__pack_bin(pk, c->request_id, LEDGER_REQUEST_ID_SIZE);
     wire__pack_str(pk, c->actor, LEDGER_ACTOR_MAX);
+    {
+        const struct ledger_cmd *v = c;
+        LEDGER_CMD_COMMON(PACK_FIELD)
+    }
     switch (c->type) {
 #define CMD_PACK(type, number, member)                                                       \
     case number: {                                                                           \
@@ -458,6 +521,8 @@ int ledger_cmd_check(const struct ledger_cmd *c, const char **why)
     *why = "";
     REFUSE_IF(!ledger_cmd_encodable(c), LEDGER_EDECODE,
               "unknown command type, or a string or metadata over its bound");
+    REFUSE_IF(!ledger_scope_valid(c->scope), LEDGER_EINVAL,
+              "the scope is not 1-16 valid account names joined by ','");
     return args_check(c, why);
 }
 
@@ -506,11 +571,15 @@ bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c)
     if (!mp_read_array(r, 32, &n) || n < 3 || !mp_read_u8(r, &c->type)) {
         return false;
     }
-    if (!type_known(c->type) || n != 3u + fields_of[c->type]) {
+    if (!type_known(c->type) || n != 3u + COMMON_FIELDS + fields_of[c->type]) {
         return false;
     }
     mp_read_fixed(r, c->request_id, LEDGER_REQUEST_ID_SIZE);
     mp_read_text(r, c->actor, LEDGER_ACTOR_MAX);
+    {
+        struct ledger_cmd *v = c;
+        LEDGER_CMD_COMMON(READ_FIELD)
+    }
     if (!read_fields(r, c) || !r->ok) {
         return false;
     }

@@ -10,6 +10,7 @@
 #include "wire/wire.h"
 #include "wire/wire_internal.h"
 
+#include <assert.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,6 +199,7 @@ static int frame_abort(struct frame *f)
 #define ARG_FITS_i64(p, bound) true
 #define ARG_FITS_str(p, bound) wire__str_fits(*(p), bound)
 #define ARG_FITS_key(p, bound) true
+#define ARG_FITS_blob(p, bound) (*(p##_len) <= (bound))
 #define ARG_FITS_cmd(p, bound) ledger_cmd_encodable(p)
 #define ARG_PACK(kind, path, bound) ARG_PACK_##kind(&req->u.path, bound);
 #define ARG_PACK_u8(p, bound) msgpack_pack_uint8(pk, *(p))
@@ -206,6 +208,7 @@ static int frame_abort(struct frame *f)
 #define ARG_PACK_i64(p, bound) msgpack_pack_int64(pk, *(p))
 #define ARG_PACK_str(p, bound) wire__pack_str(pk, *(p), bound)
 #define ARG_PACK_key(p, bound) wire__pack_bin(pk, *(p), bound)
+#define ARG_PACK_blob(p, bound) wire__pack_bin(pk, *(p), *(p##_len))
 #define ARG_PACK_cmd(p, bound) ledger_pack_cmd(pk, p)
 #define ARG_READ(kind, path, bound) &&ARG_READ_##kind(&q->u.path, bound)
 #define ARG_READ_u8(p, bound) mp_read_u8(r, p)
@@ -214,7 +217,22 @@ static int frame_abort(struct frame *f)
 #define ARG_READ_i64(p, bound) mp_read_i64(r, p)
 #define ARG_READ_str(p, bound) mp_read_text(r, *(p), bound)
 #define ARG_READ_key(p, bound) mp_read_fixed(r, *(p), bound)
+#define ARG_READ_blob(p, bound) read_blob(r, *(p), p##_len, bound)
 #define ARG_READ_cmd(p, bound) ledger_read_cmd(r, p)
+
+/* A bin of at most `max` bytes into `out`, its length into *len. */
+static bool read_blob(struct mp_reader *r, uint8_t *out, uint16_t *len, size_t max)
+{
+    const uint8_t *b;
+    size_t n;
+    if (!mp_read_bin(r, max, &b, &n)) {
+        return false;
+    }
+    assert(n <= max && max <= UINT16_MAX);
+    memcpy(out, b, n);
+    *len = (uint16_t)n;
+    return true;
+}
 
 /* What the table cannot say: the ranges of a list's limit and of a membership kind. */
 static bool request_ranges_ok(const struct rpc_request *q)
@@ -630,7 +648,10 @@ int rpc_response_encode(struct rpc_buf *out, int op, const struct rpc_response *
                 pack_entry(pk, &resp->u.list.items.entries[i]);
             }
         }
-        msgpack_pack_uint64(pk, resp->u.list.next);
+        if (resp->u.list.next_len > RPC_CURSOR_MAX) {
+            return frame_abort(&f);
+        }
+        wire__pack_bin(pk, resp->u.list.next, resp->u.list.next_len);
         break;
     default:
         break;
@@ -671,7 +692,7 @@ static bool read_list(struct mp_reader *r, int op, struct rpc_response *resp)
             return false;
         }
     }
-    return mp_read_u64(r, &resp->u.list.next);
+    return read_blob(r, resp->u.list.next, &resp->u.list.next_len, RPC_CURSOR_MAX);
 }
 
 static bool read_payload(struct mp_reader *r, int op, struct rpc_response *resp)

@@ -37,6 +37,9 @@
 #define LEDGER_BATCH_MAX_BYTES (8u << 20)
 #define LEDGER_GC_PER_BATCH 4096     /* expired answers pruned per batch, at most */
 #define LEDGER_ERRMSG_SIZE 256
+#define LEDGER_SCOPE_ROOTS_MAX 16         /* root accounts in one credential's scope */
+#define LEDGER_SCOPE_MAX 1024             /* bytes of a scope: root names joined by ',' */
+#define LEDGER_CURSOR_MAX LEDGER_NAME_MAX /* bytes of a list cursor (opaque to clients) */
 
 /* ---- Error codes (returned negated). ----
  * X(CODE, number, name, message): the name is the stable snake_case word logs, JSON and
@@ -56,7 +59,8 @@
     X(ENOMEM, 12, "out_of_memory", "out of memory")                                          \
     X(EIO, 13, "io_error", "storage error")                                                  \
     X(ECORRUPT, 14, "corrupt", "corrupt data")                                               \
-    X(ESTALE, 15, "stale", "index already applied")
+    X(ESTALE, 15, "stale", "index already applied")                                          \
+    X(EFORBIDDEN, 16, "forbidden", "outside the credential's scope")
 
 /* EINVAL: an argument is out of range or malformed. ENAME: an account or model name is
  * not valid. ENOTFOUND: no such account, key or reservation. EEXIST: the account or key
@@ -67,7 +71,8 @@
  * ETOOBIG: a batch, field or snapshot exceeds its bound. ENOMEM: allocation failed.
  * EIO: LMDB or file system error, the node must stop. ECORRUPT: stored data or a
  * snapshot fails its checks, the node must stop. ESTALE: the batch's index is not after
- * the applied index. */
+ * the applied index. EFORBIDDEN: the command names an account, key or reservation outside
+ * the scope it carries (or is an act only an unscoped admin may do); nothing changed. */
 enum {
 #define LEDGER_ERROR_ENUM(code, number, name, message) LEDGER_##code = number,
     LEDGER_ERRORS(LEDGER_ERROR_ENUM)
@@ -213,6 +218,13 @@ enum {
 /* LEDGER_CMD_CONFIG_SET. */
 #define LEDGER_ARGS_config(X) X(i64, retention_ms, 0)
 
+/* The fields every command carries after its actor, whatever its type. `scope` is the
+ * root accounts the sender's credential may act for, joined by ',' (at most
+ * LEDGER_SCOPE_ROOTS_MAX names); "" is unscoped. The server sets it from the connection,
+ * like the actor; the ledger refuses with EFORBIDDEN what lies outside it. Like the actor
+ * it says who sent a command, not what the command is, so it is not in the fingerprint. */
+#define LEDGER_CMD_COMMON(X) X(str, scope, LEDGER_SCOPE_MAX)
+
 /* Every command: X(TYPE, number, member of ledger_cmd.u holding its arguments). */
 #define LEDGER_CMDS(X)                                                                       \
     X(ACCOUNT_CREATE, 1, create)                                                             \
@@ -267,13 +279,14 @@ struct ledger_model_limits {
  * all its bytes and can be copied by value. `request_id` is the idempotency key of
  * every command; for settle, void and extend it names the reservation, which is the
  * request_id of its reserve. `actor` names who caused the command (the connection's
- * principal); it is recorded in the journal. `u` holds the arguments of `type`, as
- * the table above lists them.
+ * principal); it is recorded in the journal. The fields of LEDGER_CMD_COMMON follow it.
+ * `u` holds the arguments of `type`, as the table above lists them.
  */
 struct ledger_cmd {
     uint8_t type; /* enum ledger_cmd_type */
     uint8_t request_id[LEDGER_REQUEST_ID_SIZE];
     char actor[LEDGER_ACTOR_MAX + 1];
+    LEDGER_CMD_COMMON(LEDGER_FIELD_DECL)
     union {
 #define LEDGER_CMD_MEMBER(member) struct { LEDGER_ARGS_##member(LEDGER_FIELD_DECL) } member;
         LEDGER_CMD_MEMBERS(LEDGER_CMD_MEMBER)

@@ -25,6 +25,14 @@
 bool ledger_name_valid(const char *name, size_t max);
 
 /*
+ * A scope (struct ledger_cmd.scope): "" (unscoped), or 1..LEDGER_SCOPE_ROOTS_MAX valid
+ * account names joined by ',' within LEDGER_SCOPE_MAX bytes. ledger_scope_has() says
+ * whether root account `root` is in `scope` (always true for ""); `scope` must be valid.
+ */
+bool ledger_scope_valid(const char *scope);
+bool ledger_scope_has(const char *scope, const char *root);
+
+/*
  * Encode `n` commands (1..LEDGER_BATCH_MAX_CMDS, borrowed) with the leader's time
  * stamp `stamp_ms` into a new buffer whose length is a multiple of 8. On success
  * *buf (malloc'd, owned by the caller, free() it) and *len are set. Commands are
@@ -69,8 +77,8 @@ bool ledger_read_cmd(struct mp_reader *r, struct ledger_cmd *c);
 void ledger_pack_limits(msgpack_packer *pk, const struct ledger_limits *l);
 bool ledger_read_limits(struct mp_reader *r, struct ledger_limits *l);
 
-/* Whether `a` and `b` are the same command: type, request id, actor and every argument
- * of the type (for a reserve, only the payer its by_account selects). For tests and
+/* Whether `a` and `b` are the same command: type, request id, actor, scope and every
+ * argument of the type (for a reserve, only the payer its by_account selects). For tests and
  * paired assertions. */
 bool ledger_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b);
 
@@ -79,9 +87,9 @@ int ledger_cmd_encode(const struct ledger_cmd *c, void **buf, size_t *len);
 
 /*
  * The bytes that say "the same request" to the idempotency store: a command's type, id
- * and arguments (the actor excluded), each length-prefixed, in wire order, passed to
- * `feed` (with `ctx`, borrowed) in pieces. The ledger hashes them with SHA-256 and keeps
- * LEDGER_FINGERPRINT_SIZE bytes (ledger/store.h); wire/ itself links no hash.
+ * and arguments (the actor and scope excluded), each length-prefixed, in wire order,
+ * passed to `feed` (with `ctx`, borrowed) in pieces. The ledger hashes them with SHA-256
+ * and keeps LEDGER_FINGERPRINT_SIZE bytes (ledger/store.h); wire/ itself links no hash.
  */
 #define LEDGER_FINGERPRINT_SIZE 16 /* 128 bits of SHA-256 */
 void ledger_cmd_fingerprint_feed(const struct ledger_cmd *c,
@@ -127,6 +135,7 @@ void ledger_cmd_fingerprint_feed(const struct ledger_cmd *c,
 #define RPC_ADDRESS_MAX 64             /* "host:port" */
 #define RPC_MESSAGE_MAX 200            /* error message bytes */
 #define RPC_LIST_MAX 512               /* items in one list page */
+#define RPC_CURSOR_MAX LEDGER_CURSOR_MAX /* bytes of a list cursor */
 #define RPC_MEMBERS_MAX 9
 
 /*
@@ -135,7 +144,9 @@ void ledger_cmd_fingerprint_feed(const struct ledger_cmd *c,
  * `u`, in wire order (kinds as in the command table of types.h, plus `cmd`, a ledger
  * command); pack, read and the field counts are generated from it. `role` is the least
  * role that may send it (rpc_role_allows(); a gateway may write only reserve, settle, void
- * and extend). The answers are listed beside the arguments.
+ * and extend; HASH reveals every tenant's state and MEMBERSHIP changes the whole cluster,
+ * so only an unscoped admin may send them, which rpc/auth.c checks). The answers are
+ * listed beside the arguments.
  */
 #define RPC_OPS(X)                                                                           \
     X(HELLO, 1, "hello", RPC_ARGS_HELLO, RPC_ROLE_NONE)                                      \
@@ -148,7 +159,7 @@ void ledger_cmd_fingerprint_feed(const struct ledger_cmd *c,
     X(STATUS, 8, "status", RPC_ARGS_NONE, RPC_ROLE_READER)                                   \
     X(MEMBERSHIP, 9, "membership", RPC_ARGS_MEMBERSHIP, RPC_ROLE_ADMIN)                      \
     X(KEY_GET, 10, "key_get", RPC_ARGS_KEY_GET, RPC_ROLE_READER)                             \
-    X(HASH, 11, "hash", RPC_ARGS_NONE, RPC_ROLE_READER)
+    X(HASH, 11, "hash", RPC_ARGS_NONE, RPC_ROLE_ADMIN)
 
 /* HELLO: [version, token] -> [role, node_id]. */
 #define RPC_ARGS_HELLO(Y) Y(u32, hello.version, 0) Y(str, hello.token, RPC_TOKEN_MAX)
@@ -161,14 +172,16 @@ void ledger_cmd_fingerprint_feed(const struct ledger_cmd *c,
 /* KEY_GET: [key_hash, flags] -> [account, revoked]. */
 #define RPC_ARGS_KEY_GET(Y) Y(key, get.key_hash, LEDGER_KEY_HASH_SIZE) Y(u32, get.flags, 0)
 /* ACCOUNT_LIST (filter: the parent), RESV_LIST (filter: an account):
- * [filter, cursor, limit, flags] -> [[item..], next]. */
+ * [filter, cursor, limit, flags] -> [[item..], next]. A cursor (bin, at most
+ * RPC_CURSOR_MAX bytes, empty for the first page) is the key of the last item of the
+ * previous page, opaque to the client; `next` is this page's, empty after the last. */
 #define RPC_ARGS_LIST(Y)                                                                     \
     Y(str, list.filter, LEDGER_NAME_MAX)                                                     \
-    Y(u64, list.cursor, 0) Y(u32, list.limit, 0) Y(u32, list.flags, 0)
+    Y(blob, list.cursor, RPC_CURSOR_MAX) Y(u32, list.limit, 0) Y(u32, list.flags, 0)
 /* JOURNAL: [account, since_ms, until_ms, cursor, limit, flags] -> [[entry..], next]. */
 #define RPC_ARGS_JOURNAL(Y)                                                                  \
     Y(str, list.filter, LEDGER_NAME_MAX) Y(i64, list.since_ms, 0) Y(i64, list.until_ms, 0)  \
-    Y(u64, list.cursor, 0) Y(u32, list.limit, 0) Y(u32, list.flags, 0)
+    Y(blob, list.cursor, RPC_CURSOR_MAX) Y(u32, list.limit, 0) Y(u32, list.flags, 0)
 /* STATUS (any node, never redirected): [] -> [status]. HASH: [] -> [applied_index,
  * state_hash (bin 32)], this node's own state; it walks the whole ledger: for tests,
  * audits and chaos checks, not for hot paths. */
@@ -282,7 +295,8 @@ struct rpc_request {
         struct { /* ACCOUNT_LIST (filter: parent), RESV_LIST, JOURNAL (filter: account) */
             char filter[LEDGER_NAME_MAX + 1]; /* "" for all / roots */
             int64_t since_ms, until_ms;       /* JOURNAL only */
-            uint64_t cursor;                  /* 0 first page, then the answer's next */
+            uint16_t cursor_len;              /* 0 first page, then the answer's next */
+            uint8_t cursor[RPC_CURSOR_MAX];
             uint32_t limit;                   /* 1..RPC_LIST_MAX */
             uint32_t flags;
         } list;
@@ -346,7 +360,8 @@ struct rpc_response {
         } key;
         struct {
             uint32_t n;
-            uint64_t next; /* cursor of the next page; 0: this was the last */
+            uint16_t next_len; /* the cursor of the next page; 0: this was the last */
+            uint8_t next[RPC_CURSOR_MAX];
             union {
                 struct ledger_account_info *accounts;
                 struct ledger_reservation_info *reservations;

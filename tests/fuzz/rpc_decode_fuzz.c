@@ -417,7 +417,8 @@ static struct rpc_request seed_request(int op, unsigned i)
         snprintf(q.u.list.filter, sizeof(q.u.list.filter), "%s", i == 0 ? "" : "org");
         q.u.list.since_ms = 1700000000000LL;
         q.u.list.until_ms = 1800000000000LL;
-        q.u.list.cursor = i;
+        q.u.list.cursor_len = (uint16_t)(i == 0 ? 0 : 9);
+        memset(q.u.list.cursor, (int)i, q.u.list.cursor_len);
         q.u.list.limit = i == 0 ? RPC_LIST_MAX : 10;
         break;
     case RPC_OP_MEMBERSHIP:
@@ -562,7 +563,8 @@ static struct rpc_response seed_response(int op, uint32_t n)
     case RPC_OP_RESV_LIST:
     case RPC_OP_JOURNAL:
         r.u.list.n = n;
-        r.u.list.next = n == 3 ? 4 : 0;
+        r.u.list.next_len = n == 3 ? 9 : 0;
+        memset(r.u.list.next, 4, r.u.list.next_len);
         for (uint32_t i = 0; i < n; i++) {
             seed_accounts[i] = seed_account(i);
             seed_reservations[i] = seed_resv(i);

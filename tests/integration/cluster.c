@@ -61,10 +61,13 @@ void cl_tls_setup(void)
     h_say("TLS material in %s", tls_dir);
 }
 
-const struct cl_token cl_default_tokens[3] = {
-    {"admin", "test-admin", CL_ADMIN_TOKEN},
-    {"gateway", "test-gateway", CL_GATEWAY_TOKEN},
-    {"reader", "test-reader", CL_READER_TOKEN},
+const struct cl_token cl_default_tokens[CL_DEFAULT_TOKENS] = {
+    {"admin", "test-admin", CL_ADMIN_TOKEN, ""},
+    {"gateway", "test-gateway", CL_GATEWAY_TOKEN, ""},
+    {"reader", "test-reader", CL_READER_TOKEN, ""},
+    {"gateway", "test-gw-a", CL_GATEWAY_A_TOKEN, "org-a"},
+    {"gateway", "test-gw-b", CL_GATEWAY_B_TOKEN, "org-b"},
+    {"admin", "test-admin-a", CL_ADMIN_A_TOKEN, "org-a"},
 };
 
 /* "cert:" and the SHA-256 hex of the DER of certificate NAME made by cl_tls_setup(). */
@@ -102,7 +105,8 @@ void cl_write_tokens(const struct cl_token *tokens, size_t n)
         char hex[65];
         SHA256((const unsigned char *)tokens[i].token, strlen(tokens[i].token), h);
         rpc_hex(h, sizeof(h), hex);
-        fprintf(f, "%s %s %s\n", tokens[i].role, tokens[i].name, hex);
+        fprintf(f, "%s %s %s%s%s\n", tokens[i].role, tokens[i].name, hex,
+                tokens[i].scope[0] != '\0' ? " scope=" : "", tokens[i].scope);
     }
     if (tls_dir[0] != '\0') {
         char cred[70];
@@ -227,7 +231,7 @@ int cl_leader(int timeout_ms)
 void cl_start(const char *tallyd)
 {
     tallyd_bin = tallyd;
-    cl_write_tokens(cl_default_tokens, 3);
+    cl_write_tokens(cl_default_tokens, CL_DEFAULT_TOKENS);
     for (int i = 0; i < CL_NODES; i++) {
         struct cl_node *n = &cl_nodes[i];
         n->peer_port = h_pick_port();
@@ -306,7 +310,7 @@ int cl_hash(int i, uint64_t *applied, char hex[65])
     struct rpc_request req = {.op = RPC_OP_HASH};
     struct rpc_response resp;
     int rv = -1;
-    if (rc_hello(&c, CL_READER_TOKEN) == RPC_OK && rc_call(&c, &req, &resp) == 0 &&
+    if (rc_hello(&c, CL_ADMIN_TOKEN) == RPC_OK && rc_call(&c, &req, &resp) == 0 &&
         resp.status == RPC_OK) {
         *applied = resp.u.hash.applied_index;
         rpc_hex(resp.u.hash.state_hash, 32, hex);

@@ -3,7 +3,9 @@
  * protocol connection (wire/wire.h over a blocking socket) to poke them with.
  *
  * Tokens: the cluster's token file accepts CL_ADMIN_TOKEN (admin), CL_GATEWAY_TOKEN
- * (gateway) and CL_READER_TOKEN (reader) until a test writes another one.
+ * (gateway) and CL_READER_TOKEN (reader), all unscoped, and the scoped CL_GATEWAY_A_TOKEN
+ * (gateway, scope=org-a), CL_GATEWAY_B_TOKEN (gateway, scope=org-b) and CL_ADMIN_A_TOKEN
+ * (admin, scope=org-a), until a test writes another one.
  */
 #ifndef TALLY_TESTS_CLUSTER_H
 #define TALLY_TESTS_CLUSTER_H
@@ -15,6 +17,9 @@
 #define CL_ADMIN_TOKEN "admin-secret-for-tests"
 #define CL_GATEWAY_TOKEN "gateway-secret-for-tests"
 #define CL_READER_TOKEN "reader-secret-for-tests"
+#define CL_GATEWAY_A_TOKEN "gateway-org-a-secret-for-tests"
+#define CL_GATEWAY_B_TOKEN "gateway-org-b-secret-for-tests"
+#define CL_ADMIN_A_TOKEN "admin-org-a-secret-for-tests"
 
 struct cl_node {
     struct h_proc p;
@@ -40,11 +45,14 @@ extern const char *cl_tls_client;
 /* One bearer token of the token file: its role, name and the token (hashed when written). */
 struct cl_token {
     const char *role, *name, *token;
+    const char *scope; /* "" unscoped, else the roots of its scope= field */
 };
 
-/* The three tokens of CL_ADMIN_TOKEN, CL_GATEWAY_TOKEN and CL_READER_TOKEN (names
- * test-admin, test-gateway, test-reader). */
-extern const struct cl_token cl_default_tokens[3];
+/* The tokens listed above: CL_ADMIN_TOKEN, CL_GATEWAY_TOKEN and CL_READER_TOKEN (names
+ * test-admin, test-gateway, test-reader), then the scoped CL_GATEWAY_A_TOKEN,
+ * CL_GATEWAY_B_TOKEN and CL_ADMIN_A_TOKEN. */
+#define CL_DEFAULT_TOKENS 6
+extern const struct cl_token cl_default_tokens[CL_DEFAULT_TOKENS];
 
 /* The nodes' token file ("<h_dir>/tokens"), set by cl_write_tokens(). */
 extern char cl_token_file[PATH_MAX];

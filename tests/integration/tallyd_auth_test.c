@@ -174,7 +174,7 @@ static void case_reload(void)
     expect_everywhere(NEW_READER_TOKEN, RPC_EAUTH, "a token not yet in the file is refused");
 
     const struct cl_token after[] = {
-        cl_default_tokens[0], cl_default_tokens[1], {"reader", "test-reader-2", NEW_READER_TOKEN}};
+        cl_default_tokens[0], cl_default_tokens[1], {"reader", "test-reader-2", NEW_READER_TOKEN, ""}};
     cl_write_tokens(after, 3);
     cl_reload_tokens();
     expect_everywhere(NEW_READER_TOKEN, RPC_OK, "the added token is accepted without a restart");
@@ -200,7 +200,7 @@ static void case_reload(void)
     reload_fails("admin ops not-a-hash\n", "a file that does not parse changes nothing");
     reload_fails("# nothing\n", "an empty file changes nothing");
 
-    cl_write_tokens(cl_default_tokens, 3);
+    cl_write_tokens(cl_default_tokens, CL_DEFAULT_TOKENS);
     cl_reload_tokens();
     expect_everywhere(CL_READER_TOKEN, RPC_OK, "the first tokens are back");
 }

@@ -31,6 +31,7 @@ void check_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b)
     CHECK_EQ_INT(a->type, b->type);
     CHECK(memcmp(a->request_id, b->request_id, LEDGER_REQUEST_ID_SIZE) == 0);
     CHECK_EQ_STR(a->actor, b->actor);
+    CHECK_EQ_STR(a->scope, b->scope);
     if (a->type != b->type) {
         return;
     }

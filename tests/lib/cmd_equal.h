@@ -14,8 +14,9 @@
 /* Every field of `a` equals the same field of `b`. */
 void check_limits_equal(const struct ledger_limits *a, const struct ledger_limits *b);
 
-/* `b` has the type of `a`, its request id and actor, and every argument field of that type
- * (both the account and the key hash of a reserve or a key command, whichever it uses). */
+/* `b` has the type of `a`, its request id, actor and scope, and every argument field of
+ * that type (both the account and the key hash of a reserve or a key command, whichever it
+ * uses). */
 void check_cmd_equal(const struct ledger_cmd *a, const struct ledger_cmd *b);
 
 /* Every field of result `b` equals the same field of `a`. */

@@ -717,12 +717,44 @@ static bool gen_replay(struct ledger_cmd *out)
     return true;
 }
 
+/* A scope for `c` now and then: one or two roots of the model, or a name nobody has. */
+static void maybe_scope(struct ledger_cmd *c)
+{
+    if (!rng_chance(60)) {
+        return;
+    }
+    int roots[M_ACCOUNTS_MAX], n = 0;
+    for (int i = 0; i < M.n_acct; i++) {
+        if (M.acct[i].parent < 0) {
+            roots[n++] = i;
+        }
+    }
+    const char *first =
+        n > 0 && !rng_chance(100) ? M.acct[roots[rng_below((uint64_t)n)]].name : "nobody";
+    snprintf(c->scope, sizeof(c->scope), "%s", first);
+    if (n > 0 && rng_chance(300)) {
+        size_t used = strlen(c->scope);
+        snprintf(c->scope + used, sizeof(c->scope) - used, ",%s",
+                 M.acct[roots[rng_below((uint64_t)n)]].name);
+    }
+}
+
+static struct ledger_cmd gen_fresh(void);
+
 struct ledger_cmd gen_command(void)
 {
     struct ledger_cmd c;
     if (rng_chance(250) && gen_replay(&c)) {
+        maybe_scope(&c);
         return c;
     }
+    c = gen_fresh();
+    maybe_scope(&c);
+    return c;
+}
+
+static struct ledger_cmd gen_fresh(void)
+{
     uint64_t p = rng_below(1000);
     if (p < 500) {
         return gen_reserve();

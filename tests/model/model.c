@@ -1186,10 +1186,81 @@ static struct ledger_result m_dispatch(const struct ledger_cmd *c)
 }
 
 /* One command against the model: idempotency first, then the command, then the store. */
+/* ---- Scopes (ledger.md, "Scopes"). ---- */
+
+/* Whether account `a`'s current root is named in `scope` (names joined by ','). */
+static bool m_root_in(const char *scope, int a)
+{
+    while (M.acct[a].parent >= 0) {
+        a = M.acct[a].parent;
+    }
+    size_t n = strlen(M.acct[a].name);
+    for (const char *p = scope; *p != '\0';) {
+        size_t len = strcspn(p, ",");
+        if (len == n && strncmp(p, M.acct[a].name, n) == 0) {
+            return true;
+        }
+        p += len + (p[len] == ',');
+    }
+    return false;
+}
+
+/* An account name that is not an existing account under the scope is outside it. */
+static bool m_name_in(const char *scope, const char *name)
+{
+    int a = m_find_account(name);
+    return a >= 0 && m_root_in(scope, a);
+}
+
+/* An unknown key or reservation id is the command's own business. */
+static bool m_key_in(const char *scope, const uint8_t *hash)
+{
+    int k = m_find_key(hash);
+    return k < 0 || m_root_in(scope, M.keys[k].account);
+}
+
+static bool m_resv_in(const char *scope, const uint8_t *id)
+{
+    int32_t v = htab_get(&M.resv_idx, id, 0);
+    return v < 0 || M.resv[v].n_chain == 0 ||
+           m_root_in(scope, M.resv[v].chain[M.resv[v].n_chain - 1]);
+}
+
+static bool m_scope_allows(const struct ledger_cmd *c)
+{
+    const char *s = c->scope;
+    switch (c->type) {
+    case LEDGER_CMD_ACCOUNT_CREATE:
+        return m_name_in(s, c->u.create.parent);
+    case LEDGER_CMD_ACCOUNT_UPDATE:
+        return m_name_in(s, c->u.update.name) &&
+               (!c->u.update.set_parent || m_name_in(s, c->u.update.parent));
+    case LEDGER_CMD_KEY_ADD:
+        return m_name_in(s, c->u.key.account);
+    case LEDGER_CMD_KEY_REVOKE:
+        return m_key_in(s, c->u.key.key_hash);
+    case LEDGER_CMD_MODEL_LIMIT_SET:
+        return m_name_in(s, c->u.model_limit.account);
+    case LEDGER_CMD_RESERVE:
+        return c->u.reserve.by_account ? m_name_in(s, c->u.reserve.account)
+                                       : m_key_in(s, c->u.reserve.key_hash);
+    case LEDGER_CMD_SETTLE:
+    case LEDGER_CMD_VOID:
+    case LEDGER_CMD_EXTEND:
+        return m_resv_in(s, c->request_id);
+    default:
+        return false;
+    }
+}
+
 struct ledger_result m_apply(const struct ledger_cmd *c)
 {
     memset(&M_last, 0, sizeof(M_last));
     M_last.resv = -1;
+    /* Judged before anything, the stored answer included; nothing is stored. */
+    if (c->scope[0] != '\0' && !m_scope_allows(c)) {
+        return m_result(c, -LEDGER_EFORBIDDEN);
+    }
     if (c->type == LEDGER_CMD_EXTEND) {
         return m_extend(c); /* never stored, never replayed */
     }

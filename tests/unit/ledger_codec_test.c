@@ -115,6 +115,7 @@ static struct ledger_cmd command_at_bounds(size_t k, bool at_max)
               " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklm"
               "nopqrstuvwxyz{|}~",
               k);
+    fill_text(c.scope, at_max ? LEDGER_SCOPE_MAX : 0, NAME_ALPHABET, k);
     int64_t amount = at_max ? LEDGER_AMOUNT_MAX : 0;
     uint64_t tokens = at_max ? LEDGER_TOKENS_MAX : 0;
     switch (c.type) {
@@ -671,8 +672,9 @@ static void decode_rejects_every_string_one_byte_over_its_bound(void)
         free(longer);
         grown++;
     }
-    /* Per command: request_id, actor and its strings (2, 2, 2, 2, 2, 4, 4, 0, 0, 0, 0). */
-    CHECK_EQ_INT(grown, 2 * N_KINDS + 18);
+    /* Per command: request_id, actor, scope and its strings (2, 2, 2, 2, 2, 4, 4, 0, 0, 0,
+     * 0). */
+    CHECK_EQ_INT(grown, 3 * N_KINDS + 18);
     enc_free(&e);
 }
 

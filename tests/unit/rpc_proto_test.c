@@ -128,6 +128,7 @@ static struct ledger_cmd command_of(uint8_t type, bool at_max)
     c.type = type;
     fill_bytes(c.request_id, LEDGER_REQUEST_ID_SIZE, type);
     text(c.actor, at_max, LEDGER_ACTOR_MAX, 1);
+    text(c.scope, at_max, LEDGER_SCOPE_MAX, 9);
     switch (type) {
     case LEDGER_CMD_ACCOUNT_CREATE:
         text(c.u.create.name, at_max, LEDGER_NAME_MAX, 2);
@@ -213,7 +214,8 @@ static struct rpc_request request_of(int op, bool at_max)
             q.u.list.since_ms = i64v(at_max, 5);
             q.u.list.until_ms = i64v(at_max, 6);
         }
-        q.u.list.cursor = u64v(at_max, 7);
+        q.u.list.cursor_len = at_max ? RPC_CURSOR_MAX : 9;
+        fill_bytes(q.u.list.cursor, q.u.list.cursor_len, 7);
         q.u.list.limit = at_max ? RPC_LIST_MAX : 1;
         q.u.list.flags = u32v(at_max, 8);
         break;
@@ -389,7 +391,8 @@ static struct rpc_response list_response(int op, uint32_t n, bool at_max)
     r.seq = u64v(at_max, 0);
     r.status = RPC_OK;
     r.u.list.n = n;
-    r.u.list.next = u64v(at_max, 1);
+    r.u.list.next_len = at_max ? RPC_CURSOR_MAX : 9;
+    fill_bytes(r.u.list.next, r.u.list.next_len, 1);
     for (uint32_t i = 0; i < n && i <= RPC_LIST_MAX; i++) {
         if (op == RPC_OP_ACCOUNT_LIST) {
             page_accounts[i] = account_of(at_max, i);
@@ -459,7 +462,8 @@ static void check_request_equal(const struct rpc_request *a, const struct rpc_re
             CHECK_EQ_INT(a->u.list.since_ms, b->u.list.since_ms);
             CHECK_EQ_INT(a->u.list.until_ms, b->u.list.until_ms);
         }
-        CHECK(a->u.list.cursor == b->u.list.cursor);
+        CHECK(a->u.list.cursor_len == b->u.list.cursor_len &&
+              memcmp(a->u.list.cursor, b->u.list.cursor, a->u.list.cursor_len) == 0);
         CHECK_EQ_INT(a->u.list.limit, b->u.list.limit);
         CHECK_EQ_INT(a->u.list.flags, b->u.list.flags);
         break;
@@ -596,7 +600,8 @@ static void check_response_equal(int op, const struct rpc_response *a, const str
     case RPC_OP_RESV_LIST:
     case RPC_OP_JOURNAL:
         CHECK_EQ_INT(a->u.list.n, b->u.list.n);
-        CHECK(a->u.list.next == b->u.list.next);
+        CHECK(a->u.list.next_len == b->u.list.next_len &&
+              memcmp(a->u.list.next, b->u.list.next, a->u.list.next_len) == 0);
         CHECK(b->owned != NULL);
         if (a->u.list.n != b->u.list.n) {
             break;
@@ -1591,7 +1596,7 @@ static bool list_with_limit_refused(int op, uint64_t limit)
         msgpack_pack_int64(&b.pk, 0);
         msgpack_pack_int64(&b.pk, 1);
     }
-    msgpack_pack_uint64(&b.pk, 0);
+    msgpack_pack_bin(&b.pk, 0);
     msgpack_pack_uint64(&b.pk, limit);
     msgpack_pack_uint8(&b.pk, 0);
     return mpb_request_refused(&b);
@@ -2316,7 +2321,7 @@ static bool is_query(int op)
 {
     return op == RPC_OP_ACCOUNT_GET || op == RPC_OP_ACCOUNT_LIST || op == RPC_OP_RESV_GET ||
            op == RPC_OP_RESV_LIST || op == RPC_OP_JOURNAL || op == RPC_OP_STATUS ||
-           op == RPC_OP_KEY_GET || op == RPC_OP_HASH;
+           op == RPC_OP_KEY_GET;
 }
 
 /* The table the protocol promises (proto.h, enum rpc_role). */
@@ -2333,7 +2338,8 @@ static bool expected_allowed(int role, int op, int cmd_type)
     case RPC_ROLE_GATEWAY:
         return is_query(op) || (op == RPC_OP_WRITE && gateway_cmd);
     case RPC_ROLE_ADMIN:
-        return is_query(op) || op == RPC_OP_WRITE || op == RPC_OP_MEMBERSHIP;
+        /* HASH covers every tenant's state: admins only (and auth.c: unscoped ones). */
+        return is_query(op) || op == RPC_OP_WRITE || op == RPC_OP_MEMBERSHIP || op == RPC_OP_HASH;
     default:
         return false;
     }
