@@ -630,9 +630,6 @@ enum fake_mode {
     FAKE_SILENT,   /* accept HELLO, never answer anything else */
     FAKE_REVERSE,  /* answer writes in batches of `batch`, last first */
     FAKE_REDIRECT, /* answer writes NOT_LEADER, naming `leader_address` */
-    FAKE_EAUTH,   /* refuse HELLO */
-    FAKE_SILENT,  /* accept HELLO, never answer anything else */
-    FAKE_REVERSE, /* answer writes in batches of `batch`, last first */
     /* Answer every write at once, granted, but not as the answer to it: */
     FAKE_WRONG_ID,   /* the result carries another request id */
     FAKE_WRONG_TYPE, /* the result is of another command type */
@@ -1239,6 +1236,8 @@ static void redirect_to_a_configured_endpoint_is_followed(void)
     tally_close(c);
     fake_stop(&follower);
     fake_stop(&leader);
+}
+
 /* An answer that is not the answer to the call (another request id, another command type,
  * another op's shape) is a protocol error: the call fails with TALLY_EPROTO and says why,
  * never a grant, the connection is dropped, and the reserve's id is voided in the
