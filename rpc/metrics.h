@@ -21,9 +21,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define RPC_OP_SLOTS 16     /* request counters indexed by enum rpc_op (wire/wire.h) */
-#define RPC_HIST_BUCKETS 16 /* finite buckets; +Inf is `count` */
-#define RPC_HTTP_STALE_MS 2000 /* /readyz fails when the last publish is older */
+#define RPC_OP_SLOTS 16          /* request counters indexed by enum rpc_op (wire/wire.h) */
+#define RPC_HIST_BUCKETS 16      /* finite buckets; +Inf is `count` */
+#define RPC_HTTP_STALE_MS 2000   /* /readyz fails when the last publish is older */
 #define RPC_METRICS_PEERS_MAX 16 /* servers in the configuration shown by /metrics */
 
 /* A fixed-bucket histogram: bucket[i] counts observations <= bounds[i] (not cumulative
@@ -50,6 +50,7 @@ struct rpc_metrics {
     int raft_state;     /* RAFT_FOLLOWER=1, RAFT_CANDIDATE=2, RAFT_LEADER=3, 0 unknown */
     uint64_t leader_id; /* 0: no leader known */
     uint64_t commit_index;
+    uint64_t peer_refused;  /* peer connections refused by the TLS transport */
     uint64_t applied_index; /* Raft's last applied */
     bool serving;           /* leader with its barrier committed */
     /* Leader only (n_peers 0 otherwise): how far each other server has stored the log. */

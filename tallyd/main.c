@@ -41,6 +41,8 @@ struct options {
     const char *members; /* "ID=PEER/CLIENT,..." */
     const char *token_file;
     const char *tls_cert, *tls_key, *tls_client_ca;
+    const char *peer_cert, *peer_key, *peer_ca;
+    bool peer_insecure;
     const char *clock_offset_file; /* fault injection: a file holding a signed ms offset */
     bool join;
     uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
@@ -74,8 +76,7 @@ static void read_clock_offset(void)
 #endif
 static bool stopping;
 
-__attribute__((format(printf, 2, 3))) static void logf_line(const char *level, const char *fmt,
-                                                            ...)
+__attribute__((format(printf, 2, 3))) static void logf_line(const char *level, const char *fmt, ...)
 {
     struct timespec ts;
     struct tm tm;
@@ -93,36 +94,52 @@ __attribute__((format(printf, 2, 3))) static void logf_line(const char *level, c
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: tallyd --id N --data-dir DIR --peer-listen HOST:PORT --client-listen HOST:PORT\n"
-            "              --members ID=PEER/CLIENT,... --token-file FILE [options]\n"
-            "\n"
-            "  --id N                    this node's id (> 0)                      TALLY_ID\n"
-            "  --data-dir DIR            Raft log and ledger (created if missing)  TALLY_DATA_DIR\n"
-            "  --peer-listen ADDR        Raft traffic, IPv4 host:port              TALLY_PEER_LISTEN\n"
-            "  --client-listen ADDR      client protocol, IPv4 host:port           TALLY_CLIENT_LISTEN\n"
-            "  --http-listen ADDR        /healthz /readyz /metrics (optional)      TALLY_HTTP_LISTEN\n"
-            "  --members LIST            the initial cluster: ID=PEER/CLIENT,...    TALLY_MEMBERS\n"
-            "                            (every node gets the same list; a new data dir of a\n"
-            "                            listed node bootstraps it)\n"
-            "  --join                    do not bootstrap: wait to be added        TALLY_JOIN=1\n"
-            "  --token-file FILE         lines \"ROLE NAME SHA256HEX\"               TALLY_TOKEN_FILE\n"
-            "  --election-timeout-ms N   default 1000                              TALLY_ELECTION_TIMEOUT_MS\n"
-            "  --heartbeat-ms N          default 100                               TALLY_HEARTBEAT_MS\n"
-            "  --snapshot-threshold N    entries between snapshots, default 8192   TALLY_SNAPSHOT_THRESHOLD\n"
-            "  --snapshot-trailing N     entries kept after one, default 1024      TALLY_SNAPSHOT_TRAILING\n"
-            "  --max-frame BYTES         largest request frame, default 1048576    TALLY_MAX_FRAME\n"
-            "  --max-inflight N          per connection, default 4096              TALLY_MAX_INFLIGHT\n"
-            "  --max-connections N       default 4096                              TALLY_MAX_CONNECTIONS\n"
-            "  --hello-timeout-ms N      TLS handshake + HELLO, default 5000       TALLY_HELLO_TIMEOUT_MS\n"
-            "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
-            "  --tls-client-ca F         accept client certificates it signed:     TALLY_TLS_CLIENT_CA\n"
-            "                            OU = role (admin|gateway|reader), CN = principal\n"
+    fprintf(
+        out,
+        "usage: tallyd --id N --data-dir DIR --peer-listen HOST:PORT --client-listen HOST:PORT\n"
+        "              --members ID=PEER/CLIENT,... --token-file FILE [options]\n"
+        "\n"
+        "  --id N                    this node's id (> 0)                      TALLY_ID\n"
+        "  --data-dir DIR            Raft log and ledger (created if missing)  TALLY_DATA_DIR\n"
+        "  --peer-listen ADDR        Raft traffic, IPv4 host:port              TALLY_PEER_LISTEN\n"
+        "  --client-listen ADDR      client protocol, IPv4 host:port           "
+        "TALLY_CLIENT_LISTEN\n"
+        "  --http-listen ADDR        /healthz /readyz /metrics (optional)      TALLY_HTTP_LISTEN\n"
+        "  --members LIST            the initial cluster: ID=PEER/CLIENT,...    TALLY_MEMBERS\n"
+        "                            (every node gets the same list; a new data dir of a\n"
+        "                            listed node bootstraps it)\n"
+        "  --join                    do not bootstrap: wait to be added        TALLY_JOIN=1\n"
+        "  --token-file FILE         lines \"ROLE NAME SHA256HEX\"               TALLY_TOKEN_FILE\n"
+        "  --election-timeout-ms N   default 1000                              "
+        "TALLY_ELECTION_TIMEOUT_MS\n"
+        "  --heartbeat-ms N          default 100                               TALLY_HEARTBEAT_MS\n"
+        "  --snapshot-threshold N    entries between snapshots, default 8192   "
+        "TALLY_SNAPSHOT_THRESHOLD\n"
+        "  --snapshot-trailing N     entries kept after one, default 1024      "
+        "TALLY_SNAPSHOT_TRAILING\n"
+        "  --max-frame BYTES         largest request frame, default 1048576    TALLY_MAX_FRAME\n"
+        "  --max-inflight N          per connection, default 4096              TALLY_MAX_INFLIGHT\n"
+        "  --max-connections N       default 4096                              "
+        "TALLY_MAX_CONNECTIONS\n"
+        "  --hello-timeout-ms N      TLS handshake + HELLO, default 5000       "
+        "TALLY_HELLO_TIMEOUT_MS\n"
+        "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, "
+        "_KEY\n"
+        "  --tls-client-ca F         accept client certificates it signed:     "
+        "TALLY_TLS_CLIENT_CA\n"
+        "                            OU = role (admin|gateway|reader), CN = principal\n"
+        "  --peer-cert F --peer-key F  this member's certificate (SAN URI           "
+        "TALLY_PEER_CERT, _KEY\n"
+        "                            tally://member/ID) and key: mutual TLS to peers\n"
+        "  --peer-ca F               the cluster CA that signs every member       TALLY_PEER_CA\n"
+        "  --peer-insecure           plaintext peer links (anyone who reaches the  "
+        "TALLY_PEER_INSECURE=1\n"
+        "                            peer port can write the ledger)\n"
 #if TALLY_FAULT_INJECTION
-            "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
-            "                            to this node's clock (re-read 4 times a second)\n"
+        "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
+        "                            to this node's clock (re-read 4 times a second)\n"
 #endif
-            "  --help\n");
+        "  --help\n");
 }
 
 static bool parse_u64(const char *s, uint64_t *out)
@@ -141,10 +158,31 @@ static bool parse_u64(const char *s, uint64_t *out)
 }
 
 enum {
-    OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
-    OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
-    OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
-    OPT_CLOCK_OFFSET_FILE, OPT_HELP,
+    OPT_ID = 1000,
+    OPT_DATA_DIR,
+    OPT_PEER,
+    OPT_CLIENT,
+    OPT_HTTP,
+    OPT_MEMBERS,
+    OPT_JOIN,
+    OPT_TOKENS,
+    OPT_ELECTION,
+    OPT_HEARTBEAT,
+    OPT_SNAP_THRESHOLD,
+    OPT_SNAP_TRAILING,
+    OPT_MAX_FRAME,
+    OPT_MAX_INFLIGHT,
+    OPT_MAX_CONNS,
+    OPT_HELLO_TIMEOUT,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_TLS_CA,
+    OPT_PEER_CERT,
+    OPT_PEER_KEY,
+    OPT_PEER_CA,
+    OPT_PEER_INSECURE,
+    OPT_CLOCK_OFFSET_FILE,
+    OPT_HELP,
 };
 
 struct flag {
@@ -174,6 +212,10 @@ static const struct flag flags[] = {
     {"tls-cert", "TALLY_TLS_CERT", OPT_TLS_CERT, false},
     {"tls-key", "TALLY_TLS_KEY", OPT_TLS_KEY, false},
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
+    {"peer-cert", "TALLY_PEER_CERT", OPT_PEER_CERT, false},
+    {"peer-key", "TALLY_PEER_KEY", OPT_PEER_KEY, false},
+    {"peer-ca", "TALLY_PEER_CA", OPT_PEER_CA, false},
+    {"peer-insecure", "TALLY_PEER_INSECURE", OPT_PEER_INSECURE, false},
 #if TALLY_FAULT_INJECTION
     {"debug-clock-offset-file", "TALLY_DEBUG_CLOCK_OFFSET_FILE", OPT_CLOCK_OFFSET_FILE, false},
 #endif
@@ -190,27 +232,80 @@ static bool set_option(struct options *o, int opt, const char *value, const char
         }
     }
     switch (opt) {
-    case OPT_ID: o->id = v; break;
-    case OPT_DATA_DIR: o->data_dir = value; break;
-    case OPT_PEER: o->peer_listen = value; break;
-    case OPT_CLIENT: o->client_listen = value; break;
-    case OPT_HTTP: o->http_listen = value; break;
-    case OPT_MEMBERS: o->members = value; break;
-    case OPT_JOIN: o->join = value == NULL || strcmp(value, "0") != 0; break;
-    case OPT_TOKENS: o->token_file = value; break;
-    case OPT_ELECTION: o->election_timeout_ms = v; break;
-    case OPT_HEARTBEAT: o->heartbeat_ms = v; break;
-    case OPT_SNAP_THRESHOLD: o->snapshot_threshold = v; break;
-    case OPT_SNAP_TRAILING: o->snapshot_trailing = v; break;
-    case OPT_MAX_FRAME: o->max_frame = v; break;
-    case OPT_MAX_INFLIGHT: o->max_inflight = v; break;
-    case OPT_MAX_CONNS: o->max_connections = v; break;
-    case OPT_HELLO_TIMEOUT: o->hello_timeout_ms = v; break;
-    case OPT_TLS_CERT: o->tls_cert = value; break;
-    case OPT_TLS_KEY: o->tls_key = value; break;
-    case OPT_TLS_CA: o->tls_client_ca = value; break;
-    case OPT_CLOCK_OFFSET_FILE: o->clock_offset_file = value; break;
-    default: return false;
+    case OPT_ID:
+        o->id = v;
+        break;
+    case OPT_DATA_DIR:
+        o->data_dir = value;
+        break;
+    case OPT_PEER:
+        o->peer_listen = value;
+        break;
+    case OPT_CLIENT:
+        o->client_listen = value;
+        break;
+    case OPT_HTTP:
+        o->http_listen = value;
+        break;
+    case OPT_MEMBERS:
+        o->members = value;
+        break;
+    case OPT_JOIN:
+        o->join = value == NULL || strcmp(value, "0") != 0;
+        break;
+    case OPT_TOKENS:
+        o->token_file = value;
+        break;
+    case OPT_ELECTION:
+        o->election_timeout_ms = v;
+        break;
+    case OPT_HEARTBEAT:
+        o->heartbeat_ms = v;
+        break;
+    case OPT_SNAP_THRESHOLD:
+        o->snapshot_threshold = v;
+        break;
+    case OPT_SNAP_TRAILING:
+        o->snapshot_trailing = v;
+        break;
+    case OPT_MAX_FRAME:
+        o->max_frame = v;
+        break;
+    case OPT_MAX_INFLIGHT:
+        o->max_inflight = v;
+        break;
+    case OPT_MAX_CONNS:
+        o->max_connections = v;
+        break;
+    case OPT_HELLO_TIMEOUT:
+        o->hello_timeout_ms = v;
+        break;
+    case OPT_TLS_CERT:
+        o->tls_cert = value;
+        break;
+    case OPT_TLS_KEY:
+        o->tls_key = value;
+        break;
+    case OPT_TLS_CA:
+        o->tls_client_ca = value;
+        break;
+    case OPT_PEER_CERT:
+        o->peer_cert = value;
+        break;
+    case OPT_PEER_KEY:
+        o->peer_key = value;
+        break;
+    case OPT_PEER_CA:
+        o->peer_ca = value;
+        break;
+    case OPT_PEER_INSECURE:
+        o->peer_insecure = value == NULL || strcmp(value, "0") != 0;
+        break;
+    case OPT_CLOCK_OFFSET_FILE:
+        o->clock_offset_file = value;
+        break;
+    default:
+        return false;
     }
     return true;
 }
@@ -225,10 +320,11 @@ static int parse_options(int argc, char **argv, struct options *o)
         if (env != NULL && !set_option(o, flags[i].opt, env, flags[i].env)) {
             return -1;
         }
-        longopts[n++] = (struct option){flags[i].name,
-                                        flags[i].opt == OPT_JOIN ? no_argument
-                                                                 : required_argument,
-                                        NULL, flags[i].opt};
+        longopts[n++] = (struct option){
+            flags[i].name,
+            flags[i].opt == OPT_JOIN || flags[i].opt == OPT_PEER_INSECURE ? no_argument
+                                                                          : required_argument,
+            NULL, flags[i].opt};
     }
     longopts[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
     longopts[n] = (struct option){NULL, 0, NULL, 0};
@@ -379,6 +475,36 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- Start. ---- */
 
+/* Peer links are mutual TLS (all three files) or, said explicitly, plaintext; false (with
+ * a message) otherwise. Plaintext warns at every start: anyone who reaches the peer port
+ * can rewrite the ledger. */
+static bool peer_links_chosen(const struct options *o)
+{
+    bool any = o->peer_cert != NULL || o->peer_key != NULL || o->peer_ca != NULL;
+    bool all = o->peer_cert != NULL && o->peer_key != NULL && o->peer_ca != NULL;
+    if (any && o->peer_insecure) {
+        fprintf(stderr, "tallyd: --peer-insecure and --peer-cert/--peer-key/--peer-ca exclude "
+                        "each other\n");
+        return false;
+    }
+    if (any && !all) {
+        fprintf(stderr, "tallyd: peer TLS needs --peer-cert, --peer-key and --peer-ca\n");
+        return false;
+    }
+    if (!any && !o->peer_insecure) {
+        fprintf(stderr, "tallyd: peer links need --peer-cert, --peer-key and --peer-ca (mutual "
+                        "TLS), or --peer-insecure for plaintext\n");
+        return false;
+    }
+    if (o->peer_insecure) {
+        logf_line("warn",
+                  "msg=\"peer links are plaintext (--peer-insecure): anyone who reaches "
+                  "the peer port can write the ledger\" peer=%s",
+                  o->peer_listen);
+    }
+    return true;
+}
+
 static int start(const struct options *o)
 {
     struct node_config cfg;
@@ -401,6 +527,9 @@ static int start(const struct options *o)
                         "only with them)\n");
         return 3;
     }
+    if (!peer_links_chosen(o)) {
+        return 3;
+    }
     if (o->hello_timeout_ms != 0 && (o->hello_timeout_ms < 100 || o->hello_timeout_ms > 600000)) {
         fprintf(stderr, "tallyd: --hello-timeout-ms must be 100 .. 600000\n");
         return 3;
@@ -413,6 +542,10 @@ static int start(const struct options *o)
     cfg.address = o->peer_listen;
     cfg.on_fatal = node_exit_fatal; /* a node that cannot go on stops the process: exit 74 */
     cfg.bootstrap = !o->join;
+    cfg.peer_cert_file = o->peer_cert;
+    cfg.peer_key_file = o->peer_key;
+    cfg.peer_ca_file = o->peer_ca;
+    cfg.peer_insecure = o->peer_insecure;
     if (o->election_timeout_ms != 0) {
         cfg.election_timeout_ms = (unsigned)o->election_timeout_ms;
     }
@@ -430,8 +563,10 @@ static int start(const struct options *o)
         listed |= cfg.members[i].id == o->id;
     }
     if (!listed && !o->join) {
-        fprintf(stderr, "tallyd: node %" PRIu64 " is not in --members; use --join to start a "
-                        "node that will be added later\n", o->id);
+        fprintf(stderr,
+                "tallyd: node %" PRIu64 " is not in --members; use --join to start a "
+                "node that will be added later\n",
+                o->id);
         return 3;
     }
 
@@ -442,8 +577,10 @@ static int start(const struct options *o)
         return 3;
     }
     if (n_tokens == 0) {
-        logf_line("warn", "msg=\"token file has no tokens: every client will be refused\" "
-                          "file=\"%s\"", o->token_file);
+        logf_line("warn",
+                  "msg=\"token file has no tokens: every client will be refused\" "
+                  "file=\"%s\"",
+                  o->token_file);
     }
 
     loop = uv_default_loop();
@@ -499,10 +636,11 @@ static int start(const struct options *o)
     uv_timer_init(loop, &metrics_timer);
     uv_timer_start(&metrics_timer, metrics_tick, 0, METRICS_PERIOD_MS);
     logf_line("info",
-              "msg=\"serving\" id=%" PRIu64 " peer=%s client=%s tls=%s http=%s members=%u "
-              "tokens=%zu",
-              o->id, o->peer_listen, o->client_listen, o->tls_cert != NULL ? "on" : "off",
-              o->http_listen != NULL ? o->http_listen : "off", cfg.n_members, n_tokens);
+              "msg=\"serving\" id=%" PRIu64 " peer=%s peer_tls=%s client=%s tls=%s http=%s "
+              "members=%u tokens=%zu",
+              o->id, o->peer_listen, o->peer_insecure ? "off" : "on", o->client_listen,
+              o->tls_cert != NULL ? "on" : "off", o->http_listen != NULL ? o->http_listen : "off",
+              cfg.n_members, n_tokens);
     uv_run(loop, UV_RUN_DEFAULT);
     rv = uv_loop_close(loop);
     if (rv != 0) {

@@ -1,0 +1,233 @@
+/*
+ * peer_tls_test.c: the peer port of a TLS cluster lets in only members, each as itself.
+ *
+ * Three tallyd nodes run with mutual TLS on their peer links (cl_tls_setup()); that they
+ * elect a leader at all shows members accept each other. Then this test connects to node
+ * 1's peer port as strangers and as members lying about who they are, and checks that
+ * each is refused (the node closes the connection), that the node stays up and serves,
+ * and that tally_peer_refused_total counts every refusal. A member that tells the truth
+ * is not refused (the control). It also checks that tallyd will not start without a
+ * choice for its peer links.
+ *
+ * usage: peer_tls_test TALLYD
+ */
+#include "cluster.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CLOSE_WAIT_MS 3000 /* a refusal must come well inside this */
+
+/* libraft's handshake: protocol 1, the claimed id, the address length, the address. */
+struct hello {
+    uint8_t bytes[128];
+    size_t len;
+};
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+/* A handshake claiming `id`; `addr_len` bytes of address, NUL-terminated if `nul`. */
+static struct hello make_hello(uint64_t id, uint64_t addr_len, bool nul)
+{
+    struct hello h = {.len = 24};
+    put64(h.bytes, 1);
+    put64(h.bytes + 8, id);
+    put64(h.bytes + 16, addr_len);
+    size_t body = addr_len <= sizeof(h.bytes) - 24 ? (size_t)addr_len : sizeof(h.bytes) - 24;
+    memset(h.bytes + 24, 'x', body);
+    if (nul && body > 0) {
+        h.bytes[24 + body - 1] = '\0';
+    }
+    h.len += body;
+    return h;
+}
+
+/* Wait for `fd` to be readable or writable as `ssl_err` asks, until `deadline_ms`. */
+static bool wait_fd(int fd, int ssl_err, int64_t deadline_ms)
+{
+    int64_t left = deadline_ms - h_now_ms();
+    if (left <= 0) {
+        return false;
+    }
+    struct pollfd p = {.fd = fd, .events = ssl_err == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN};
+    return poll(&p, 1, (int)left) >= 0;
+}
+
+/*
+ * Connect to node 1's peer port, with TLS presenting certificate `cert` (NULL: none) or
+ * plaintext if !tls, send `h`, and report whether the node closed the connection within
+ * CLOSE_WAIT_MS.
+ */
+static bool peer_refused(bool tls, const char *cert, const struct hello *h)
+{
+    int fd = h_connect(cl_nodes[0].peer_port, 2000);
+    if (fd < 0) {
+        H_FAIL("connect to the peer port");
+    }
+    int64_t deadline = h_now_ms() + CLOSE_WAIT_MS;
+    bool closed = false;
+    if (!tls) {
+        char buf[256];
+        h_send_all(fd, h->bytes, h->len, 2000);
+        ssize_t n;
+        while ((n = h_recv_some(fd, buf, sizeof(buf), (int)(deadline - h_now_ms()))) > 0) {
+        }
+        closed = n == 0 || (n < 0 && h_now_ms() < deadline);
+        close(fd);
+        return closed;
+    }
+    char path[PATH_MAX + 32], key[PATH_MAX + 32];
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    snprintf(path, sizeof(path), "%s/tls/ca.pem", h_dir);
+    if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, path, NULL) != 1) {
+        H_FAIL("client TLS context");
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (cert != NULL) {
+        snprintf(path, sizeof(path), "%s/tls/%s.pem", h_dir, cert);
+        snprintf(key, sizeof(key), "%s/tls/%s.key", h_dir, cert);
+        if (SSL_CTX_use_certificate_file(ctx, path, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+            H_FAIL("load %s", path);
+        }
+    }
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    int rv;
+    while ((rv = SSL_connect(ssl)) != 1) {
+        int err = SSL_get_error(ssl, rv);
+        if ((err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) ||
+            !wait_fd(fd, err, deadline)) {
+            closed = err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE;
+            goto out;
+        }
+    }
+    size_t sent = 0;
+    while (sent < h->len) {
+        rv = SSL_write(ssl, h->bytes + sent, (int)(h->len - sent));
+        if (rv > 0) {
+            sent += (size_t)rv;
+            continue;
+        }
+        int err = SSL_get_error(ssl, rv);
+        if ((err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) ||
+            !wait_fd(fd, err, deadline)) {
+            closed = err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE;
+            goto out;
+        }
+    }
+    for (;;) {
+        char buf[256];
+        rv = SSL_read(ssl, buf, sizeof(buf));
+        if (rv > 0) {
+            continue;
+        }
+        int err = SSL_get_error(ssl, rv);
+        if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
+            closed = true;
+            break;
+        }
+        if (!wait_fd(fd, err, deadline) || h_now_ms() >= deadline) {
+            break;
+        }
+    }
+out:
+    ERR_clear_error();
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    return closed;
+}
+
+static uint64_t refused_count(void)
+{
+    uint64_t v = 0;
+    if (cl_metric(0, "tally_peer_refused_total", &v) != 0) {
+        H_FAIL("node 1 has no tally_peer_refused_total (or is down)");
+    }
+    return v;
+}
+
+static void expect(const char *what, bool tls, const char *cert, struct hello h, bool refused)
+{
+    uint64_t before = refused_count();
+    bool closed = peer_refused(tls, cert, &h);
+    if (closed != refused) {
+        H_FAIL("%s: connection %s", what, closed ? "closed" : "kept open");
+    }
+    /* The count is published every 250 ms. */
+    uint64_t after = before;
+    for (int t = 0; t < 40 && after == before; t++) {
+        h_sleep_ms(50);
+        after = refused_count();
+    }
+    if (after != before + (refused ? 1 : 0)) {
+        H_FAIL("%s: tally_peer_refused_total went %llu -> %llu", what, (unsigned long long)before,
+               (unsigned long long)after);
+    }
+    if (cl_leader(5000) < 0) {
+        H_FAIL("%s: no leader serving afterwards", what);
+    }
+    h_say("%s: %s", what, refused ? "refused and counted" : "accepted");
+}
+
+/* tallyd with neither peer TLS nor --peer-insecure, or with part of the TLS files, or
+ * with both, exits 3. */
+static void start_needs_a_peer_choice(const char *tallyd)
+{
+    static const char *const extra[][5] = {
+        {NULL},
+        {"--peer-cert", "/nonexistent.pem", NULL},
+        {"--peer-insecure", "--peer-cert", "a", NULL},
+    };
+    for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "no-peer-choice-%zu", i);
+        int status = cl_config_status(tallyd, name, extra[i]);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 3) {
+            H_FAIL("tallyd without a peer choice (case %zu) did not exit 3 (status %d)", i, status);
+        }
+    }
+    h_say("tallyd without exactly one of peer TLS and --peer-insecure: exit 3");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: peer_tls_test TALLYD\n");
+        return 2;
+    }
+    h_init("peer_tls", 170);
+    cl_tls_setup();
+    cl_start(argv[1]);
+    h_say("a 3-node cluster with mutual TLS on its peer links elected a leader");
+
+    expect("member 2 as itself (control)", true, "member2", make_hello(2, 16, true), false);
+    expect("member 2 claiming id 3", true, "member2", make_hello(3, 16, true), true);
+    expect("member 1's name from another CA", true, "othermember", make_hello(1, 16, true), true);
+    expect("an expired certificate of member 2", true, "expiredmember", make_hello(2, 16, true),
+           true);
+    expect("member 7, outside the configuration", true, "member7", make_hello(7, 16, true), true);
+    expect("a client certificate that names no member", true, "admin", make_hello(2, 16, true),
+           true);
+    expect("no certificate", true, NULL, make_hello(2, 16, true), true);
+    expect("plaintext handshake", false, NULL, make_hello(2, 16, true), true);
+    expect("an address that does not end in NUL", true, "member2", make_hello(2, 16, false), true);
+    expect("an address longer than the bound", true, "member2", make_hello(2, 4096, true), true);
+
+    start_needs_a_peer_choice(argv[1]);
+    h_pass();
+    return 0;
+}
