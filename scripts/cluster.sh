@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs a local three-node tally cluster on loopback, with its data under ./data (or
-# $TALLY_DATA), until Ctrl-C, which stops all three nodes cleanly.
+# $TALLY_DATA), until Ctrl-C, which stops all three nodes cleanly. TLS on every link:
+# peers speak mutual TLS, clients TLS.
 #
 #   scripts/cluster.sh [BUILD_DIR]      (make run calls it with ./build)
 #
 # Ports: client 7001-7003, peer 7101-7103, http 7201-7203; TALLY_PORT_BASE=N moves them
 # to N+1.., N+101.., N+201...
 # First run: creates data/tokens with an admin token (kept in data/admin.token, mode
-# 0600, and a gateway token in data/gateway.token). Later runs reuse both and the nodes'
-# state: the cluster comes back with everything it acknowledged.
+# 0600, and a gateway token in data/gateway.token), and data/tls with a CA and the
+# member and client certificates (scripts/certs.sh). Later runs reuse all of it and the
+# nodes' state: the cluster comes back with everything it acknowledged.
 set -euo pipefail
 
 build=${1:-build}
@@ -53,6 +55,9 @@ if [ ! -s "$data/admin.token" ]; then
     } > "$data/tokens"
 fi
 
+tls="$data/tls"
+bash "$(dirname "$0")/certs.sh" "$tls" 3 >/dev/null
+
 members=""
 endpoints=""
 for i in 0 1 2; do
@@ -78,12 +83,16 @@ for i in 0 1 2; do
     "$tallyd" --id "$id" --data-dir "$data/node$id" \
         --peer-listen "$host:${peer_ports[$i]}" --client-listen "$host:${client_ports[$i]}" \
         --http-listen "$host:${http_ports[$i]}" --members "$members" \
-        --token-file "$data/tokens" 2>> "$data/node$id.log" &
+        --token-file "$data/tokens" \
+        --tls-cert "$tls/member$id.pem" --tls-key "$tls/member$id.key" --tls-client-ca "$tls/ca.pem" \
+        --peer-cert "$tls/member$id.pem" --peer-key "$tls/member$id.key" --peer-ca "$tls/ca.pem" \
+        2>> "$data/node$id.log" &
     pids+=($!)
 done
 
 export TALLY_ENDPOINTS="$endpoints"
 export TALLY_TOKEN_FILE="$data/admin.token"
+export TALLYCTL_TLS_CA="$tls/ca.pem"
 # Wait (up to 15 s) for a leader that serves.
 for _ in $(seq 1 150); do
     if "$tallyctl" cluster status --json 2>/dev/null | grep -q '"serving":true'; then break; fi
@@ -95,9 +104,10 @@ tally: three nodes on $host (logs in $data/node*.log)
   client endpoints  $endpoints
   http              http://$host:${http_ports[0]}/metrics  /readyz  /healthz  (and :${http_ports[1]}, :${http_ports[2]})
   admin token       $data/admin.token     gateway token  $data/gateway.token
+  TLS               peers mutual TLS, clients TLS; CA $tls/ca.pem
 
 In another shell, try:
-  export TALLY_ENDPOINTS=$endpoints TALLY_TOKEN_FILE=$data/admin.token
+  export TALLY_ENDPOINTS=$endpoints TALLY_TOKEN_FILE=$data/admin.token TALLYCTL_TLS_CA=$tls/ca.pem
   $tallyctl cluster status
   $tallyctl account create acme --budget 10000000 --period month
   $tallyctl account create acme/research --parent acme --budget 2000000 --rpm 600
