@@ -17,13 +17,15 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define CLOSE_WAIT_MS 3000 /* a refusal must come well inside this */
+#define CLOSE_WAIT_MS 3000         /* a refusal must come well inside this */
+#define HANDSHAKE_DEADLINE_MS 5000 /* NODE_PEER_HANDSHAKE_MS */
 
 /* libraft's handshake: protocol 1, the claimed id, the address length, the address. */
 struct hello {
@@ -68,19 +70,21 @@ static bool wait_fd(int fd, int ssl_err, int64_t deadline_ms)
 /*
  * Connect to node 1's peer port, with TLS presenting certificate `cert` (NULL: none) or
  * plaintext if !tls, send `h`, and report whether the node closed the connection within
- * CLOSE_WAIT_MS.
+ * wait_ms.
  */
-static bool peer_refused(bool tls, const char *cert, const struct hello *h)
+static bool peer_refused(bool tls, const char *cert, const struct hello *h, int wait_ms)
 {
     int fd = h_connect(cl_nodes[0].peer_port, 2000);
     if (fd < 0) {
         H_FAIL("connect to the peer port");
     }
-    int64_t deadline = h_now_ms() + CLOSE_WAIT_MS;
+    int64_t deadline = h_now_ms() + wait_ms;
     bool closed = false;
     if (!tls) {
         char buf[256];
-        h_send_all(fd, h->bytes, h->len, 2000);
+        if (h->len > 0) {
+            h_send_all(fd, h->bytes, h->len, 2000);
+        }
         ssize_t n;
         while ((n = h_recv_some(fd, buf, sizeof(buf), (int)(deadline - h_now_ms()))) > 0) {
         }
@@ -160,10 +164,11 @@ static uint64_t refused_count(void)
     return v;
 }
 
-static void expect(const char *what, bool tls, const char *cert, struct hello h, bool refused)
+static void expect_within(const char *what, bool tls, const char *cert, struct hello h,
+                          bool refused, int wait_ms)
 {
     uint64_t before = refused_count();
-    bool closed = peer_refused(tls, cert, &h);
+    bool closed = peer_refused(tls, cert, &h, wait_ms);
     if (closed != refused) {
         H_FAIL("%s: connection %s", what, closed ? "closed" : "kept open");
     }
@@ -181,6 +186,11 @@ static void expect(const char *what, bool tls, const char *cert, struct hello h,
         H_FAIL("%s: no leader serving afterwards", what);
     }
     h_say("%s: %s", what, refused ? "refused and counted" : "accepted");
+}
+
+static void expect(const char *what, bool tls, const char *cert, struct hello h, bool refused)
+{
+    expect_within(what, tls, cert, h, refused, CLOSE_WAIT_MS);
 }
 
 /* tallyd with neither peer TLS nor --peer-insecure, or with part of the TLS files, or
@@ -226,6 +236,25 @@ int main(int argc, char **argv)
     expect("plaintext handshake", false, NULL, make_hello(2, 16, true), true);
     expect("an address that does not end in NUL", true, "member2", make_hello(2, 16, false), true);
     expect("an address longer than the bound", true, "member2", make_hello(2, 4096, true), true);
+
+    struct hello nothing = {.len = 0};
+    expect_within("a connection that says nothing", false, NULL, nothing, true,
+                  HANDSHAKE_DEADLINE_MS + 2000);
+
+    /* A member restarted rejoins over TLS and the three converge; then every node stops
+     * cleanly on SIGTERM, one with a stranger's connection still in its handshake. */
+    cl_stop(1, SIGTERM);
+    cl_spawn(1);
+    char hash[65];
+    cl_converged(20000, 0, hash);
+    h_say("node 2 restarted and the three converged on state hash %.16s...", hash);
+    int idle = h_connect(cl_nodes[0].peer_port, 2000);
+    for (int i = 0; i < CL_NODES; i++) {
+        cl_stop(i, SIGTERM);
+    }
+    if (idle >= 0) {
+        close(idle);
+    }
 
     start_needs_a_peer_choice(argv[1]);
     h_pass();
