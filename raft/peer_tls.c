@@ -264,25 +264,40 @@ static void write_cb(uv_write_t *req, int status)
     }
 }
 
-/* Queue `len` bytes (copied) on `stream`, counted in `*queued`. 0 or -1. */
-static int conn_write(struct conn *c, uv_stream_t *stream, size_t *queued, const void *data,
-                      size_t len)
+/* A write request for `len` bytes toward the side counted in `*queued`; NULL if out of
+ * memory. */
+static struct write_req *write_req_new(struct conn *c, size_t *queued, size_t len)
 {
     struct write_req *w = malloc(sizeof(*w) + len);
-    if (w == NULL) {
-        return -1;
+    if (w != NULL) {
+        w->c = c;
+        w->queued = queued;
+        w->len = len;
     }
-    w->c = c;
-    w->queued = queued;
-    w->len = len;
-    memcpy(w->data, data, len);
-    uv_buf_t buf = uv_buf_init(w->data, (unsigned)len);
+    return w;
+}
+
+/* Hand `w` (filled) to libuv on `stream`; on failure it is freed. 0 or -1. */
+static int write_req_send(struct write_req *w, uv_stream_t *stream)
+{
+    uv_buf_t buf = uv_buf_init(w->data, (unsigned)w->len);
     if (uv_write(&w->req, stream, &buf, 1, write_cb) != 0) {
         free(w);
         return -1;
     }
-    *queued += len;
+    *w->queued += w->len;
     return 0;
+}
+
+/* Queue `len` bytes (copied) toward libraft. 0 or -1. */
+static int write_inner(struct conn *c, const void *data, size_t len)
+{
+    struct write_req *w = write_req_new(c, &c->inner_queued, len);
+    if (w == NULL) {
+        return -1;
+    }
+    memcpy(w->data, data, len);
+    return write_req_send(w, (uv_stream_t *)&c->inner);
 }
 
 /* Send whatever ciphertext the session produced. 0 or -1. */
@@ -290,32 +305,23 @@ static int flush_tls(struct conn *c)
 {
     size_t pending;
     while ((pending = BIO_ctrl_pending(c->out)) > 0) {
-        struct write_req *w = malloc(sizeof(*w) + pending);
+        struct write_req *w = write_req_new(c, &c->tcp_queued, pending);
         if (w == NULL) {
             return -1;
         }
         int n = BIO_read(c->out, w->data, (int)pending);
         assert(n == (int)pending);
-        w->c = c;
-        w->queued = &c->tcp_queued;
-        w->len = (size_t)n;
-        uv_buf_t buf = uv_buf_init(w->data, (unsigned)n);
-        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_cb) != 0) {
-            free(w);
+        (void)n;
+        if (write_req_send(w, (uv_stream_t *)&c->tcp) != 0) {
             return -1;
         }
-        c->tcp_queued += (size_t)n;
     }
     return 0;
 }
 
 /* ---- Connection lifetime. ---- */
 
-static void close_idle_cb(uv_handle_t *h)
-{
-    (void)h;
-}
-
+/* Fire the transport's close callback once nothing of it is open any more. */
 static void maybe_closed(struct node_peer_tls *pt)
 {
     if (pt->closing && pt->conns == NULL && !pt->listener_open && !pt->close_idle_open) {
@@ -325,6 +331,14 @@ static void maybe_closed(struct node_peer_tls *pt)
             cb(pt->outer);
         }
     }
+}
+
+static void close_idle_cb(uv_handle_t *h)
+{
+    struct node_peer_tls *pt = h->data;
+    /* Only now: the close callback may free pt, and libuv holds the handle until here. */
+    pt->close_idle_open = false;
+    maybe_closed(pt);
 }
 
 static void conn_handle_closed(uv_handle_t *h)
@@ -526,7 +540,7 @@ static int pump_to_inner(struct conn *c)
     for (;;) {
         int n = SSL_read(c->ssl, plain, sizeof(plain));
         if (n > 0) {
-            if (conn_write(c, (uv_stream_t *)&c->inner, &c->inner_queued, plain, (size_t)n) != 0) {
+            if (write_inner(c, plain, (size_t)n) != 0) {
                 conn_close(c, RAFT_NOCONNECTION);
                 return -1;
             }
@@ -868,11 +882,8 @@ static void listener_closed(uv_handle_t *h)
 
 static void close_idle_fire(uv_idle_t *h)
 {
-    struct node_peer_tls *pt = h->data;
     uv_idle_stop(h);
     uv_close((uv_handle_t *)h, close_idle_cb);
-    pt->close_idle_open = false;
-    maybe_closed(pt);
 }
 
 static void pt_close(struct raft_uv_transport *t, raft_uv_transport_close_cb cb)
