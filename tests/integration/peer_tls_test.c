@@ -6,8 +6,9 @@
  * 1's peer port as strangers and as members lying about who they are, and checks that
  * each is refused (the node closes the connection), that the node stays up and serves,
  * and that tally_peer_refused_total counts every refusal. A member that tells the truth
- * is not refused (the control). It also checks that tallyd will not start without a
- * choice for its peer links.
+ * is not refused (the control). A node that connects to member 3 and reaches a server
+ * with another member's certificate refuses it. It also checks that tallyd will not
+ * start without a choice for its peer links.
  *
  * usage: peer_tls_test TALLYD
  */
@@ -16,6 +17,7 @@
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -193,6 +195,82 @@ static void expect(const char *what, bool tls, const char *cert, struct hello h,
     expect_within(what, tls, cert, h, refused, CLOSE_WAIT_MS);
 }
 
+/* Serve TLS with member 2's certificate on node 3's peer port for `ms` (node 3 is down):
+ * whoever connects to member 3 reaches someone else. Returns the connections accepted. */
+static int impostor(int ms)
+{
+    char cert[PATH_MAX + 32], key[PATH_MAX + 32];
+    snprintf(cert, sizeof(cert), "%s/tls/member2.pem", h_dir);
+    snprintf(key, sizeof(key), "%s/tls/member2.key", h_dir);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL || SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        H_FAIL("impostor TLS context");
+    }
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)cl_nodes[2].peer_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(lfd, 16) != 0) {
+        H_FAIL("impostor listen on node 3's peer port: %s", strerror(errno));
+    }
+    int accepted = 0;
+    int64_t deadline = h_now_ms() + ms;
+    while (h_now_ms() < deadline) {
+        struct pollfd p = {.fd = lfd, .events = POLLIN};
+        if (poll(&p, 1, (int)(deadline - h_now_ms())) <= 0) {
+            continue;
+        }
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) {
+            continue;
+        }
+        accepted++;
+        struct timeval tv = {.tv_sec = 1};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        SSL *ssl = SSL_new(ctx);
+        SSL_set_fd(ssl, fd);
+        if (SSL_accept(ssl) == 1) {
+            char buf[256];
+            while (SSL_read(ssl, buf, sizeof(buf)) > 0) {
+            }
+        }
+        ERR_clear_error();
+        SSL_free(ssl);
+        close(fd);
+    }
+    close(lfd);
+    SSL_CTX_free(ctx);
+    return accepted;
+}
+
+/* The connecting side checks whom it reached: with node 3 down and an impostor holding
+ * member 2's certificate on its port, the leader refuses the connection it made. */
+static void connect_checks_the_member(void)
+{
+    cl_stop(2, SIGTERM);
+    int leader = cl_leader(5000);
+    if (leader < 0) {
+        H_FAIL("no leader with node 3 down");
+    }
+    uint64_t before = 0, after = 0;
+    if (cl_metric(leader, "tally_peer_refused_total", &before) != 0) {
+        H_FAIL("no tally_peer_refused_total on the leader");
+    }
+    int accepted = impostor(3000);
+    h_sleep_ms(500); /* the count is published every 250 ms */
+    if (cl_metric(leader, "tally_peer_refused_total", &after) != 0 || after <= before) {
+        H_FAIL("the leader reached an impostor %d times and refused it %llu times", accepted,
+               (unsigned long long)(after - before));
+    }
+    h_say("an impostor on member 3's port (member 2's certificate): the leader connected "
+          "%d times and refused it %llu times",
+          accepted, (unsigned long long)(after - before));
+    cl_spawn(2);
+}
+
 /* tallyd with neither peer TLS nor --peer-insecure, or with part of the TLS files, or
  * with both, exits 3. */
 static void start_needs_a_peer_choice(const char *tallyd)
@@ -241,13 +319,13 @@ int main(int argc, char **argv)
     expect_within("a connection that says nothing", false, NULL, nothing, true,
                   HANDSHAKE_DEADLINE_MS + 2000);
 
-    /* A member restarted rejoins over TLS and the three converge; then every node stops
-     * cleanly on SIGTERM, one with a stranger's connection still in its handshake. */
-    cl_stop(1, SIGTERM);
-    cl_spawn(1);
+    /* Node 3, stopped for the impostor and started again, rejoins over TLS and the three
+     * converge; then every node stops cleanly on SIGTERM, one with a stranger's connection
+     * still in its handshake. */
+    connect_checks_the_member();
     char hash[65];
     cl_converged(20000, 0, hash);
-    h_say("node 2 restarted and the three converged on state hash %.16s...", hash);
+    h_say("node 3 restarted and the three converged on state hash %.16s...", hash);
     int idle = h_connect(cl_nodes[0].peer_port, 2000);
     for (int i = 0; i < CL_NODES; i++) {
         cl_stop(i, SIGTERM);
