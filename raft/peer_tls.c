@@ -9,8 +9,10 @@
  *     peer <-TCP/TLS--  conn.tcp <- SSL_write <- conn.inner <--pair-- libraft's stream
  *
  * The pair is made only once the peer is authenticated, so before that a stranger can
- * make a node hold one struct conn, NODE_PEER_CIPHER_MAX bytes of ciphertext and the
- * libraft handshake (at most PEER_HELLO_MAX bytes), for NODE_PEER_HANDSHAKE_MS.
+ * make a node hold one struct conn, NODE_PEER_CIPHER_MAX bytes of ciphertext, a
+ * certificate chain of NODE_PEER_CERT_LIST_MAX and the libraft handshake (at most
+ * PEER_HELLO_MAX bytes), for NODE_PEER_HANDSHAKE_MS, on at most NODE_PEER_UNAUTH_MAX
+ * connections at once.
  *
  * Lifetimes: libraft owns the stream it is handed (raft_malloc'd, freed by libraft after
  * uv_close). When libraft closes it, the conn reads EOF on `inner` and closes itself;
@@ -51,6 +53,7 @@ struct conn {
     struct conn *prev, *next;
     enum conn_state state;
     bool accepted; /* the server side of the connection */
+    bool unauth;   /* accepted and not yet authenticated: counted in pt->n_unauth */
     uv_tcp_t tcp;
     uv_timer_t timer; /* the handshake deadline */
     uv_pipe_t inner;  /* our end of the pair, once authenticated */
@@ -88,6 +91,7 @@ struct node_peer_tls {
     bool close_idle_open;
     struct conn *conns;
     uint64_t refused;
+    unsigned n_unauth; /* accepted connections still in their handshake */
     uint64_t log_last_ms, log_suppressed;
     char read_buf[PEER_READ_CHUNK]; /* every read is consumed before the next one */
 };
@@ -362,6 +366,16 @@ static void conn_handle_closed(uv_handle_t *h)
     maybe_closed(pt);
 }
 
+/* `c` is authenticated or closing: it no longer counts against NODE_PEER_UNAUTH_MAX. */
+static void leave_handshake(struct conn *c)
+{
+    if (c->unauth) {
+        assert(c->pt->n_unauth > 0);
+        c->pt->n_unauth--;
+        c->unauth = false;
+    }
+}
+
 /* Close `c` once; a connect still waiting for its answer gets `connect_status`. */
 static void conn_close(struct conn *c, int connect_status)
 {
@@ -369,6 +383,7 @@ static void conn_close(struct conn *c, int connect_status)
         return;
     }
     c->state = CONN_CLOSING;
+    leave_handshake(c);
     struct raft_uv_connect *req = c->req;
     c->req = NULL;
     uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
@@ -470,6 +485,7 @@ static uv_stream_t *conn_pair(struct conn *c)
         return NULL; /* inner is closed with the conn */
     }
     uv_timer_stop(&c->timer);
+    leave_handshake(c);
     c->state = CONN_PUMP;
     return (uv_stream_t *)theirs;
 }
@@ -801,6 +817,10 @@ static void listen_cb(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     set_remote(c);
+    c->unauth = true;
+    if (++pt->n_unauth > NODE_PEER_UNAUTH_MAX) {
+        refuse(c, "too many unauthenticated connections");
+    }
 }
 
 static int pt_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)

@@ -13,7 +13,8 @@
  * a failed TLS handshake (no certificate, another CA, expired, ...), a certificate that
  * names no member or another member than the one the handshake claims, a claimed id
  * outside the current configuration, a malformed or oversized libraft handshake, a
- * handshake not finished within NODE_PEER_HANDSHAKE_MS.
+ * handshake not finished within NODE_PEER_HANDSHAKE_MS, a connection beyond
+ * NODE_PEER_UNAUTH_MAX accepted ones still in their handshake.
  */
 #ifndef TALLY_RAFT_PEER_TLS_H
 #define TALLY_RAFT_PEER_TLS_H
@@ -28,6 +29,7 @@
 #define NODE_PEER_CIPHER_MAX (64 * 1024)        /* ciphertext held before the handshake ends */
 #define NODE_PEER_QUEUED_MAX (4u * 1024 * 1024) /* bytes queued toward one side of a pump */
 #define NODE_PEER_CERT_LIST_MAX (32 * 1024)     /* a peer's certificate chain */
+#define NODE_PEER_UNAUTH_MAX 128                /* accepted connections still in their handshake */
 #define NODE_PEER_URI_PREFIX "tally://member/"
 
 struct node_peer_tls;

@@ -195,6 +195,38 @@ static void expect(const char *what, bool tls, const char *cert, struct hello h,
     expect_within(what, tls, cert, h, refused, CLOSE_WAIT_MS);
 }
 
+/* 200 silent connections: those past the 128 still in their handshake are refused at
+ * once, and the rest at the deadline; the node stays up throughout. */
+static void unauthenticated_connections_are_bounded(void)
+{
+    enum { N = 200, UNAUTH_MAX = 128 };
+    int fds[N];
+    uint64_t before = refused_count();
+    for (int i = 0; i < N; i++) {
+        fds[i] = h_connect(cl_nodes[0].peer_port, 2000);
+        if (fds[i] < 0) {
+            H_FAIL("connection %d to the peer port", i);
+        }
+    }
+    h_sleep_ms(1000);
+    int closed = 0;
+    for (int i = 0; i < N; i++) {
+        char c;
+        closed += h_recv_some(fds[i], &c, 1, 1) == 0;
+    }
+    uint64_t after = refused_count();
+    for (int i = 0; i < N; i++) {
+        close(fds[i]);
+    }
+    h_sleep_ms(1000); /* the rest are refused (closed in their handshake) and published */
+    if (closed < N - UNAUTH_MAX || after - before < (uint64_t)(N - UNAUTH_MAX)) {
+        H_FAIL("%d silent connections: %d closed at once, %llu refused (want >= %d)", N, closed,
+               (unsigned long long)(after - before), N - UNAUTH_MAX);
+    }
+    h_say("%d silent connections: %d refused at once (at most %d wait in their handshake)", N,
+          closed, UNAUTH_MAX);
+}
+
 /* Serve TLS with member 2's certificate on node 3's peer port for `ms` (node 3 is down):
  * whoever connects to member 3 reaches someone else. Returns the connections accepted. */
 static int impostor(int ms)
@@ -322,6 +354,7 @@ int main(int argc, char **argv)
     /* Node 3, stopped for the impostor and started again, rejoins over TLS and the three
      * converge; then every node stops cleanly on SIGTERM, one with a stranger's connection
      * still in its handshake. */
+    unauthenticated_connections_are_bounded();
     connect_checks_the_member();
     char hash[65];
     cl_converged(20000, 0, hash);
