@@ -133,7 +133,8 @@ static int node_open_raft(struct node *n, const struct node_config *cfg, char *w
     };
     rv = node_transport_init(&n->transport, n->loop, cfg->peer_insecure ? NULL : &tls, why, size);
     if (rv != 0) {
-        return node__from_raft(rv);
+        /* A certificate, key or CA that does not load is the caller's configuration. */
+        return rv == RAFT_INVALID ? -NODE_EINVAL : node__from_raft(rv);
     }
     rv = raft_uv_init(&n->io, n->loop, n->raft_dir, &n->transport.outer);
     if (rv != 0) {

@@ -138,7 +138,9 @@ typedef void (*node_close_cb)(void *data);
  * node): make the directories, open the ledger, set up raft_uv and libraft. Nothing runs
  * until node_start(). On success *out is owned by the caller until node_close() (which
  * must be called even if node_start() fails). On failure returns -NODE_E* with a message
- * in `errmsg` (NODE_ERRMSG_SIZE bytes, may be NULL) and nothing is left open.
+ * in `errmsg` (NODE_ERRMSG_SIZE bytes, may be NULL) and nothing is left open;
+ * -NODE_EINVAL means the configuration (also a peer certificate, key or CA that does not
+ * load).
  */
 int node_open(struct node **out, uv_loop_t *loop, const struct node_config *cfg, char *errmsg);
 

@@ -587,10 +587,11 @@ static int start(const struct options *o)
     }
 
     loop = uv_default_loop();
-    if (node_open(&node, loop, &cfg, errmsg) != 0) {
+    int rv = node_open(&node, loop, &cfg, errmsg);
+    if (rv != 0) {
         logf_line("error", "msg=\"cannot open node\" reason=\"%s\"", errmsg);
         free(tokens);
-        return 1;
+        return rv == -NODE_EINVAL ? 3 : 1; /* EINVAL: the configuration (a peer certificate) */
     }
     if (node_start(node) != 0) {
         logf_line("error", "msg=\"cannot start node\" reason=\"%s\"", node_errmsg(node));
@@ -613,7 +614,7 @@ static int start(const struct options *o)
         .max_connections = (unsigned)o->max_connections,
         .hello_timeout_ms = (unsigned)o->hello_timeout_ms,
     };
-    int rv = rpc_server_start(&server, loop, node, &scfg, errmsg, sizeof(errmsg));
+    rv = rpc_server_start(&server, loop, node, &scfg, errmsg, sizeof(errmsg));
     free(tokens);
     if (rv != 0) {
         logf_line("error", "msg=\"cannot start client server\" reason=\"%s\"", errmsg);

@@ -304,13 +304,15 @@ static void connect_checks_the_member(void)
 }
 
 /* tallyd with neither peer TLS nor --peer-insecure, or with part of the TLS files, or
- * with both, exits 3. */
+ * with both, or with files that do not load, exits 3. */
 static void start_needs_a_peer_choice(const char *tallyd)
 {
-    static const char *const extra[][5] = {
+    static const char *const extra[][7] = {
         {NULL},
         {"--peer-cert", "/nonexistent.pem", NULL},
         {"--peer-insecure", "--peer-cert", "a", NULL},
+        {"--peer-cert", "/nonexistent.pem", "--peer-key", "/nonexistent.key", "--peer-ca",
+         "/nonexistent-ca.pem", NULL},
     };
     for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
         char name[32];
@@ -320,7 +322,8 @@ static void start_needs_a_peer_choice(const char *tallyd)
             H_FAIL("tallyd without a peer choice (case %zu) did not exit 3 (status %d)", i, status);
         }
     }
-    h_say("tallyd without exactly one of peer TLS and --peer-insecure: exit 3");
+    h_say("tallyd without exactly one of peer TLS and --peer-insecure, or with peer "
+          "certificates that do not load: exit 3");
 }
 
 int main(int argc, char **argv)
