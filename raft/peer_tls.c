@@ -399,8 +399,8 @@ static void conn_close(struct conn *c, int connect_status)
 static void deadline_cb(uv_timer_t *t)
 {
     struct conn *c = t->data;
-    if (c->state == CONN_CONNECTING) {
-        conn_close(c, RAFT_NOCONNECTION); /* the peer is unreachable: nobody to refuse */
+    if (!c->accepted) {
+        conn_close(c, RAFT_NOCONNECTION); /* a slow or cut-off member: nobody to refuse */
     } else {
         refuse(c, "handshake not finished in time");
     }
