@@ -450,7 +450,8 @@ static struct conn *conn_new(struct node_peer_tls *pt, bool accepted)
 }
 
 /* Make the socketpair: our end becomes c->inner (reading), the other a raft_malloc'd
- * uv_pipe_t for libraft (which frees it). NULL on failure (c untouched). */
+ * uv_pipe_t for libraft (which frees it), and c starts pumping. NULL on failure: the
+ * caller closes c. */
 static uv_stream_t *conn_pair(struct conn *c)
 {
     int fds[2];
@@ -507,7 +508,7 @@ static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread < 0) {
         /* On the connecting side, a close during the handshake is the other side
-         * refusing us; it counts it. */
+         * refusing us (it counts that) or going away: not a refusal of ours. */
         if (c->state == CONN_PUMP || !c->accepted) {
             conn_close(c, RAFT_NOCONNECTION);
         } else {
