@@ -2,7 +2,7 @@
  * tally-bench: drive a running tally cluster with N closed-loop gateway callers and say
  * how many reservations per second it grants and how long reserve and settle take.
  *
- *   tally-bench --endpoints A,B,C --token-file F [--clients N] [--connections C]
+ *   tally-bench --endpoints A,B,C --token-file F [--tls-ca F] [--clients N] [--connections C]
  *               [--duration S] [--warmup S] [--accounts K | --hot] [--setup] [--json]
  *               [--metrics HOST:PORT,...|none] [--org NAME] [--by key|account]
  *               [--estimate MICROS] [--actual MICROS] [--deadline-ms MS]
@@ -55,6 +55,7 @@
 struct opts {
     const char *endpoints;
     const char *token_file;
+    const char *tls_ca_file; /* NULL: plain TCP */
     unsigned clients, connections, accounts;
     bool hot, setup, json, by_account;
     double duration_s, warmup_s;
@@ -114,7 +115,9 @@ static void usage(FILE *f)
                "  --estimate MICROS  reserved per request (default 1000)\n"
                "  --actual MICROS    settled per request (default 900)\n"
                "  --deadline-ms MS   per-call deadline (default 2000)\n"
-               "Environment: TALLY_ENDPOINTS, TALLY_TOKEN_FILE stand in for the first two.\n");
+               "  --tls-ca F         TLS to the nodes, verified against this CA (PEM)\n"
+               "Environment: TALLY_ENDPOINTS, TALLY_TOKEN_FILE stand in for the first two,\n"
+               "TALLYCTL_TLS_CA for --tls-ca.\n");
 }
 
 static void parse_args(int argc, char **argv)
@@ -122,6 +125,7 @@ static void parse_args(int argc, char **argv)
     struct opts *o = &g_opt;
     o->endpoints = getenv("TALLY_ENDPOINTS");
     o->token_file = getenv("TALLY_TOKEN_FILE");
+    o->tls_ca_file = getenv("TALLYCTL_TLS_CA");
     o->clients = 16;
     o->accounts = 1000;
     o->duration_s = 10;
@@ -193,6 +197,9 @@ static void parse_args(int argc, char **argv)
         } else if (strcmp(a, "--deadline-ms") == 0) {
             NEEDV();
             o->deadline_ms = bench_parse_uint(a, v, 1, 86400000u);
+        } else if (strcmp(a, "--tls-ca") == 0) {
+            NEEDV();
+            o->tls_ca_file = v;
         } else {
             fprintf(stderr, "tally-bench: unknown option '%s'\n", a);
             usage(stderr);
@@ -241,6 +248,8 @@ static struct tally *open_client(const char *token, uint32_t max_inflight)
     tally_config_init(&cfg);
     cfg.endpoints = g_opt.endpoints;
     cfg.token = token;
+    cfg.tls_ca_file =
+        g_opt.tls_ca_file != NULL && g_opt.tls_ca_file[0] != '\0' ? g_opt.tls_ca_file : NULL;
     cfg.deadline_ms = g_opt.deadline_ms;
     cfg.max_inflight = max_inflight;
     char err[TALLY_ERRMSG_SIZE];

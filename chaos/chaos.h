@@ -86,6 +86,8 @@ struct ch_run {
     char dir[PATH_MAX];
     char tallyd[PATH_MAX];
     char token_file[PATH_MAX];
+    char peer_tls[PATH_MAX]; /* dir of scripts/certs.sh's files: mutual TLS between peers;
+                              * "" runs them --peer-insecure */
     char admin_token[CH_TOKEN_MAX];
     char gateway_token[CH_TOKEN_MAX];
     char reader_token[CH_TOKEN_MAX];

@@ -66,6 +66,8 @@ int cluster_read_file(const char *path)
             snprintf(ch.tallyd, sizeof(ch.tallyd), "%s", v1);
         } else if (strcmp(key, "token_file") == 0) {
             snprintf(ch.token_file, sizeof(ch.token_file), "%s", v1);
+        } else if (strcmp(key, "peer_tls") == 0) {
+            snprintf(ch.peer_tls, sizeof(ch.peer_tls), "%s", v1);
         } else if (strcmp(key, "admin_token") == 0) {
             snprintf(ch.admin_token, sizeof(ch.admin_token), "%.127s", v1);
         } else if (strcmp(key, "gateway_token") == 0) {
@@ -117,13 +119,30 @@ static void node_spawn(struct ch_node *n, bool join)
     snprintf(peer, sizeof(peer), "%s:%d", n->ip, CH_PEER_PORT);
     snprintf(client, sizeof(client), "%s:%d", n->ip, CH_CLIENT_PORT);
     snprintf(http, sizeof(http), "%s:%d", n->ip, CH_HTTP_PORT);
-    char *argv[] = {ch.tallyd, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
-                    "--client-listen", client, "--http-listen", http, "--members", members,
-                    "--token-file", ch.token_file, "--snapshot-threshold",
-                    /* often in the smoke run (snapshot installs get exercised); less
-                     * often in long runs, where the ledger grows large */
-                    ch.smoke ? "256" : "1024", "--snapshot-trailing", ch.smoke ? "64" : "128",
-                    "--debug-clock-offset-file", n->clock_file, join ? "--join" : NULL, NULL};
+    char cert[PATH_MAX + 32], key[PATH_MAX + 32], ca[PATH_MAX + 32];
+    snprintf(cert, sizeof(cert), "%s/member%d.pem", ch.peer_tls, n->id);
+    snprintf(key, sizeof(key), "%s/member%d.key", ch.peer_tls, n->id);
+    snprintf(ca, sizeof(ca), "%s/ca.pem", ch.peer_tls);
+    char *argv[32] = {ch.tallyd, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
+                      "--client-listen", client, "--http-listen", http, "--members", members,
+                      "--token-file", ch.token_file, "--snapshot-threshold",
+                      /* often in the smoke run (snapshot installs get exercised); less
+                       * often in long runs, where the ledger grows large */
+                      ch.smoke ? "256" : "1024", "--snapshot-trailing", ch.smoke ? "64" : "128",
+                      "--debug-clock-offset-file", n->clock_file};
+    int argc = 21;
+    if (join) {
+        argv[argc++] = "--join";
+    }
+    if (ch.peer_tls[0] != '\0') {
+        char *peer_tls[] = {"--peer-cert", cert, "--peer-key", key, "--peer-ca", ca};
+        for (size_t k = 0; k < sizeof(peer_tls) / sizeof(peer_tls[0]); k++) {
+            argv[argc++] = peer_tls[k];
+        }
+    } else {
+        argv[argc++] = "--peer-insecure";
+    }
+    argv[argc] = NULL;
     char nspath[PATH_MAX];
     snprintf(nspath, sizeof(nspath), "/run/netns/%s", n->ns);
     pid_t parent = getpid();

@@ -20,6 +20,9 @@
 #   --faults SCRIPT      a fixed fault sequence instead of random ones (see nemesis.c,
 #                        e.g. "member:follower,hold:10000,kill:follower,hold:3000")
 #
+# The peer links run mutual TLS with certificates made for the run by scripts/certs.sh
+# (in the run directory's tls/), so the faults exercise the real peer transport.
+#
 # As root, this script creates - and removes again on every exit path, failures and
 # signals included - exactly these things, all named with a fresh run id: one bridge
 # tc<id>br with 10.<a>.<b>.254/24 (a /24 no route of this machine uses), three network
@@ -246,10 +249,14 @@ READER="chaos-reader-$(tok)"
 } > "$OUT/tokens"
 chmod 600 "$OUT/tokens"
 
+# Peer certificates: a CA and members 1-3, fresh for every run.
+bash "$(dirname "$0")/../scripts/certs.sh" "$OUT/tls" 3 >/dev/null || fail "certificates in $OUT/tls"
+
 {
     echo "dir $OUT"
     echo "tallyd $(readlink -f "$TALLYD")"
     echo "token_file $OUT/tokens"
+    echo "peer_tls $OUT/tls"
     echo "admin_token $ADMIN"
     echo "gateway_token $GATEWAY"
     echo "reader_token $READER"

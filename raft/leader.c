@@ -417,6 +417,7 @@ void node_stats(struct node *n, struct node_stats *out)
     memcpy(out->batch_sizes, n->batch_sizes, sizeof(out->batch_sizes));
     out->state = raft_state(&n->raft);
     out->last_index = raft_last_index(&n->raft);
+    out->peer_refused = node_transport_refused(&n->transport);
 }
 
 int node_peer_match(struct node *n, uint64_t id, uint64_t *match_index)

@@ -3,10 +3,10 @@
  * open, start and close.
  *
  * The one idea: open builds the node bottom-up (the ledger and its adapter, then raft_uv
- * over the node's TCP transport, then libraft) and unwinds in reverse on failure; close
- * runs top-down from raft_close's callback, answering whatever is still waiting before
- * the handles, the ledger and the struct go. The concerns in between live in their own
- * files (raft/node_internal.h lists them).
+ * over the node's peer transport, TLS or plaintext, then libraft) and unwinds in reverse on
+ * failure; close runs top-down from raft_close's callback, answering whatever is still waiting
+ * before the handles, the ledger and the struct go. The concerns in between live in their own files
+ * (raft/node_internal.h lists them).
  */
 #include "raft/node_internal.h"
 
@@ -39,6 +39,10 @@ static int config_check(const struct node_config *c, char *why, size_t size)
         snprintf(why, size, "bootstrap needs 1..%d members", NODE_MEMBERS_MAX);
     } else if (c->heartbeat_ms == 0 || c->election_timeout_ms <= c->heartbeat_ms) {
         snprintf(why, size, "election timeout must exceed the heartbeat");
+    } else if (c->peer_insecure == (c->peer_cert_file != NULL)) {
+        snprintf(why, size, "choose peer TLS (certificate, key and CA) or peer_insecure");
+    } else if (c->peer_cert_file != NULL && (c->peer_key_file == NULL || c->peer_ca_file == NULL)) {
+        snprintf(why, size, "peer TLS needs a certificate, a key and a CA");
     } else if (c->snapshot_threshold == 0) {
         snprintf(why, size, "snapshot threshold must be positive");
     } else {
@@ -80,6 +84,7 @@ static int node_alloc(struct node **out, uv_loop_t *loop, const struct node_conf
     snprintf(n->raft_dir, sizeof(n->raft_dir), "%s/raft", cfg->dir);
     n->cfg.address = n->address;
     n->cfg.dir = NULL; /* only raft_dir and the ledger's path are kept */
+    n->cfg.peer_cert_file = n->cfg.peer_key_file = n->cfg.peer_ca_file = NULL; /* read once */
     *out = n;
     return 0;
 }
@@ -92,17 +97,44 @@ static void node_free(struct node *n)
     free(n);
 }
 
-/* raft_uv_tcp_init, raft_uv_init (auto-recovery off) and raft_init, unwound on failure. */
-static int node_open_raft(struct node *n, char *why, size_t size)
+/* Whether member `id` may connect: it is in the latest configuration this node knows,
+ * or this node knows none yet (it was started to join and waits to be contacted). */
+static bool peer_is_member(void *data, uint64_t id)
+{
+    const struct node *n = data;
+    const struct raft_configuration *c = &n->raft.configuration;
+    for (unsigned i = 0; i < c->n; i++) {
+        if (c->servers[i].id == id) {
+            return true;
+        }
+    }
+    return c->n == 0;
+}
+
+static void peer_log(void *data, const char *level, const char *text)
+{
+    node__logf(data, level, "%s", text);
+}
+
+/* The peer transport, raft_uv_init (auto-recovery off) and raft_init, unwound on failure. */
+static int node_open_raft(struct node *n, const struct node_config *cfg, char *why, size_t size)
 {
     int rv = node__make_dirs(n->raft_dir, why, size);
     if (rv != 0) {
         return rv;
     }
-    rv = node_transport_init(&n->transport, n->loop);
+    struct node_peer_tls_config tls = {
+        .cert_file = cfg->peer_cert_file,
+        .key_file = cfg->peer_key_file,
+        .ca_file = cfg->peer_ca_file,
+        .is_member = peer_is_member,
+        .log = peer_log,
+        .data = n,
+    };
+    rv = node_transport_init(&n->transport, n->loop, cfg->peer_insecure ? NULL : &tls, why, size);
     if (rv != 0) {
-        snprintf(why, size, "raft_uv_tcp_init: %s", raft_strerror(rv));
-        return node__from_raft(rv);
+        /* A certificate, key or CA that does not load is the caller's configuration. */
+        return rv == RAFT_INVALID ? -NODE_EINVAL : node__from_raft(rv);
     }
     rv = raft_uv_init(&n->io, n->loop, n->raft_dir, &n->transport.outer);
     if (rv != 0) {
@@ -143,7 +175,7 @@ int node_open(struct node **out, uv_loop_t *loop, const struct node_config *cfg,
     if (rv == 0) {
         rv = node__open_ledger(n, cfg->dir, why, sizeof(why));
         if (rv == 0) {
-            rv = node_open_raft(n, why, sizeof(why));
+            rv = node_open_raft(n, cfg, why, sizeof(why));
             if (rv != 0) {
                 node__close_ledger(n);
             }

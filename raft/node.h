@@ -44,24 +44,24 @@
 
 /* ---- Error codes (returned negated, and passed negated to callbacks). ----
  * X(CODE, number, message). */
-#define NODE_ERRORS(X)                                                                       \
-    X(EINVAL, 1, "invalid argument")        /* an argument is out of range */               \
-    X(ENOMEM, 2, "out of memory")           /* allocation failed */                          \
-    X(ENOTLEADER, 3, "not the leader")      /* nothing was proposed, ask node_leader() */    \
-    X(ELEADERSHIPLOST, 4, "leadership lost, outcome unknown") /* retry with the same id */   \
-    X(EBUSY, 5, "busy")                 /* queue full, or a membership change in progress */ \
-    X(ETOOBIG, 6, "batch too big")      /* the batch would exceed LEDGER_BATCH_MAX_BYTES */  \
-    X(ESHUTDOWN, 7, "node shutting down")   /* outcome unknown for proposed commands */      \
-    X(EIO, 8, "I/O error")                  /* file system or ledger error */                \
-    X(ERAFT, 9, "raft error")               /* libraft refused: see node_errmsg() */         \
-    X(EAPPLY, 10, "entry applied without its results") /* committed, results lost: a bug */ \
-    X(ETIMEDOUT, 11, "timed out")           /* leadership transfer did not complete */
+#define NODE_ERRORS(X)                                                                             \
+    X(EINVAL, 1, "invalid argument")   /* an argument is out of range */                           \
+    X(ENOMEM, 2, "out of memory")      /* allocation failed */                                     \
+    X(ENOTLEADER, 3, "not the leader") /* nothing was proposed, ask node_leader() */               \
+    X(ELEADERSHIPLOST, 4, "leadership lost, outcome unknown") /* retry with the same id */         \
+    X(EBUSY, 5, "busy")                   /* queue full, or a membership change in progress */     \
+    X(ETOOBIG, 6, "batch too big")        /* the batch would exceed LEDGER_BATCH_MAX_BYTES */      \
+    X(ESHUTDOWN, 7, "node shutting down") /* outcome unknown for proposed commands */              \
+    X(EIO, 8, "I/O error")                /* file system or ledger error */                        \
+    X(ERAFT, 9, "raft error")             /* libraft refused: see node_errmsg() */                 \
+    X(EAPPLY, 10, "entry applied without its results") /* committed, results lost: a bug */        \
+    X(ETIMEDOUT, 11, "timed out")                      /* leadership transfer did not complete */
 
 enum {
 #define NODE_ERROR_ENUM(code, number, message) NODE_##code = number,
     NODE_ERRORS(NODE_ERROR_ENUM)
 #undef NODE_ERROR_ENUM
-    NODE_ECODE_MAX
+        NODE_ECODE_MAX
 };
 
 /* Human name of an error code (positive or negative), never NULL. */
@@ -94,6 +94,12 @@ struct node_config {
      * rebuilt from the Raft snapshot and log, also after a mere process crash. */
     const char *boot_id_path;
     bool allow_unknown_boot_id;
+    /* Peer links: mutual TLS with this member's certificate and key and the cluster CA
+     * (PEM files, read by node_open(); the certificate names the member with the SAN URI
+     * tally://member/<id>, see raft/peer_tls.h), or plaintext if peer_insecure, where
+     * anyone who reaches the peer port is believed. Exactly one of the two is required. */
+    const char *peer_cert_file, *peer_key_file, *peer_ca_file;
+    bool peer_insecure;
     /* Required. Called once the node has logged that it cannot go on (its state machine
      * or libraft failed in a way it cannot trust); must not return. What that means for
      * the process is the program's choice: tallyd passes node_exit_fatal. */
@@ -139,7 +145,9 @@ typedef void (*node_close_cb)(void *data);
  * node): make the directories, open the ledger, set up raft_uv and libraft. Nothing runs
  * until node_start(). On success *out is owned by the caller until node_close() (which
  * must be called even if node_start() fails). On failure returns -NODE_E* with a message
- * in `errmsg` (NODE_ERRMSG_SIZE bytes, may be NULL) and nothing is left open.
+ * in `errmsg` (NODE_ERRMSG_SIZE bytes, may be NULL) and nothing is left open;
+ * -NODE_EINVAL means the configuration (also a peer certificate, key or CA that does not
+ * load).
  */
 int node_open(struct node **out, uv_loop_t *loop, const struct node_config *cfg, char *errmsg);
 
@@ -219,8 +227,9 @@ struct node_stats {
     /* Entries this node proposed by size: [i] counts batches of at most 2^i commands
      * (and more than 2^(i-1)); the last bucket takes everything larger. */
     uint64_t batch_sizes[NODE_BATCH_SIZE_BUCKETS];
-    int state;                 /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
-    uint64_t last_index;       /* last entry in this node's log */
+    int state;             /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
+    uint64_t last_index;   /* last entry in this node's log */
+    uint64_t peer_refused; /* peer connections the TLS transport refused */
 };
 
 /*

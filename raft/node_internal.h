@@ -50,7 +50,7 @@ struct node {
     struct node_config cfg; /* copy; address points at n->address, dir is NULL */
     struct ledger *ledger;
     struct node_fsm fsm;             /* the ledger adapter */
-    struct node_transport transport; /* TCP with TCP_NODELAY (raft/transport.h) */
+    struct node_transport transport; /* mutual TLS or plaintext TCP (raft/transport.h) */
     struct raft_io io;
     struct raft raft;
     uv_check_t check;

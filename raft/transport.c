@@ -1,5 +1,6 @@
 /*
- * transport.c: libraft's TCP transport with Nagle's algorithm off (see transport.h).
+ * transport.c: the choice between the two peer transports (see transport.h), and the
+ * plaintext one: libraft's TCP transport with Nagle's algorithm off.
  *
  * libraft 0.22.1's raft_uv_tcp never sets TCP_NODELAY, so a small AppendEntries written
  * right after another waits for the follower's delayed ACK (about 40 ms on Linux): a
@@ -9,6 +10,7 @@
  */
 #include "raft/transport.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -108,12 +110,17 @@ static void nt_close(struct raft_uv_transport *t, raft_uv_transport_close_cb cb)
     nt->tcp.close(&nt->tcp, close_cb);
 }
 
-int node_transport_init(struct node_transport *nt, struct uv_loop_s *loop)
+int node_transport_init(struct node_transport *nt, struct uv_loop_s *loop,
+                        const struct node_peer_tls_config *tls, char *why, size_t size)
 {
     memset(nt, 0, sizeof(*nt));
+    if (tls != NULL) {
+        return node_peer_tls_init(&nt->tls, &nt->outer, loop, tls, why, size);
+    }
     nt->tcp.version = 1; /* libraft 0.22 refuses a transport without a version */
     int rv = raft_uv_tcp_init(&nt->tcp, loop);
     if (rv != 0) {
+        snprintf(why, size, "raft_uv_tcp_init: %s", raft_strerror(rv));
         return rv;
     }
     nt->tcp.data = nt;
@@ -128,5 +135,15 @@ int node_transport_init(struct node_transport *nt, struct uv_loop_s *loop)
 
 void node_transport_close(struct node_transport *nt)
 {
-    raft_uv_tcp_close(&nt->tcp);
+    if (nt->tls != NULL) {
+        node_peer_tls_free(nt->tls);
+        nt->tls = NULL;
+    } else {
+        raft_uv_tcp_close(&nt->tcp);
+    }
+}
+
+uint64_t node_transport_refused(const struct node_transport *nt)
+{
+    return nt->tls != NULL ? node_peer_tls_refused(nt->tls) : 0;
 }

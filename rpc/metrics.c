@@ -211,6 +211,9 @@ static void put_raft(struct writer *w, const struct rpc_metrics *m)
             m->leader_id);
     put_u64(w, "tally_raft_commit_index", "gauge", "Highest Raft index known committed.",
             m->commit_index);
+    put_u64(w, "tally_peer_refused_total", "counter",
+            "Peer connections refused (TLS, certificate, member id or handshake).",
+            m->peer_refused);
     put_u64(w, "tally_raft_applied_index", "gauge", "Highest Raft index applied to the ledger.",
             m->applied_index);
     put_u64(w, "tally_serving", "gauge",

@@ -118,6 +118,7 @@ void rpc_server_metrics(struct rpc_server *s, struct rpc_metrics *m)
     m->raft_state = ns.state;
     node_leader(s->node, &m->leader_id, NULL);
     m->commit_index = ns.commit_index;
+    m->peer_refused = ns.peer_refused;
     m->applied_index = ns.last_applied;
     m->serving = node_ready(s->node);
     m->last_index = ns.last_index;

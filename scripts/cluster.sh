@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Runs a local three-node tally cluster on loopback, with its data under ./data (or
-# $TALLY_DATA), until Ctrl-C, which stops all three nodes cleanly.
+# $TALLY_DATA), until Ctrl-C, which stops all three nodes cleanly. TLS on every link:
+# peers speak mutual TLS, clients TLS.
 #
 #   scripts/cluster.sh [BUILD_DIR]      (make run calls it with ./build)
+#
+# TALLY_TLS=0 runs them without TLS (plaintext clients, --peer-insecure), for
+# measuring what TLS costs (bench/compare without --tls).
 #
 # Ports: client 7001-7003, peer 7101-7103, http 7201-7203; TALLY_PORT_BASE=N moves them
 # to N+1.., N+101.., N+201...
 # First run: creates data/tokens with an admin token (kept in data/admin.token, mode
-# 0600, and a gateway token in data/gateway.token). Later runs reuse both and the nodes'
-# state: the cluster comes back with everything it acknowledged.
+# 0600, and a gateway token in data/gateway.token), and data/tls with a CA and the
+# member and client certificates (scripts/certs.sh). Later runs reuse all of it and the
+# nodes' state: the cluster comes back with everything it acknowledged.
 set -euo pipefail
 
 build=${1:-build}
@@ -53,6 +58,12 @@ if [ ! -s "$data/admin.token" ]; then
     } > "$data/tokens"
 fi
 
+tls="$data/tls"
+use_tls=${TALLY_TLS:-1}
+if [ "$use_tls" = 1 ]; then
+    bash "$(dirname "$0")/certs.sh" "$tls" 3 >/dev/null
+fi
+
 members=""
 endpoints=""
 for i in 0 1 2; do
@@ -75,15 +86,29 @@ trap stop_all INT TERM EXIT
 for i in 0 1 2; do
     id=$((i + 1))
     mkdir -p "$data/node$id"
+    if [ "$use_tls" = 1 ]; then
+        links=(--tls-cert "$tls/member$id.pem" --tls-key "$tls/member$id.key"
+            --tls-client-ca "$tls/ca.pem" --peer-cert "$tls/member$id.pem"
+            --peer-key "$tls/member$id.key" --peer-ca "$tls/ca.pem")
+    else
+        links=(--peer-insecure)
+    fi
     "$tallyd" --id "$id" --data-dir "$data/node$id" \
         --peer-listen "$host:${peer_ports[$i]}" --client-listen "$host:${client_ports[$i]}" \
         --http-listen "$host:${http_ports[$i]}" --members "$members" \
-        --token-file "$data/tokens" 2>> "$data/node$id.log" &
+        --token-file "$data/tokens" "${links[@]}" 2>> "$data/node$id.log" &
     pids+=($!)
 done
 
 export TALLY_ENDPOINTS="$endpoints"
 export TALLY_TOKEN_FILE="$data/admin.token"
+ca_env=""
+if [ "$use_tls" = 1 ]; then
+    export TALLYCTL_TLS_CA="$tls/ca.pem"
+    ca_env=" TALLYCTL_TLS_CA=$tls/ca.pem"
+else
+    unset TALLYCTL_TLS_CA
+fi
 # Wait (up to 15 s) for a leader that serves.
 for _ in $(seq 1 150); do
     if "$tallyctl" cluster status --json 2>/dev/null | grep -q '"serving":true'; then break; fi
@@ -95,9 +120,10 @@ tally: three nodes on $host (logs in $data/node*.log)
   client endpoints  $endpoints
   http              http://$host:${http_ports[0]}/metrics  /readyz  /healthz  (and :${http_ports[1]}, :${http_ports[2]})
   admin token       $data/admin.token     gateway token  $data/gateway.token
+  TLS               $([ "$use_tls" = 1 ] && echo "peers mutual TLS, clients TLS; CA $tls/ca.pem" || echo "off (TALLY_TLS=0): plaintext peers and clients")
 
 In another shell, try:
-  export TALLY_ENDPOINTS=$endpoints TALLY_TOKEN_FILE=$data/admin.token
+  export TALLY_ENDPOINTS=$endpoints TALLY_TOKEN_FILE=$data/admin.token$ca_env
   $tallyctl cluster status
   $tallyctl account create acme --budget 10000000 --period month
   $tallyctl account create acme/research --parent acme --budget 2000000 --rpm 600

@@ -43,6 +43,8 @@ struct options {
     const char *members; /* "ID=PEER/CLIENT,..." */
     const char *token_file;
     const char *tls_cert, *tls_key, *tls_client_ca;
+    const char *peer_cert, *peer_key, *peer_ca;
+    bool peer_insecure;
     const char *clock_offset_file; /* fault injection: a file holding a signed ms offset */
     const char *lose_answers_file; /* fault injection: answers are lost while it exists */
     bool join;
@@ -81,8 +83,7 @@ static void read_clock_offset(void)
 #endif
 static bool stopping;
 
-__attribute__((format(printf, 2, 3))) static void logf_line(const char *level, const char *fmt,
-                                                            ...)
+__attribute__((format(printf, 2, 3))) static void logf_line(const char *level, const char *fmt, ...)
 {
     struct timespec ts;
     struct tm tm;
@@ -137,13 +138,19 @@ static void usage(FILE *out)
             "  --tls-cert F --tls-key F  TLS on the client port (PEM)              TALLY_TLS_CERT, _KEY\n"
             "  --tls-client-ca F         accept client certificates it signed and  TALLY_TLS_CLIENT_CA\n"
             "                            the token file lists as cert:SHA256HEX\n"
+            "  --peer-cert F             this member's certificate (PEM)           TALLY_PEER_CERT\n"
+            "                            with the SAN URI tally://member/ID: mutual TLS to peers\n"
+            "  --peer-key F              its key (PEM)                             TALLY_PEER_KEY\n"
+            "  --peer-ca F               the CA that signs every member            TALLY_PEER_CA\n"
+            "  --peer-insecure           plaintext peer links: anyone who          TALLY_PEER_INSECURE=1\n"
+            "                            reaches the peer port can write the ledger\n"
 #if TALLY_FAULT_INJECTION
             "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
             "                            to this node's clock (re-read 4 times a second)\n"
             "  --debug-lose-answers-file F  fault injection: while F exists, committed writes\n"
             "                            are answered internal (looked for 4 times a second)\n"
 #endif
-            "  --help\n");
+        "  --help\n");
 }
 
 static bool parse_u64(const char *s, uint64_t *out)
@@ -165,7 +172,8 @@ enum {
     OPT_ID = 1000, OPT_DATA_DIR, OPT_PEER, OPT_CLIENT, OPT_HTTP, OPT_MEMBERS, OPT_JOIN,
     OPT_TOKENS, OPT_ELECTION, OPT_HEARTBEAT, OPT_SNAP_THRESHOLD, OPT_SNAP_TRAILING,
     OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_IDLE_TIMEOUT,
-    OPT_MAX_CONNS_ADDR, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_CLOCK_OFFSET_FILE,
+    OPT_MAX_CONNS_ADDR, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_CERT, OPT_PEER_KEY,
+    OPT_PEER_CA, OPT_PEER_INSECURE, OPT_CLOCK_OFFSET_FILE,
     OPT_LOSE_ANSWERS_FILE, OPT_ALLOW_UNKNOWN_BOOT_ID, OPT_HELP,
 };
 
@@ -200,6 +208,10 @@ static const struct flag flags[] = {
     {"tls-cert", "TALLY_TLS_CERT", OPT_TLS_CERT, false},
     {"tls-key", "TALLY_TLS_KEY", OPT_TLS_KEY, false},
     {"tls-client-ca", "TALLY_TLS_CLIENT_CA", OPT_TLS_CA, false},
+    {"peer-cert", "TALLY_PEER_CERT", OPT_PEER_CERT, false},
+    {"peer-key", "TALLY_PEER_KEY", OPT_PEER_KEY, false},
+    {"peer-ca", "TALLY_PEER_CA", OPT_PEER_CA, false},
+    {"peer-insecure", "TALLY_PEER_INSECURE", OPT_PEER_INSECURE, false},
 #if TALLY_FAULT_INJECTION
     {"debug-clock-offset-file", "TALLY_DEBUG_CLOCK_OFFSET_FILE", OPT_CLOCK_OFFSET_FILE, false},
     {"debug-lose-answers-file", "TALLY_DEBUG_LOSE_ANSWERS_FILE", OPT_LOSE_ANSWERS_FILE, false},
@@ -241,6 +253,10 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_TLS_CERT: o->tls_cert = value; break;
     case OPT_TLS_KEY: o->tls_key = value; break;
     case OPT_TLS_CA: o->tls_client_ca = value; break;
+    case OPT_PEER_CERT: o->peer_cert = value; break;
+    case OPT_PEER_KEY: o->peer_key = value; break;
+    case OPT_PEER_CA: o->peer_ca = value; break;
+    case OPT_PEER_INSECURE: o->peer_insecure = value == NULL || strcmp(value, "0") != 0; break;
     case OPT_CLOCK_OFFSET_FILE: o->clock_offset_file = value; break;
     case OPT_LOSE_ANSWERS_FILE: o->lose_answers_file = value; break;
     default: return false;
@@ -258,11 +274,9 @@ static int parse_options(int argc, char **argv, struct options *o)
         if (env != NULL && !set_option(o, flags[i].opt, env, flags[i].env)) {
             return -1;
         }
-        longopts[n++] = (struct option){flags[i].name,
-                                        flags[i].opt == OPT_JOIN ||
-                                                flags[i].opt == OPT_ALLOW_UNKNOWN_BOOT_ID
-                                            ? no_argument
-                                            : required_argument,
+        bool flag_only = flags[i].opt == OPT_JOIN || flags[i].opt == OPT_ALLOW_UNKNOWN_BOOT_ID ||
+                         flags[i].opt == OPT_PEER_INSECURE;
+        longopts[n++] = (struct option){flags[i].name, flag_only ? no_argument : required_argument,
                                         NULL, flags[i].opt};
     }
     longopts[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
@@ -472,6 +486,36 @@ static void on_sighup(uv_signal_t *h, int signum)
 
 /* ---- Start. ---- */
 
+/* Peer links are mutual TLS (all three files) or, said explicitly, plaintext; false (with
+ * a message) otherwise. Plaintext warns at every start: anyone who reaches the peer port
+ * can rewrite the ledger. */
+static bool peer_links_chosen(const struct options *o)
+{
+    bool any = o->peer_cert != NULL || o->peer_key != NULL || o->peer_ca != NULL;
+    bool all = o->peer_cert != NULL && o->peer_key != NULL && o->peer_ca != NULL;
+    if (any && o->peer_insecure) {
+        fprintf(stderr, "tallyd: --peer-insecure and --peer-cert/--peer-key/--peer-ca exclude "
+                        "each other\n");
+        return false;
+    }
+    if (any && !all) {
+        fprintf(stderr, "tallyd: peer TLS needs --peer-cert, --peer-key and --peer-ca\n");
+        return false;
+    }
+    if (!any && !o->peer_insecure) {
+        fprintf(stderr, "tallyd: peer links need --peer-cert, --peer-key and --peer-ca (mutual "
+                        "TLS), or --peer-insecure for plaintext\n");
+        return false;
+    }
+    if (o->peer_insecure) {
+        logf_line("warn",
+                  "msg=\"peer links are plaintext (--peer-insecure): anyone who reaches "
+                  "the peer port can write the ledger\" peer=%s",
+                  o->peer_listen);
+    }
+    return true;
+}
+
 static int start(const struct options *o)
 {
     struct node_config cfg;
@@ -494,6 +538,9 @@ static int start(const struct options *o)
                         "only with them)\n");
         return 3;
     }
+    if (!peer_links_chosen(o)) {
+        return 3;
+    }
     if (!limits_valid(o)) {
         return 3;
     }
@@ -506,6 +553,10 @@ static int start(const struct options *o)
     cfg.on_fatal = node_exit_fatal; /* a node that cannot go on stops the process: exit 74 */
     cfg.bootstrap = !o->join;
     cfg.allow_unknown_boot_id = o->allow_unknown_boot_id;
+    cfg.peer_cert_file = o->peer_cert;
+    cfg.peer_key_file = o->peer_key;
+    cfg.peer_ca_file = o->peer_ca;
+    cfg.peer_insecure = o->peer_insecure;
     if (o->election_timeout_ms != 0) {
         cfg.election_timeout_ms = (unsigned)o->election_timeout_ms;
     }
@@ -523,8 +574,10 @@ static int start(const struct options *o)
         listed |= cfg.members[i].id == o->id;
     }
     if (!listed && !o->join) {
-        fprintf(stderr, "tallyd: node %" PRIu64 " is not in --members; use --join to start a "
-                        "node that will be added later\n", o->id);
+        fprintf(stderr,
+                "tallyd: node %" PRIu64 " is not in --members; use --join to start a "
+                "node that will be added later\n",
+                o->id);
         return 3;
     }
 
@@ -535,15 +588,18 @@ static int start(const struct options *o)
         return 3;
     }
     if (n_tokens == 0) {
-        logf_line("warn", "msg=\"token file has no tokens: every client will be refused\" "
-                          "file=\"%s\"", o->token_file);
+        logf_line("warn",
+                  "msg=\"token file has no tokens: every client will be refused\" "
+                  "file=\"%s\"",
+                  o->token_file);
     }
 
     loop = uv_default_loop();
-    if (node_open(&node, loop, &cfg, errmsg) != 0) {
+    int rv = node_open(&node, loop, &cfg, errmsg);
+    if (rv != 0) {
         logf_line("error", "msg=\"cannot open node\" reason=\"%s\"", errmsg);
         free(tokens);
-        return 1;
+        return rv == -NODE_EINVAL ? 3 : 1; /* EINVAL: the configuration (a peer certificate) */
     }
     if (node_start(node) != 0) {
         logf_line("error", "msg=\"cannot start node\" reason=\"%s\"", node_errmsg(node));
@@ -569,7 +625,7 @@ static int start(const struct options *o)
         .idle_timeout_ms = (unsigned)o->idle_timeout_ms,
         .max_connections_per_address = (unsigned)o->max_connections_per_address,
     };
-    int rv = rpc_server_start(&server, loop, node, &scfg, errmsg, sizeof(errmsg));
+    rv = rpc_server_start(&server, loop, node, &scfg, errmsg, sizeof(errmsg));
     free(tokens);
     if (rv != 0) {
         logf_line("error", "msg=\"cannot start client server\" reason=\"%s\"", errmsg);
@@ -599,10 +655,11 @@ static int start(const struct options *o)
     uv_timer_init(loop, &metrics_timer);
     uv_timer_start(&metrics_timer, metrics_tick, 0, METRICS_PERIOD_MS);
     logf_line("info",
-              "msg=\"serving\" id=%" PRIu64 " peer=%s client=%s tls=%s http=%s members=%u "
-              "tokens=%zu",
-              o->id, o->peer_listen, o->client_listen, o->tls_cert != NULL ? "on" : "off",
-              o->http_listen != NULL ? o->http_listen : "off", cfg.n_members, n_tokens);
+              "msg=\"serving\" id=%" PRIu64 " peer=%s peer_tls=%s client=%s tls=%s http=%s "
+              "members=%u tokens=%zu",
+              o->id, o->peer_listen, o->peer_insecure ? "off" : "on", o->client_listen,
+              o->tls_cert != NULL ? "on" : "off", o->http_listen != NULL ? o->http_listen : "off",
+              cfg.n_members, n_tokens);
     uv_run(loop, UV_RUN_DEFAULT);
     rv = uv_loop_close(loop);
     if (rv != 0) {

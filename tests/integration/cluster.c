@@ -42,20 +42,31 @@ void cl_tls_setup(void)
     char cmd[16384];
     /* Two CAs (the second signs the rogue client), a server cert with IP SAN 127.0.0.1,
      * and client certs; the token file maps admin and gateway by fingerprint. Their OUs
-     * say otherwise on purpose: OU grants nothing. EC keys keep this fast. */
+     * say otherwise on purpose: OU grants nothing. And member certs for the peer links:
+     * memberN for the three members, and for the peer tests member7 (not in the
+     * configuration), othermember (member 1, signed by the other CA) and expiredmember
+     * (member 2, expired). EC keys keep this fast. */
     snprintf(cmd, sizeof(cmd),
              "set -e; mkdir -p '%s'; cd '%s'; "
-             "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key 2>/dev/null; }; "
-             "ca() { key $1; openssl req -x509 -new -key $1.key -subj \"/CN=$1\" -days 2 -out $1.pem 2>/dev/null; }; "
+             "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key "
+             "2>/dev/null; }; "
+             "ca() { key $1; openssl req -x509 -new -key $1.key -subj \"/CN=$1\" -days 2 -out "
+             "$1.pem 2>/dev/null; }; "
              "leaf() { key $1; openssl req -new -key $1.key -subj \"$2\" -out $1.csr 2>/dev/null; "
-             "  printf '%%s\\n' \"$4\" > $1.ext; "
-             "  openssl x509 -req -in $1.csr -CA $3.pem -CAkey $3.key -CAcreateserial -days 2 -extfile $1.ext -out $1.pem 2>/dev/null; }; "
+             "  printf '%%b\\n' \"$4\" > $1.ext; "
+             "  openssl x509 -req -in $1.csr -CA $3.pem -CAkey $3.key -CAcreateserial -days "
+             "${5:-2} -extfile $1.ext -out $1.pem 2>/dev/null; }; "
+             "member() { leaf $1 \"/CN=$1\" $3 "
+             "\"subjectAltName=URI:tally://member/"
+             "$2,IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\" $4; }; "
              "ca ca; ca otherca; "
              "leaf server '/CN=127.0.0.1' ca 'subjectAltName=IP:127.0.0.1'; "
              "leaf admin '/OU=reader/CN=ops-cert' ca 'extendedKeyUsage=clientAuth'; "
              "leaf gateway '/OU=admin/CN=gw-cert' ca 'extendedKeyUsage=clientAuth'; "
              "leaf stranger '/OU=admin/CN=stranger' ca 'extendedKeyUsage=clientAuth'; "
-             "leaf rogue '/OU=admin/CN=rogue' otherca 'extendedKeyUsage=clientAuth'",
+             "leaf rogue '/OU=admin/CN=rogue' otherca 'extendedKeyUsage=clientAuth'; "
+             "member member1 1 ca; member member2 2 ca; member member3 3 ca; "
+             "member member7 7 ca; member othermember 1 otherca; member expiredmember 2 ca -1",
              tls_dir, tls_dir);
     run(cmd);
     h_say("TLS material in %s", tls_dir);
@@ -143,10 +154,13 @@ static void spawn_process(int i)
     snprintf(client, sizeof(client), "127.0.0.1:%d", n->client_port);
     snprintf(http, sizeof(http), "127.0.0.1:%d", n->http_port);
     char cert[PATH_MAX + 16], key[PATH_MAX + 16], ca[PATH_MAX + 16];
+    char peer_cert[PATH_MAX + 16], peer_key[PATH_MAX + 16];
     snprintf(cert, sizeof(cert), "%s/server.pem", tls_dir);
     snprintf(key, sizeof(key), "%s/server.key", tls_dir);
     snprintf(ca, sizeof(ca), "%s/ca.pem", tls_dir);
-    char *argv[32] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
+    snprintf(peer_cert, sizeof(peer_cert), "%s/member%d.pem", tls_dir, i + 1);
+    snprintf(peer_key, sizeof(peer_key), "%s/member%d.key", tls_dir, i + 1);
+    char *argv[40] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
                       "--client-listen", client, "--http-listen", http, "--members", members,
                       "--token-file", cl_token_file, "--snapshot-threshold", "256",
                       "--snapshot-trailing", "64",
@@ -160,9 +174,51 @@ static void spawn_process(int i)
         argv[argc++] = key;
         argv[argc++] = "--tls-client-ca";
         argv[argc++] = ca;
+        argv[argc++] = "--peer-cert";
+        argv[argc++] = peer_cert;
+        argv[argc++] = "--peer-key";
+        argv[argc++] = peer_key;
+        argv[argc++] = "--peer-ca";
+        argv[argc++] = ca;
+    } else {
+        argv[argc++] = "--peer-insecure";
     }
     argv[argc] = NULL;
     h_spawn(&n->p, argv);
+}
+
+int cl_config_status(const char *tallyd, const char *name, const char *const extra[])
+{
+    struct h_proc p = {0};
+    char dir[PATH_MAX], tokens[PATH_MAX];
+    snprintf(p.log, sizeof(p.log), "%s/%s.log", h_dir, name);
+    snprintf(dir, sizeof(dir), "%s/%s", h_dir, name);
+    snprintf(tokens, sizeof(tokens), "%s/%s.tokens", h_dir, name);
+    FILE *f = fopen(tokens, "w");
+    if (f == NULL || fclose(f) != 0) {
+        H_FAIL("write %s", tokens);
+    }
+    char *argv[32] = {(char *)tallyd,
+                      "--id",
+                      "1",
+                      "--data-dir",
+                      dir,
+                      "--peer-listen",
+                      "127.0.0.1:1",
+                      "--client-listen",
+                      "127.0.0.1:2",
+                      "--members",
+                      "1=127.0.0.1:1/127.0.0.1:2",
+                      "--token-file",
+                      tokens};
+    int argc = 13;
+    for (int k = 0; extra[k] != NULL && argc < 31; k++) {
+        argv[argc++] = (char *)extra[k];
+    }
+    argv[argc] = NULL;
+    h_register(&p);
+    h_spawn(&p, argv);
+    return h_stop(&p, 0);
 }
 
 /* STATUS of node i over a fresh connection: 0 and *st, or -1. */

@@ -33,7 +33,11 @@ extern struct cl_node cl_nodes[CL_NODES];
  * TLS: cl_tls_setup() writes a CA, a server certificate for 127.0.0.1 and client
  * certificates into the scratch dir (with the openssl command), and makes cl_start()
  * run the nodes with TLS and rc_open() connect with TLS (verifying the server against
- * the CA). Certificate files are "<h_dir>/tls/NAME.pem" and "NAME.key".
+ * the CA), and run the peer links with mutual TLS (member certificates "memberN", SAN URI
+ * tally://member/N; without cl_tls_setup() the nodes run --peer-insecure). Certificate
+ * files are "<h_dir>/tls/NAME.pem" and "NAME.key"; for peer tests there are also
+ * "member7" (a member outside the configuration), "othermember" (member 1, another CA)
+ * and "expiredmember" (member 2, expired).
  */
 void cl_tls_setup(void);
 /* The client certificate rc_open() presents: NULL for none, else a NAME made by
@@ -68,6 +72,11 @@ void cl_reload_tokens(void);
 /* Pick ports, write the token file and start all three nodes (tallyd at `tallyd`); wait
  * until one of them leads and serves. */
 void cl_start(const char *tallyd);
+
+/* Run tallyd at `tallyd` for a one-node cluster (ports 1 and 2, an empty token file, data
+ * in "<h_dir>/NAME") with the flags `extra` (NULL-terminated) added, for a configuration
+ * it must refuse: wait for it to exit and return the wait status; its log is NAME.log. */
+int cl_config_status(const char *tallyd, const char *name, const char *const extra[]);
 
 /* Start node i again (same ports and data dir) and wait until it answers STATUS. */
 void cl_spawn(int i);

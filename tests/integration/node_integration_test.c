@@ -167,6 +167,7 @@ static void spawn_process(int i)
     argv[argc++] = peer;
     argv[argc++] = "--control";
     argv[argc++] = ctl;
+    argv[argc++] = "--peer-insecure"; /* these scenarios test the node, not the transport */
     for (int m = 0; m < N_BOOTSTRAP; m++) {
         snprintf(members[m], sizeof(members[m]), "%d=127.0.0.1:%d", m + 1, procs[m].peer_port);
         argv[argc++] = "--member";
@@ -457,7 +458,7 @@ static void wait_converged(int timeout_ms, uint64_t min_index)
         }
         if (h_now_ms() > deadline) {
             H_FAIL("no convergence: [%s] [%s] [%s] [%s]", replies[0], replies[1], replies[2],
-                 replies[3]);
+                   replies[3]);
         }
         h_sleep_ms(200);
     }
@@ -490,8 +491,8 @@ static void verify_reserves(int i)
             }
             if (r->acked && strcmp(line, expect) != 0) {
                 H_FAIL("node %d: acknowledged reserve %" PRIu64 " (index %" PRIu64
-                     ") is \"%s\", expected \"%s\"",
-                     i + 1, r->rid, r->index, line, expect);
+                       ") is \"%s\", expected \"%s\"",
+                       i + 1, r->rid, r->index, line, expect);
             }
         }
     }
@@ -606,7 +607,7 @@ static void corrupt_segment(int i)
     }
     close(fd);
     h_say("corrupted %s (%lld bytes) at offset %lld", best, (long long)best_size,
-        (long long)best_size / 2);
+          (long long)best_size / 2);
 }
 
 /* Node i must refuse to start from a corrupt log: exit non-zero, saying why. */
@@ -665,7 +666,7 @@ static void transfer_leadership(void)
         }
         int now = find_leader(20000);
         h_say("transfer from node %d to node %d: %s; node %d leads", leader + 1, target + 1, reply,
-            now + 1);
+              now + 1);
         if (strcmp(reply, "ok") == 0 && now == target) {
             return;
         }
@@ -798,7 +799,8 @@ static void fake_machine_crash(int i)
     char path[PATH_MAX + 32];
     snprintf(path, sizeof(path), "%s/ledger.boot", procs[i].dir);
     FILE *f = fopen(path, "w");
-    if (f == NULL || fputs("00000000-0000-0000-0000-000000000000 open\n", f) < 0 || fclose(f) != 0) {
+    if (f == NULL || fputs("00000000-0000-0000-0000-000000000000 open\n", f) < 0 ||
+        fclose(f) != 0) {
         H_FAIL("write %s", path);
     }
     snprintf(path, sizeof(path), "%s/ledger/data.mdb", procs[i].dir);

@@ -374,6 +374,9 @@ int main(int argc, char **argv)
         return 2;
     }
     h_init("tally-peer-forge", 150);
+    if (!expect_success) {
+        cl_tls_setup(); /* TLS on every link, peers included: what the attack must meet */
+    }
     cl_start(argv[1]);
 
     struct ledger_cmd create = {.type = LEDGER_CMD_ACCOUNT_CREATE};

@@ -529,6 +529,10 @@ static int parse_args(int argc, char **argv, struct node_config *cfg, const char
         {"heartbeat", required_argument, NULL, 'h'},
         {"snapshot-threshold", required_argument, NULL, 't'},
         {"snapshot-trailing", required_argument, NULL, 'r'},
+        {"peer-cert", required_argument, NULL, 'C'},
+        {"peer-key", required_argument, NULL, 'K'},
+        {"peer-ca", required_argument, NULL, 'A'},
+        {"peer-insecure", no_argument, NULL, 'I'},
         {NULL, 0, NULL, 0},
     };
     int opt;
@@ -570,6 +574,18 @@ static int parse_args(int argc, char **argv, struct node_config *cfg, const char
             break;
         case 'r':
             cfg->snapshot_trailing = (unsigned)v;
+            break;
+        case 'C':
+            cfg->peer_cert_file = optarg;
+            break;
+        case 'K':
+            cfg->peer_key_file = optarg;
+            break;
+        case 'A':
+            cfg->peer_ca_file = optarg;
+            break;
+        case 'I':
+            cfg->peer_insecure = true;
             break;
         default:
             return -1;
@@ -613,7 +629,8 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &cfg, &control) != 0) {
         fprintf(stderr, "usage: tally-node --id N --dir DIR --peer ADDR --control ADDR "
                         "--member ID=ADDR... [--bootstrap] [--election-timeout MS] "
-                        "[--heartbeat MS] [--snapshot-threshold N] [--snapshot-trailing N]\n");
+                        "[--heartbeat MS] [--snapshot-threshold N] [--snapshot-trailing N] "
+                        "(--peer-cert F --peer-key F --peer-ca F | --peer-insecure)\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);

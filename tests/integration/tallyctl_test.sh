@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's walk-through, as a test: the main job's cluster script starts three
-# tallyd on loopback; tallyctl creates an org -> team -> key chain, reserves and settles
+# tallyd on loopback with TLS on client and peer links; tallyctl creates an org -> team -> key chain, reserves and settles
 # with the key, is denied once the budget is spent, and gets UNAVAILABLE (exit 2, within
 # its timeout) after two nodes are stopped. Then the script stops cleanly on SIGTERM.
 # On the way, the key secret is given each way tallyctl takes it (--key-file, TALLY_KEY,
@@ -55,6 +55,7 @@ grep -q "Ctrl-C stops the cluster" "$work/cluster.out" || fail "the cluster neve
 
 export TALLY_ENDPOINTS="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
 export TALLY_TOKEN_FILE="$work/data/admin.token"
+export TALLYCTL_TLS_CA="$work/data/tls/ca.pem" # the script runs TLS on every link
 
 # run EXPECTED_EXIT CMD...: run tallyctl, check its exit code, keep its stdout in $out.
 run() {

@@ -271,26 +271,12 @@ static void case_hello_deadline_bounds(const char *tallyd)
 {
     const char *bad[] = {"99", "600001"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        struct h_proc p = {0};
-        char dir[PATH_MAX], tokens[PATH_MAX];
-        snprintf(p.log, sizeof(p.log), "%s/bad-hello-timeout-%zu.log", h_dir, i);
-        snprintf(dir, sizeof(dir), "%s/bad-hello-timeout-%zu", h_dir, i);
-        snprintf(tokens, sizeof(tokens), "%s/bad-tokens", h_dir);
-        FILE *f = fopen(tokens, "w");
-        if (f == NULL) {
-            H_FAIL("write %s", tokens);
-        }
-        fclose(f);
-        char *const argv[] = {(char *)tallyd, "--id", "1", "--data-dir", dir, "--peer-listen",
-                              "127.0.0.1:1", "--client-listen", "127.0.0.1:2", "--members",
-                              "1=127.0.0.1:1/127.0.0.1:2", "--token-file", tokens,
-                              "--hello-timeout-ms", (char *)bad[i], NULL};
-        h_register(&p);
-        h_spawn(&p, argv);
-        int status = h_stop(&p, 0);
+        char name[32];
+        snprintf(name, sizeof(name), "bad-hello-timeout-%zu", i);
+        const char *const extra[] = {"--hello-timeout-ms", bad[i], "--peer-insecure", NULL};
+        int status = cl_config_status(tallyd, name, extra);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 3) {
-            H_FAIL("--hello-timeout-ms %s: tallyd did not exit 3 (wait status %d)", bad[i],
-                   status);
+            H_FAIL("--hello-timeout-ms %s: tallyd did not exit 3 (wait status %d)", bad[i], status);
         }
         h_say("--hello-timeout-ms %s: exit 3", bad[i]);
     }
@@ -371,8 +357,8 @@ static void case_not_leader(void)
     struct ledger_cmd reserve = reserve_cmd("proto-root", 1);
     char expect[64];
     cl_endpoint(leader, expect, sizeof(expect));
-    if (write_cmd(&c, &reserve, &resp) != RPC_ENOTLEADER || resp.leader_id != (uint64_t)leader + 1 ||
-        strcmp(resp.leader_address, expect) != 0) {
+    if (write_cmd(&c, &reserve, &resp) != RPC_ENOTLEADER ||
+        resp.leader_id != (uint64_t)leader + 1 || strcmp(resp.leader_address, expect) != 0) {
         H_FAIL("follower answered %s leader %llu at \"%s\", expected not_leader %d at %s",
                rpc_status_name(resp.status), (unsigned long long)resp.leader_id,
                resp.leader_address, leader + 1, expect);

@@ -26,27 +26,26 @@ static size_t bad_cases(struct tl *t, struct bad_case *out)
     out[n++] = (struct bad_case){"bad name", tl_create(t, "a b", "", NULL), -LEDGER_ENAME};
     out[n++] = (struct bad_case){"bad parent", tl_create(t, "a", "p q", NULL), -LEDGER_ENAME};
     /* A bad name is judged before bad limits, as the ledger always did. */
-    out[n++] = (struct bad_case){"bad name and budget", tl_create(t, "a b", "", &lim),
-                                 -LEDGER_ENAME};
+    out[n++] =
+        (struct bad_case){"bad name and budget", tl_create(t, "a b", "", &lim), -LEDGER_ENAME};
     struct ledger_cmd c = tl_update(t, "a", NULL, 1u << 20);
     out[n++] = (struct bad_case){"unknown clear bits", c, -LEDGER_EINVAL};
     lim = (struct ledger_limits){.set = LEDGER_LIM_RPM, .rpm = 0};
     out[n++] = (struct bad_case){"rpm of 0", tl_update(t, "a", &lim, 0), -LEDGER_EINVAL};
-    lim = (struct ledger_limits){.set = LEDGER_LIM_PERIOD, .period_kind = LEDGER_PERIOD_FIXED,
-                                 .period_ms = 10};
-    out[n++] = (struct bad_case){"fixed period of 10 ms", tl_update(t, "a", &lim, 0),
-                                 -LEDGER_EINVAL};
+    lim = (struct ledger_limits){
+        .set = LEDGER_LIM_PERIOD, .period_kind = LEDGER_PERIOD_FIXED, .period_ms = 10};
+    out[n++] =
+        (struct bad_case){"fixed period of 10 ms", tl_update(t, "a", &lim, 0), -LEDGER_EINVAL};
     out[n++] = (struct bad_case){"key for a bad name", tl_key_add(t, "/!", "sk"), -LEDGER_ENAME};
     struct ledger_model_limits ml = {.set = LEDGER_LIM_PARALLEL};
-    out[n++] = (struct bad_case){"model parallel limit", tl_model_limit(t, "a", "m", &ml),
-                                 -LEDGER_EINVAL};
-    out[n++] = (struct bad_case){"estimate over the bound",
-                                 tl_reserve(t, 900, "a", LEDGER_AMOUNT_MAX + 1, 0, 1000),
-                                 -LEDGER_EINVAL};
+    out[n++] =
+        (struct bad_case){"model parallel limit", tl_model_limit(t, "a", "m", &ml), -LEDGER_EINVAL};
+    out[n++] =
+        (struct bad_case){"estimate over the bound",
+                          tl_reserve(t, 900, "a", LEDGER_AMOUNT_MAX + 1, 0, 1000), -LEDGER_EINVAL};
     out[n++] = (struct bad_case){"ttl of 0", tl_reserve(t, 901, "a", 1, 0, 0), -LEDGER_EINVAL};
-    out[n++] = (struct bad_case){"ttl over the bound",
-                                 tl_reserve(t, 902, "a", 1, 0, LEDGER_TTL_MAX_MS + 1),
-                                 -LEDGER_EINVAL};
+    out[n++] = (struct bad_case){
+        "ttl over the bound", tl_reserve(t, 902, "a", 1, 0, LEDGER_TTL_MAX_MS + 1), -LEDGER_EINVAL};
     c = tl_reserve(t, 903, "a", 1, 0, 1000);
     snprintf(c.u.reserve.model, sizeof(c.u.reserve.model), "no spaces");
     out[n++] = (struct bad_case){"bad model name", c, -LEDGER_ENAME};
@@ -154,6 +153,7 @@ static void node_refuses_a_malformed_command_at_once(void)
     cfg.id = 1;
     cfg.dir = test_tmpdir();
     cfg.address = "127.0.0.1:1";
+    cfg.peer_insecure = true; /* never started: no peer ever connects */
     cfg.on_fatal = node_exit_fatal;
     struct node *node = NULL;
     char errmsg[NODE_ERRMSG_SIZE];
@@ -169,8 +169,7 @@ static void node_refuses_a_malformed_command_at_once(void)
     CHECK_EQ_INT(node_propose(node, &bad, 1, count_answer, &calls), -NODE_EINVAL);
     CHECK_EQ_INT(node_propose(node, pair, 2, count_answer, &calls), -NODE_EINVAL);
     /* An argument out of range is the ledger's to answer: it passes to the leader check. */
-    CHECK_EQ_INT(node_propose(node, &out_of_range, 1, count_answer, &calls),
-                 -NODE_ENOTLEADER);
+    CHECK_EQ_INT(node_propose(node, &out_of_range, 1, count_answer, &calls), -NODE_ENOTLEADER);
     CHECK_EQ_INT(calls, 0);
 
     node_close(node, NULL, NULL);
