@@ -65,6 +65,7 @@ static int open_node(const char *dir, const char *boot_path, bool allow, uint64_
     cfg.on_fatal = node_exit_fatal;
     cfg.boot_id_path = boot_path;
     cfg.allow_unknown_boot_id = allow;
+    cfg.peer_insecure = true; /* the node is opened, never connected */
     struct node *node = NULL;
     int rv = node_open(&node, &loop, &cfg, errmsg);
     if (rv == 0) {
