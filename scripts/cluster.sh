@@ -128,7 +128,7 @@ In another shell, try:
   $tallyctl account create acme --budget 10000000 --period month
   $tallyctl account create acme/research --parent acme --budget 2000000 --rpm 600
   $tallyctl key add acme/research            # prints the new secret once
-  $tallyctl reserve --key SECRET --estimate 1500000 --tokens 1200 --ttl 60000
+  TALLY_KEY=SECRET $tallyctl reserve --estimate 1500000 --tokens 1200 --ttl 60000
   $tallyctl settle ID --actual 1200000 --tokens 1100
   $tallyctl account show acme/research
   kill ${pids[1]} ${pids[2]}    # stop nodes 2 and 3: every reserve now answers UNAVAILABLE (exit 2)
