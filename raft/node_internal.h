@@ -6,7 +6,7 @@
  * of it:
  *   - node.c: configuration, open (raft_uv and libraft), start, close;
  *   - storage.c: the data directories, the ledger's boot marker and its rebuild after a
- *     machine crash;
+ *     machine crash, the storage gate on proposals;
  *   - propose.c: the proposal queue, group commit, batches in flight and their results;
  *   - leader.c: leadership (barrier, readiness, the per-iteration check), read barriers,
  *     membership changes and leadership transfer, queries;

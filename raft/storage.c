@@ -5,6 +5,10 @@
  * cache of it, so a ledger that may have lost pages in a machine crash is not repaired
  * but deleted and rebuilt by libraft from its snapshot and log. A boot marker beside the
  * ledger tells which ledgers to trust (see the comment at BOOT_MARKER).
+ *
+ * The storage gate is here too: an entry once in the log must apply on every replica, so
+ * the leader refuses a proposal (before it exists) while its map or disk is past the
+ * reserve, and the reserve is the room left for what is already in the log.
  */
 #include "raft/node_internal.h"
 
@@ -262,7 +266,8 @@ bool node__storage_config_ok(const struct node_config *c, char *why, size_t size
 }
 
 /* Read the free space of the data dir's file system into n->disk_free_bytes. A failed
- * statvfs() keeps the last reading: it says nothing about space. */
+ * statvfs() keeps the last reading (it says nothing about space); before any, the figure
+ * is 0, which refuses writes: fail-closed. */
 static void disk_check(struct node *n)
 {
     struct statvfs vfs;
