@@ -10,7 +10,7 @@
  * metrics say so, and libtally ends a reserve at once with TALLY_UNAVAILABLE naming
  * "storage". The whole cluster restarted on the same full map starts, reads, and still
  * refuses writes; restarted with --max-ledger-bytes 16 MiB it accepts them again, and
- * the replicas converge.
+ * the replicas converge. Out-of-range storage flags make tallyd exit 3.
  */
 #define _GNU_SOURCE
 #include "cluster.h"
@@ -223,6 +223,27 @@ static void client_sees_storage(void)
     h_say("ok: libtally: UNAVAILABLE in %lld ms: %s", (long long)took_ms, res.message);
 }
 
+/* Out-of-range storage flags: tallyd exits 3 before it opens anything. */
+static void bad_flags_refused(const char *tallyd)
+{
+    static const char *const bad[][3] = {
+        {"--max-ledger-bytes", "4194303", NULL},          /* under 4 MiB */
+        {"--max-ledger-bytes", "17592186044417", NULL},   /* over 16 TiB */
+        {"--storage-reserve-bytes", "1048575", NULL},     /* under 1 MiB */
+        {"--storage-reserve-bytes", "34359738369", NULL}, /* over half of 64 GiB */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "bad-storage-flag-%zu", i);
+        const char *const extra[] = {bad[i][0], bad[i][1], "--peer-insecure", NULL};
+        int status = cl_config_status(tallyd, name, extra);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 3) {
+            H_FAIL("%s %s: tallyd did not exit 3 (wait status %d)", bad[i][0], bad[i][1], status);
+        }
+        h_say("ok: %s %s: exit 3", bad[i][0], bad[i][1]);
+    }
+}
+
 static void restart_all(const char *const *flags)
 {
     for (int i = 0; i < CL_NODES; i++) {
@@ -244,6 +265,7 @@ int main(int argc, char **argv)
         return 2;
     }
     h_init("tally-storage-test", 170);
+    bad_flags_refused(argv[1]);
     cl_extra_flags = small_flags;
     cl_start(argv[1]);
     struct rpc_request create = {.op = RPC_OP_WRITE};
