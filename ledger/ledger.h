@@ -55,8 +55,8 @@ enum {
 struct ledger_options {
     uint32_t flags;
     size_t initial_map_bytes; /* 0: 1 GiB, or max_map_bytes if smaller; doubles when full */
-    /* 0: 64 GiB. A map file already larger (grown under an earlier, larger maximum) is
-     * opened whole and that size becomes the maximum. */
+    /* 0: 64 GiB. A ledger reopened with a maximum below its map's high-water mark
+     * (ledger_space()) gets that mark as its maximum: LMDB maps no less. */
     size_t max_map_bytes;
     /* The least retention config_set accepts (below: EINVAL, nothing changes). 0:
      * LEDGER_RETENTION_MIN_MS (1 h), what tallyd uses; a shorter retention lets a retried
