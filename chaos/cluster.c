@@ -129,8 +129,10 @@ static void node_spawn(struct ch_node *n, bool join)
                       /* often in the smoke run (snapshot installs get exercised); less
                        * often in long runs, where the ledger grows large */
                       ch.smoke ? "256" : "1024", "--snapshot-trailing", ch.smoke ? "64" : "128",
-                      "--debug-clock-offset-file", n->clock_file};
-    int argc = 21;
+                      "--debug-clock-offset-file", n->clock_file,
+                      /* the default reserve (256 MiB) is the smoke run's whole tmpfs */
+                      "--storage-reserve-bytes", "8388608"};
+    int argc = 23;
     if (join) {
         argv[argc++] = "--join";
     }

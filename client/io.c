@@ -524,6 +524,12 @@ static void answer(struct tally *c, struct call *call, const struct rpc_response
         }
         /* fallthrough */
     case RPC_EUNAVAILABLE:
+        if (strncmp(resp->message, RPC_REASON_STORAGE ":", sizeof(RPC_REASON_STORAGE)) == 0) {
+            /* Nothing was proposed, and space returns only by an operator's hand: waiting
+             * out the deadline would only hold the caller. */
+            finish_error(c, call, TALLY_EUNAVAILABLE, why, now_ms);
+            return;
+        }
         requeue(c, call, true, now_ms, why);
         if (++c->conn.unavailable_streak >= UNAVAILABLE_STREAK_ROTATE) {
             conn_drop(c, now_ms, false, why);

@@ -16,7 +16,10 @@
  * from its idempotency store; the client therefore retries a write (same id) across
  * timeouts, lost connections and leader changes until the deadline, and after an
  * UNAVAILABLE reserve it voids that id in the background so a hold that did commit is
- * released before its ttl.
+ * released before its ttl. One UNAVAILABLE is not retried: a leader whose ledger map or
+ * disk is past its storage reserve refuses writes with the reason "storage"; the call
+ * ends at once with outcome TALLY_UNAVAILABLE (error TALLY_EUNAVAILABLE) and a message
+ * that names "storage" (docs/operations.md, Storage).
  *
  * Threads: every call may be made from any thread at the same time, except
  * tally_close(). One I/O thread per client owns the connection (one TCP connection,

@@ -93,6 +93,17 @@ int64_t ledger_now_ms(const struct ledger *l)
     return l->meta.clock_ms;
 }
 
+void ledger_space(const struct ledger *l, struct ledger_space *out)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    memset(out, 0, sizeof(*out));
+    out->map_max_bytes = l->max_map_bytes;
+    if (mdb_env_info(l->env, &info) == 0 && mdb_env_stat(l->env, &st) == 0) {
+        out->map_used_bytes = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+    }
+}
+
 void ledger__meta_new(struct meta_rec *m)
 {
     memset(m, 0, sizeof(*m));
@@ -679,6 +690,9 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     }
     l->map_bytes = opts->initial_map_bytes ? opts->initial_map_bytes : DEFAULT_MAP_BYTES;
     l->max_map_bytes = opts->max_map_bytes ? opts->max_map_bytes : DEFAULT_MAX_MAP_BYTES;
+    if (opts->initial_map_bytes == 0 && l->map_bytes > l->max_map_bytes) {
+        l->map_bytes = l->max_map_bytes; /* a small maximum starts the map at it */
+    }
     l->retention_min_ms =
         opts->retention_min_ms > 0 ? opts->retention_min_ms : LEDGER_RETENTION_MIN_MS;
     if (l->max_map_bytes < l->map_bytes) {
@@ -709,6 +723,9 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     mdb_env_info(l->env, &info);
     if (info.me_mapsize > l->map_bytes) {
         l->map_bytes = info.me_mapsize;
+    }
+    if (l->max_map_bytes < l->map_bytes) {
+        l->max_map_bytes = l->map_bytes;
     }
     rc = ledger_open_dbs(l);
     if (rc == 0) {

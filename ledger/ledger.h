@@ -54,8 +54,10 @@ enum {
 
 struct ledger_options {
     uint32_t flags;
-    size_t initial_map_bytes; /* 0: 64 MiB; the map doubles when full */
-    size_t max_map_bytes;     /* 0: 64 GiB */
+    size_t initial_map_bytes; /* 0: 1 GiB, or max_map_bytes if smaller; doubles when full */
+    /* 0: 64 GiB. A ledger reopened with a maximum below its map's high-water mark
+     * (ledger_space()) gets that mark as its maximum: LMDB maps no less. */
+    size_t max_map_bytes;
     /* The least retention config_set accepts (below: EINVAL, nothing changes). 0:
      * LEDGER_RETENTION_MIN_MS (1 h), what tallyd uses; a shorter retention lets a retried
      * request id be granted again once its answer is forgotten. Only the simulation
@@ -109,6 +111,18 @@ uint64_t ledger_applied_index(const struct ledger *l);
 
 /* The ledger's clock: the largest batch stamp applied so far (0 for a new ledger). */
 int64_t ledger_now_ms(const struct ledger *l);
+
+/* How much of the ledger's LMDB map is in use. */
+struct ledger_space {
+    /* Pages up to the highest one LMDB has used, in bytes: a high-water mark. Pages freed
+     * inside it are reused before the map grows, so it never shrinks while the file is
+     * open; a compacted copy (mdb_copy -c) starts lower. */
+    uint64_t map_used_bytes;
+    uint64_t map_max_bytes; /* the most the map may grow to (ledger_options.max_map_bytes) */
+};
+
+/* Fill `out` (caller's) with the map's figures. Cheap (no I/O): LMDB's meta page only. */
+void ledger_space(const struct ledger *l, struct ledger_space *out);
 
 /*
  * SHA-256 over every stored record in a canonical order. Replicas that applied the

@@ -25,6 +25,7 @@ void node_config_init(struct node_config *c)
     c->heartbeat_ms = 100;
     c->snapshot_threshold = 8192; /* a snapshot copies the whole ledger: not too often */
     c->snapshot_trailing = 1024;
+    c->max_ledger_bytes = NODE_LEDGER_BYTES_DEFAULT;
 }
 
 static int config_check(const struct node_config *c, char *why, size_t size)
@@ -45,6 +46,8 @@ static int config_check(const struct node_config *c, char *why, size_t size)
         snprintf(why, size, "peer TLS needs a certificate, a key and a CA");
     } else if (c->snapshot_threshold == 0) {
         snprintf(why, size, "snapshot threshold must be positive");
+    } else if (!node__storage_config_ok(c, why, size)) {
+        return -NODE_EINVAL;
     } else {
         for (unsigned i = 0; i < c->n_members; i++) {
             const struct node_member *m = &c->members[i];

@@ -41,6 +41,15 @@
 #define NODE_INFLIGHT_MAX 64                 /* batches proposed and not yet answered */
 #define NODE_ERRMSG_SIZE 256
 #define NODE_EXIT_FATAL 74 /* exit status after a fatal storage error */
+/* The ledger's map maximum (node_config.max_ledger_bytes): bounds and default. */
+#define NODE_LEDGER_BYTES_MIN ((uint64_t)4 << 20)
+#define NODE_LEDGER_BYTES_MAX ((uint64_t)16 << 40)
+#define NODE_LEDGER_BYTES_DEFAULT ((uint64_t)64 << 30)
+/* The storage reserve (node_config.storage_reserve_bytes): at least this, at most half the
+ * map's maximum; by default NODE_RESERVE_BYTES_DEFAULT or an eighth of the map's maximum,
+ * whichever is smaller. */
+#define NODE_RESERVE_BYTES_MIN ((uint64_t)1 << 20)
+#define NODE_RESERVE_BYTES_DEFAULT ((uint64_t)256 << 20)
 
 /* ---- Error codes (returned negated, and passed negated to callbacks). ----
  * X(CODE, number, message). */
@@ -55,7 +64,8 @@
     X(EIO, 8, "I/O error")                /* file system or ledger error */                        \
     X(ERAFT, 9, "raft error")             /* libraft refused: see node_errmsg() */                 \
     X(EAPPLY, 10, "entry applied without its results") /* committed, results lost: a bug */        \
-    X(ETIMEDOUT, 11, "timed out")                      /* leadership transfer did not complete */
+    X(ETIMEDOUT, 11, "timed out")                      /* leadership transfer did not complete */  \
+    X(ESTORAGE, 12, "storage past its reserve") /* nothing proposed: map or disk nearly full */
 
 enum {
 #define NODE_ERROR_ENUM(code, number, message) NODE_##code = number,
@@ -87,6 +97,13 @@ struct node_config {
     unsigned snapshot_threshold;  /* entries between snapshots, default 8192 */
     unsigned snapshot_trailing;   /* entries kept after a snapshot, default 1024 */
     bool bootstrap;               /* bootstrap `members` if the Raft directory is pristine */
+    /* Storage: the ledger's LMDB map may grow to max_ledger_bytes (NODE_LEDGER_BYTES_MIN ..
+     * _MAX, default _DEFAULT). While the map's used bytes plus storage_reserve_bytes reach
+     * that maximum, or the file system holding `dir` has less than storage_reserve_bytes
+     * free, node_propose() refuses commands with -NODE_ESTORAGE (0: the default reserve,
+     * see NODE_RESERVE_BYTES_*). */
+    uint64_t max_ledger_bytes;
+    uint64_t storage_reserve_bytes;
     /* Where the machine's boot id is read (NULL: /proc/sys/kernel/random/boot_id; borrowed
      * during node_open() only). It tells a ledger left open by a machine crash, which
      * must be rebuilt, from one left by a killed process. If it cannot be read, node_open()
@@ -162,8 +179,10 @@ int node_start(struct node *node);
  * Queue `n` commands (1..NODE_QUEUE_MAX, copied) for the next batch. `cb` (required) is
  * called exactly once with `data`, after the batch is applied or fails; never from
  * inside node_propose(). Returns 0, or without calling cb: -NODE_ENOTLEADER (not the
- * leader), -NODE_EBUSY (the queue is full: back off), -NODE_ESHUTDOWN, -NODE_EINVAL.
- * A leader that has not finished its barrier yet queues the commands.
+ * leader), -NODE_EBUSY (the queue is full: back off), -NODE_ESTORAGE (this leader's map
+ * or disk is past the storage reserve: nothing was proposed, retry once space returns),
+ * -NODE_ESHUTDOWN, -NODE_EINVAL. A leader that has not finished its barrier yet queues
+ * the commands.
  */
 int node_propose(struct node *node, const struct ledger_cmd *cmds, size_t n, node_propose_cb cb,
                  void *data);
@@ -254,6 +273,20 @@ void node_set_lose_answers(struct node *node, bool on);
 
 /* Counters, for tests and metrics. */
 void node_stats(struct node *node, struct node_stats *out);
+
+/* The node's storage against its limits (node_config.max_ledger_bytes and
+ * storage_reserve_bytes). */
+struct node_space {
+    uint64_t map_used_bytes;  /* ledger_space(): the map's high-water mark */
+    uint64_t map_max_bytes;   /* the most the map may grow to */
+    uint64_t disk_free_bytes; /* available to tallyd on the file system of the data dir */
+    uint64_t reserve_bytes;   /* the storage reserve in force */
+    uint64_t refused;         /* node_propose() calls refused -NODE_ESTORAGE */
+    bool refusing;            /* past the reserve now: as leader, this node refuses writes */
+};
+
+/* Fill `out` (caller's); reads the file system's free space afresh. */
+void node_space(struct node *node, struct node_space *out);
 
 /* Message of the last error on this node ("" if none). */
 const char *node_errmsg(const struct node *node);

@@ -6,7 +6,7 @@
  * of it:
  *   - node.c: configuration, open (raft_uv and libraft), start, close;
  *   - storage.c: the data directories, the ledger's boot marker and its rebuild after a
- *     machine crash;
+ *     machine crash, the storage gate on proposals;
  *   - propose.c: the proposal queue, group commit, batches in flight and their results;
  *   - leader.c: leadership (barrier, readiness, the per-iteration check), read barriers,
  *     membership changes and leadership transfer, queries;
@@ -70,6 +70,13 @@ struct node {
     int64_t last_stamp_ms;
     int64_t clock_offset_ms; /* added to the wall clock (fault injection only) */
     bool lose_answers;       /* answer every committed batch EAPPLY (fault injection only) */
+    /* Storage gate (storage.c): the reserve in force, the last free-space reading and
+     * when it was taken (loop time), the refusals and whether writes are refused now. */
+    uint64_t reserve_bytes;
+    uint64_t disk_free_bytes;
+    uint64_t disk_checked_ms;
+    uint64_t storage_refused;
+    bool storage_refusing;
 
     uint64_t leader_term; /* term in which this node leads, 0 if it does not */
     bool barrier_pending;
@@ -110,6 +117,14 @@ int node__open_ledger(struct node *n, const char *dir, char *why, size_t size);
 
 /* Close the ledger; after a successful sync, mark it clean. */
 void node__close_ledger(struct node *n);
+
+/* Whether max_ledger_bytes and storage_reserve_bytes of `c` are in range; if not, false
+ * with a message in `why`. */
+bool node__storage_config_ok(const struct node_config *c, char *why, size_t size);
+
+/* Whether the ledger's map and the data dir's disk are both short of the reserve: false
+ * means a proposal must be refused -NODE_ESTORAGE (counted, and logged when it starts). */
+bool node__storage_allows(struct node *n);
 
 /* ---- propose.c ---- */
 

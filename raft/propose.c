@@ -96,6 +96,11 @@ int node_propose(struct node *n, const struct ledger_cmd *cmds, size_t count, no
     if (n->n_queued + count > NODE_QUEUE_MAX) {
         return -NODE_EBUSY;
     }
+    /* Refused before it is in the log, so every replica stays deterministic: an entry once
+     * proposed must apply everywhere, and the reserve is the room left for that. */
+    if (!node__storage_allows(n)) {
+        return -NODE_ESTORAGE;
+    }
     memcpy(&n->queue[n->n_queued], cmds, count * sizeof(*cmds));
     n->props[n->n_props++] = (struct node_prop){cb, data, n->n_queued, count};
     n->n_queued += count;

@@ -5,15 +5,24 @@
  * cache of it, so a ledger that may have lost pages in a machine crash is not repaired
  * but deleted and rebuilt by libraft from its snapshot and log. A boot marker beside the
  * ledger tells which ledgers to trust (see the comment at BOOT_MARKER).
+ *
+ * The storage gate is here too: an entry once in the log must apply on every replica, so
+ * the leader refuses a proposal (before it exists) while its map or disk is past the
+ * reserve, and the reserve is the room left for what is already in the log.
  */
 #include "raft/node_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
+
+/* How long a reading of the disk's free space is used before statvfs() is called again. */
+#define DISK_CHECK_PERIOD_MS 100
 
 int node__make_dirs(const char *path, char *why, size_t size)
 {
@@ -197,7 +206,14 @@ int node__open_ledger(struct node *n, const char *dir, char *why, size_t size)
     if (rv != 0) {
         return rv;
     }
-    struct ledger_options opts = {.flags = LEDGER_OPEN_NOSYNC};
+    uint64_t max_bytes =
+        n->cfg.max_ledger_bytes ? n->cfg.max_ledger_bytes : NODE_LEDGER_BYTES_DEFAULT;
+    n->reserve_bytes = n->cfg.storage_reserve_bytes;
+    if (n->reserve_bytes == 0) {
+        n->reserve_bytes =
+            max_bytes / 8 < NODE_RESERVE_BYTES_DEFAULT ? max_bytes / 8 : NODE_RESERVE_BYTES_DEFAULT;
+    }
+    struct ledger_options opts = {.flags = LEDGER_OPEN_NOSYNC, .max_map_bytes = max_bytes};
     char lerr[LEDGER_ERRMSG_SIZE] = "";
     rv = ledger_open(&n->ledger, path, &opts, lerr);
     if (rv != 0) {
@@ -226,4 +242,80 @@ void node__close_ledger(struct node *n)
     if (synced && boot_marker_write(n, dir, true, why, sizeof(why)) != 0) {
         node__logf(n, "warn", "msg=\"cannot mark the ledger clean\" reason=\"%s\"", why);
     }
+}
+
+/* ---- The storage gate. ---- */
+
+bool node__storage_config_ok(const struct node_config *c, char *why, size_t size)
+{
+    uint64_t max_bytes = c->max_ledger_bytes ? c->max_ledger_bytes : NODE_LEDGER_BYTES_DEFAULT;
+    if (max_bytes < NODE_LEDGER_BYTES_MIN || max_bytes > NODE_LEDGER_BYTES_MAX) {
+        snprintf(why, size, "max ledger bytes must be %" PRIu64 "..%" PRIu64, NODE_LEDGER_BYTES_MIN,
+                 NODE_LEDGER_BYTES_MAX);
+        return false;
+    }
+    uint64_t reserve = c->storage_reserve_bytes;
+    if (reserve != 0 && (reserve < NODE_RESERVE_BYTES_MIN || reserve > max_bytes / 2)) {
+        snprintf(why, size,
+                 "storage reserve bytes must be %" PRIu64 "..%" PRIu64
+                 " (half the max ledger bytes)",
+                 NODE_RESERVE_BYTES_MIN, max_bytes / 2);
+        return false;
+    }
+    return true;
+}
+
+/* Read the free space of the data dir's file system into n->disk_free_bytes. A failed
+ * statvfs() keeps the last reading (it says nothing about space); before any, the figure
+ * is 0, which refuses writes: fail-closed. */
+static void disk_check(struct node *n)
+{
+    struct statvfs vfs;
+    n->disk_checked_ms = uv_now(n->loop);
+    if (statvfs(n->ledger_dir, &vfs) == 0) {
+        n->disk_free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    }
+}
+
+/* Whether the map (`space`, filled here) or the disk is past the reserve. */
+static bool past_reserve(struct node *n, struct ledger_space *space)
+{
+    ledger_space(n->ledger, space);
+    return space->map_used_bytes + n->reserve_bytes >= space->map_max_bytes ||
+           n->disk_free_bytes < n->reserve_bytes;
+}
+
+bool node__storage_allows(struct node *n)
+{
+    if (n->disk_checked_ms == 0 || uv_now(n->loop) - n->disk_checked_ms >= DISK_CHECK_PERIOD_MS) {
+        disk_check(n);
+    }
+    struct ledger_space space;
+    bool refusing = past_reserve(n, &space);
+    if (refusing != n->storage_refusing) {
+        node__logf(n, refusing ? "warn" : "info",
+                   "msg=\"%s\" map_used_bytes=%" PRIu64 " map_max_bytes=%" PRIu64
+                   " disk_free_bytes=%" PRIu64 " reserve_bytes=%" PRIu64,
+                   refusing ? "storage past its reserve: refusing writes"
+                            : "storage back within its reserve: accepting writes",
+                   space.map_used_bytes, space.map_max_bytes, n->disk_free_bytes, n->reserve_bytes);
+        n->storage_refusing = refusing;
+    }
+    n->storage_refused += refusing;
+    return !refusing;
+}
+
+void node_space(struct node *n, struct node_space *out)
+{
+    struct ledger_space space;
+    disk_check(n);
+    bool refusing = past_reserve(n, &space);
+    *out = (struct node_space){
+        .map_used_bytes = space.map_used_bytes,
+        .map_max_bytes = space.map_max_bytes,
+        .disk_free_bytes = n->disk_free_bytes,
+        .reserve_bytes = n->reserve_bytes,
+        .refused = n->storage_refused,
+        .refusing = refusing,
+    };
 }

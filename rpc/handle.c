@@ -126,6 +126,14 @@ static int answer_node_error(struct rpc__conn *c, uint64_t seq, int rv)
         status = RPC_EBUSY;
         rpc__answer_error(c, seq, status, "node busy: back off and retry", false);
         break;
+    case NODE_ESTORAGE:
+        /* The reason is the message's first word, so clients and logs can tell it. */
+        status = RPC_EUNAVAILABLE;
+        rpc__answer_error(c, seq, status,
+                          RPC_REASON_STORAGE ": the leader's ledger map or disk is past its "
+                                             "reserve; nothing done, retry once space returns",
+                          false);
+        break;
     case NODE_ETOOBIG:
         status = RPC_ETOOBIG;
         rpc__answer_error(c, seq, status, "command too big", false);

@@ -294,6 +294,24 @@ static void put_ledger(struct writer *w, const struct rpc_metrics *m)
     put_u64(w, "tally_accounts", "gauge", "Accounts in the ledger.", m->accounts);
 }
 
+static void put_storage(struct writer *w, const struct rpc_metrics *m)
+{
+    put_u64(w, "tally_ledger_map_used_bytes", "gauge",
+            "High-water mark of the ledger's LMDB map, bytes.", m->map_used_bytes);
+    put_u64(w, "tally_ledger_map_max_bytes", "gauge",
+            "The most the ledger's LMDB map may grow to (--max-ledger-bytes), bytes.",
+            m->map_max_bytes);
+    put_u64(w, "tally_disk_free_bytes", "gauge",
+            "Bytes available on the file system of the data directory.", m->disk_free_bytes);
+    put_u64(w, "tally_storage_reserve_bytes", "gauge",
+            "The storage reserve (--storage-reserve-bytes), bytes.", m->storage_reserve_bytes);
+    put_u64(w, "tally_storage_refusing", "gauge",
+            "1 while the map or the disk is past the reserve (a leader refuses writes).",
+            m->storage_refusing ? 1 : 0);
+    put_u64(w, "tally_storage_refused_total", "counter",
+            "Writes answered UNAVAILABLE with reason storage.", m->storage_refused);
+}
+
 /*
  * Render `m` (borrowed; NULL: nothing published yet, only tally_up) into buf (size
  * bytes, NUL-terminated when size > 0; buf may be NULL when size is 0). Returns the
@@ -312,6 +330,7 @@ size_t rpc_metrics_render(const struct rpc_metrics *m, char *buf, size_t size)
         put_traffic(&w, m);
         put_connections(&w, m);
         put_ledger(&w, m);
+        put_storage(&w, m);
     }
     return w.len;
 }

@@ -88,6 +88,12 @@ struct rpc_metrics {
     /* Ledger. */
     uint64_t open_reservations;
     uint64_t accounts;
+    /* Storage (node_space()). */
+    uint64_t map_used_bytes, map_max_bytes; /* the ledger's LMDB map */
+    uint64_t disk_free_bytes;               /* free on the data dir's file system */
+    uint64_t storage_reserve_bytes;
+    uint64_t storage_refused; /* writes answered UNAVAILABLE `storage` */
+    bool storage_refusing;    /* past the reserve now */
 };
 
 struct rpc_http;

@@ -122,6 +122,14 @@ void rpc_server_metrics(struct rpc_server *s, struct rpc_metrics *m)
     m->applied_index = ns.last_applied;
     m->serving = node_ready(s->node);
     m->last_index = ns.last_index;
+    struct node_space space;
+    node_space(s->node, &space);
+    m->map_used_bytes = space.map_used_bytes;
+    m->map_max_bytes = space.map_max_bytes;
+    m->disk_free_bytes = space.disk_free_bytes;
+    m->storage_reserve_bytes = space.reserve_bytes;
+    m->storage_refused = space.refused;
+    m->storage_refusing = space.refusing;
     struct node_member members[RPC_METRICS_PEERS_MAX];
     int roles[RPC_METRICS_PEERS_MAX];
     unsigned n = node_members(s->node, members, roles, RPC_METRICS_PEERS_MAX);

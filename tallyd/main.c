@@ -52,6 +52,7 @@ struct options {
     uint64_t election_timeout_ms, heartbeat_ms, snapshot_threshold, snapshot_trailing;
     uint64_t max_frame, max_inflight, max_connections, hello_timeout_ms;
     uint64_t idle_timeout_ms, max_connections_per_address;
+    uint64_t max_ledger_bytes, storage_reserve_bytes;
 };
 
 static uv_loop_t *loop;
@@ -128,6 +129,11 @@ static void usage(FILE *out)
             "  --heartbeat-ms N          default 100                               TALLY_HEARTBEAT_MS\n"
             "  --snapshot-threshold N    entries between snapshots, default 8192   TALLY_SNAPSHOT_THRESHOLD\n"
             "  --snapshot-trailing N     entries kept after one, default 1024      TALLY_SNAPSHOT_TRAILING\n"
+            "  --max-ledger-bytes N      the ledger map's maximum, 4 MiB .. 16 TiB  TALLY_MAX_LEDGER_BYTES\n"
+            "                            default 68719476736 (64 GiB)\n"
+            "  --storage-reserve-bytes N writes are refused (UNAVAILABLE storage)  TALLY_STORAGE_RESERVE_BYTES\n"
+            "                            when the map or the disk has less room left;\n"
+            "                            1 MiB .. max / 2, default 256 MiB or max / 8\n"
             "  --max-frame BYTES         largest request frame, default 1048576    TALLY_MAX_FRAME\n"
             "  --max-inflight N          per connection, default 4096              TALLY_MAX_INFLIGHT\n"
             "  --max-connections N       default 4096                              TALLY_MAX_CONNECTIONS\n"
@@ -174,7 +180,8 @@ enum {
     OPT_MAX_FRAME, OPT_MAX_INFLIGHT, OPT_MAX_CONNS, OPT_HELLO_TIMEOUT, OPT_IDLE_TIMEOUT,
     OPT_MAX_CONNS_ADDR, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_CERT, OPT_PEER_KEY,
     OPT_PEER_CA, OPT_PEER_INSECURE, OPT_CLOCK_OFFSET_FILE,
-    OPT_LOSE_ANSWERS_FILE, OPT_ALLOW_UNKNOWN_BOOT_ID, OPT_HELP,
+    OPT_LOSE_ANSWERS_FILE, OPT_ALLOW_UNKNOWN_BOOT_ID, OPT_MAX_LEDGER_BYTES, OPT_STORAGE_RESERVE,
+    OPT_HELP,
 };
 
 struct flag {
@@ -198,6 +205,8 @@ static const struct flag flags[] = {
     {"heartbeat-ms", "TALLY_HEARTBEAT_MS", OPT_HEARTBEAT, true},
     {"snapshot-threshold", "TALLY_SNAPSHOT_THRESHOLD", OPT_SNAP_THRESHOLD, true},
     {"snapshot-trailing", "TALLY_SNAPSHOT_TRAILING", OPT_SNAP_TRAILING, true},
+    {"max-ledger-bytes", "TALLY_MAX_LEDGER_BYTES", OPT_MAX_LEDGER_BYTES, true},
+    {"storage-reserve-bytes", "TALLY_STORAGE_RESERVE_BYTES", OPT_STORAGE_RESERVE, true},
     {"max-frame", "TALLY_MAX_FRAME", OPT_MAX_FRAME, true},
     {"max-inflight", "TALLY_MAX_INFLIGHT", OPT_MAX_INFLIGHT, true},
     {"max-connections", "TALLY_MAX_CONNECTIONS", OPT_MAX_CONNS, true},
@@ -244,6 +253,8 @@ static bool set_option(struct options *o, int opt, const char *value, const char
     case OPT_HEARTBEAT: o->heartbeat_ms = v; break;
     case OPT_SNAP_THRESHOLD: o->snapshot_threshold = v; break;
     case OPT_SNAP_TRAILING: o->snapshot_trailing = v; break;
+    case OPT_MAX_LEDGER_BYTES: o->max_ledger_bytes = v; break;
+    case OPT_STORAGE_RESERVE: o->storage_reserve_bytes = v; break;
     case OPT_MAX_FRAME: o->max_frame = v; break;
     case OPT_MAX_INFLIGHT: o->max_inflight = v; break;
     case OPT_MAX_CONNS: o->max_connections = v; break;
@@ -354,8 +365,14 @@ static bool require(const char *value, const char *flag)
     return true;
 }
 
-/* The client port's limits are within their ranges (0: the default); false with a line
- * saying which is not. */
+/* --max-ledger-bytes, or its default. */
+static uint64_t max_ledger_bytes_of(const struct options *o)
+{
+    return o->max_ledger_bytes != 0 ? o->max_ledger_bytes : NODE_LEDGER_BYTES_DEFAULT;
+}
+
+/* The client port's and the storage limits are within their ranges (0: the default); false
+ * with a line saying which is not. */
 static bool limits_valid(const struct options *o)
 {
     uint64_t max_conns = o->max_connections != 0 ? o->max_connections : 4096;
@@ -365,6 +382,20 @@ static bool limits_valid(const struct options *o)
     }
     if (o->idle_timeout_ms != 0 && (o->idle_timeout_ms < 1000 || o->idle_timeout_ms > 86400000)) {
         fprintf(stderr, "tallyd: --idle-timeout-ms must be 1000 .. 86400000\n");
+        return false;
+    }
+    uint64_t max_ledger = max_ledger_bytes_of(o);
+    if (max_ledger < NODE_LEDGER_BYTES_MIN || max_ledger > NODE_LEDGER_BYTES_MAX) {
+        fprintf(stderr, "tallyd: --max-ledger-bytes must be %" PRIu64 " .. %" PRIu64 "\n",
+                NODE_LEDGER_BYTES_MIN, NODE_LEDGER_BYTES_MAX);
+        return false;
+    }
+    if (o->storage_reserve_bytes != 0 && (o->storage_reserve_bytes < NODE_RESERVE_BYTES_MIN ||
+                                          o->storage_reserve_bytes > max_ledger / 2)) {
+        fprintf(stderr,
+                "tallyd: --storage-reserve-bytes must be %" PRIu64 " .. %" PRIu64
+                " (half of --max-ledger-bytes)\n",
+                NODE_RESERVE_BYTES_MIN, max_ledger / 2);
         return false;
     }
     if (o->max_connections_per_address > max_conns) {
@@ -557,6 +588,8 @@ static int start(const struct options *o)
     cfg.peer_key_file = o->peer_key;
     cfg.peer_ca_file = o->peer_ca;
     cfg.peer_insecure = o->peer_insecure;
+    cfg.max_ledger_bytes = max_ledger_bytes_of(o);
+    cfg.storage_reserve_bytes = o->storage_reserve_bytes;
     if (o->election_timeout_ms != 0) {
         cfg.election_timeout_ms = (unsigned)o->election_timeout_ms;
     }

@@ -245,6 +245,11 @@ const char *wire_strerror(int code);
     X(ESHUTDOWN, 11, "shutting_down")    /* the node is stopping: retry elsewhere, same id */ \
     X(EPROTO, 12, "protocol_error")      /* the stream cannot be trusted; the connection closes */
 
+/* The reason an UNAVAILABLE answer may carry as its message's first word, followed by ':'.
+ * "storage": the leader's ledger map or disk is past its reserve (nothing was proposed;
+ * writes are refused until space returns, which takes an operator, not a retry). */
+#define RPC_REASON_STORAGE "storage"
+
 enum rpc_status {
 #define RPC_STATUS_ENUM(code, number, name) RPC_##code = number,
     RPC_STATUSES(RPC_STATUS_ENUM)

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 struct cl_node cl_nodes[CL_NODES];
+const char *const *cl_extra_flags;
 const char *cl_tls_client;
 static const char *tallyd_bin;
 char cl_token_file[PATH_MAX];
@@ -160,7 +161,7 @@ static void spawn_process(int i)
     snprintf(ca, sizeof(ca), "%s/ca.pem", tls_dir);
     snprintf(peer_cert, sizeof(peer_cert), "%s/member%d.pem", tls_dir, i + 1);
     snprintf(peer_key, sizeof(peer_key), "%s/member%d.key", tls_dir, i + 1);
-    char *argv[40] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
+    char *argv[48] = {(char *)tallyd_bin, "--id", id, "--data-dir", n->dir, "--peer-listen", peer,
                       "--client-listen", client, "--http-listen", http, "--members", members,
                       "--token-file", cl_token_file, "--snapshot-threshold", "256",
                       "--snapshot-trailing", "64",
@@ -182,6 +183,12 @@ static void spawn_process(int i)
         argv[argc++] = ca;
     } else {
         argv[argc++] = "--peer-insecure";
+    }
+    for (int k = 0; cl_extra_flags != NULL && cl_extra_flags[k] != NULL; k++) {
+        if (argc >= 47) {
+            H_FAIL("too many cl_extra_flags");
+        }
+        argv[argc++] = (char *)cl_extra_flags[k];
     }
     argv[argc] = NULL;
     h_spawn(&n->p, argv);

@@ -69,6 +69,10 @@ void cl_write_tokens(const struct cl_token *tokens, size_t n);
 /* SIGHUP every running node: each rereads the token file. */
 void cl_reload_tokens(void);
 
+/* Flags added to every node's command line by cl_start() and cl_spawn() (NULL-terminated,
+ * borrowed; NULL, the default: none), e.g. a small --max-ledger-bytes. */
+extern const char *const *cl_extra_flags;
+
 /* Pick ports, write the token file and start all three nodes (tallyd at `tallyd`); wait
  * until one of them leads and serves. */
 void cl_start(const char *tallyd);

@@ -6,7 +6,8 @@
  * extends, retention changes) while time advances in small steps and occasional long
  * jumps that expire reservations, roll periods over and prune answers. Both apply the
  * same bytes at the same index; their answers and state hashes must agree after every
- * batch. The last test grows a tiny LMDB map many times over and checks no write is lost.
+ * batch. A test grows a tiny LMDB map many times over and checks no write is lost; the
+ * last reads the map's figures (ledger_space()).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* GNU extensions, as test.h sets them */
@@ -459,6 +460,44 @@ static void tiny_map_grows_and_loses_no_write(void)
     pair_close(&p);
 }
 
+/* ledger_space() reports the map's maximum (a small one starts the map at it) and its
+ * high-water mark, which grows with the state and survives a reopen; a reopen may lower
+ * the maximum, but not below the high-water mark, which LMDB needs mapped. */
+static void map_space_reports_maximum_and_high_water_mark(void)
+{
+    const struct ledger_options small = {.flags = LEDGER_OPEN_NOSYNC,
+                                         .max_map_bytes = (size_t)8 << 20};
+    struct tl t;
+    tl_open_opts(&t, T0, &small);
+    struct ledger_space before, after, reopened;
+    ledger_space(t.l, &before);
+    CHECK_EQ_INT(before.map_max_bytes, 8 << 20);
+    CHECK(before.map_used_bytes > 0 && before.map_used_bytes < before.map_max_bytes);
+    REQUIRE(tl_run(&t, tl_create(&t, "acct", "", NULL)).status == LEDGER_OK);
+    for (uint64_t id = 1; id <= 2000; id++) {
+        REQUIRE(tl_run(&t, tl_reserve(&t, id, "acct", 10, 0, LEDGER_TTL_MAX_MS)).status ==
+                LEDGER_OK);
+    }
+    ledger_space(t.l, &after);
+    CHECK(after.map_used_bytes > before.map_used_bytes + (512 << 10));
+    CHECK(after.map_used_bytes <= after.map_max_bytes);
+    CHECK(after.map_used_bytes > (1 << 20));
+    const size_t maxima[] = {(size_t)4 << 20, (size_t)1 << 20};
+    for (size_t i = 0; i < 2; i++) {
+        tl_close(&t);
+        const struct ledger_options smaller = {.flags = LEDGER_OPEN_NOSYNC,
+                                               .max_map_bytes = maxima[i]};
+        REQUIRE(ledger_open(&t.l, t.dir, &smaller, NULL) == 0);
+        tl_track(t.l, NULL);
+        ledger_space(t.l, &reopened);
+        CHECK_EQ_INT(reopened.map_used_bytes, after.map_used_bytes);
+        uint64_t want = maxima[i] > after.map_used_bytes ? maxima[i] : after.map_used_bytes;
+        CHECK_EQ_INT(reopened.map_max_bytes, want);
+        TL_CHECK_INVARIANTS(&t);
+    }
+    tl_close(&t);
+}
+
 int main(void)
 {
     TEST_MAIN_BEGIN;
@@ -468,5 +507,6 @@ int main(void)
     TEST(hashes_index_and_clock_survive_reopen);
     TEST(reopened_replica_catches_up_to_the_same_hash);
     TEST(tiny_map_grows_and_loses_no_write);
+    TEST(map_space_reports_maximum_and_high_water_mark);
     TEST_MAIN_END;
 }
