@@ -20,11 +20,13 @@
 
 #define CLOCK_LOG_INTERVAL_MS 60000 /* a stepped clock is logged again at most this often */
 
+/* t_ms within the ledger's time range [0, LEDGER_TIME_MAX_MS]. */
 static int64_t clamp_time(int64_t t_ms)
 {
     return t_ms < 0 ? 0 : t_ms > LEDGER_TIME_MAX_MS ? LEDGER_TIME_MAX_MS : t_ms;
 }
 
+/* Ledger time stamp_ms held at monotonic reading mono_ms; correction is earned anew. */
 static void anchor(struct node_clock *c, int64_t stamp_ms, int64_t mono_ms)
 {
     c->set = true;
@@ -43,8 +45,13 @@ int64_t node_clock_now(const struct node_clock *c, int64_t mono_ms)
     if (!c->set) {
         return 0;
     }
-    /* A reading before the anchor (another clock's, in a test) counts as no time. */
-    int64_t elapsed_ms = mono_ms > c->mono_ms ? mono_ms - c->mono_ms : 0;
+    /* A reading before the anchor (another clock's, in a test) counts as no time; the
+     * bound keeps the sum from overflowing whatever the readings. */
+    int64_t elapsed_ms = 0;
+    if (mono_ms > c->mono_ms && __builtin_sub_overflow(mono_ms, c->mono_ms, &elapsed_ms)) {
+        elapsed_ms = LEDGER_TIME_MAX_MS;
+    }
+    elapsed_ms = elapsed_ms > LEDGER_TIME_MAX_MS ? LEDGER_TIME_MAX_MS : elapsed_ms;
     return clamp_time(c->stamp_ms + elapsed_ms);
 }
 
@@ -80,8 +87,10 @@ int64_t node_clock_stamp(struct node_clock *c, int64_t mono_ms, int64_t wall_ms)
     }
     int64_t base_ms = node_clock_now(c, mono_ms);
     int64_t credit_ms = 0;
-    if (mono_ms > c->slew_mono_ms) {
-        credit_ms = (mono_ms - c->slew_mono_ms) / NODE_CLOCK_SLEW_MS;
+    int64_t earned_ms = 0;
+    if (mono_ms > c->slew_mono_ms &&
+        !__builtin_sub_overflow(mono_ms, c->slew_mono_ms, &earned_ms)) {
+        credit_ms = earned_ms / NODE_CLOCK_SLEW_MS;
         c->slew_mono_ms += credit_ms * NODE_CLOCK_SLEW_MS;
     }
     int64_t gap_ms = wall_ms - base_ms; /* both in [0, LEDGER_TIME_MAX_MS]: no overflow */

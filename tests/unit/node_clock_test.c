@@ -156,6 +156,18 @@ static void check_counts_each_step_once(void)
     CHECK_EQ_INT(c.offset_ms, -DAY_MS - 800);
 }
 
+static void extreme_readings_stay_in_range(void)
+{
+    struct node_clock c;
+    node_clock_init(&c);
+    node_clock_stamp(&c, INT64_MIN, T0);
+    CHECK_EQ_INT(node_clock_now(&c, INT64_MAX), LEDGER_TIME_MAX_MS);
+    CHECK_EQ_INT(node_clock_stamp(&c, INT64_MAX, INT64_MIN), LEDGER_TIME_MAX_MS);
+    CHECK_EQ_INT(node_clock_stamp(&c, INT64_MIN, INT64_MAX), LEDGER_TIME_MAX_MS);
+    node_clock_observe(&c, INT64_MAX, INT64_MIN);
+    CHECK_EQ_INT(node_clock_now(&c, 0), LEDGER_TIME_MAX_MS);
+}
+
 int main(void)
 {
     TEST_MAIN_BEGIN;
@@ -168,5 +180,6 @@ int main(void)
     TEST(a_new_leader_goes_on_from_the_last_applied_stamp);
     TEST(observe_only_moves_ledger_time_forward);
     TEST(check_counts_each_step_once);
+    TEST(extreme_readings_stay_in_range);
     TEST_MAIN_END;
 }
