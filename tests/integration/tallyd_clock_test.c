@@ -3,7 +3,10 @@
  * steps 40 days ahead (tallyd-faults' --debug-clock-offset-file, through the inherited
  * TALLY_DEBUG_CLOCK_OFFSET_FILE).
  *
- *   tallyd_clock_test <path to tallyd-faults>
+ *   tallyd_clock_test <path to tallyd-faults> <path to tallyd>
+ *
+ * First, the production tallyd has no debug clock: it refuses --debug-clock-offset-file
+ * and its usage does not name it, while tallyd-faults' does.
  *
  * Reserves keep being stamped on real time (their created time, expires_at - ttl, stays
  * within seconds of this process's wall clock), the leader's /metrics shows the step
@@ -18,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -96,13 +100,36 @@ static void expect_real_time(int64_t t_ms, const char *what)
     h_say("%s: stamped %lld ms from the wall clock", what, (long long)(t_ms - wall_ms));
 }
 
+/* Exit status of `command` run by the shell, or -1. */
+static int run_status(const char *fmt, const char *binary)
+{
+    char command[PATH_MAX + 128];
+    snprintf(command, sizeof(command), fmt, binary);
+    int rc = system(command);
+    return rc != -1 && WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static void debug_clock_only_in_tallyd_faults(const char *faults, const char *tallyd)
+{
+    if (run_status("%s --debug-clock-offset-file /nonexistent 2>&1 | grep -q unrecognized",
+                   tallyd) != 0 ||
+        run_status("%s --help 2>&1 | grep -q debug-clock", tallyd) == 0) {
+        H_FAIL("the production tallyd has --debug-clock-offset-file");
+    }
+    if (run_status("%s --help 2>&1 | grep -q debug-clock-offset-file", faults) != 0) {
+        H_FAIL("tallyd-faults does not name --debug-clock-offset-file");
+    }
+    h_say("ok: --debug-clock-offset-file is only in tallyd-faults");
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s <tallyd-faults>\n", argv[0]);
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s <tallyd-faults> <tallyd>\n", argv[0]);
         return 2;
     }
     h_init("tally-clock-test", 150);
+    debug_clock_only_in_tallyd_faults(argv[1], argv[2]);
     snprintf(clock_file, sizeof(clock_file), "%s/clock", h_dir);
     setenv("TALLY_DEBUG_CLOCK_OFFSET_FILE", clock_file, 1); /* the nodes inherit it */
     cl_start(argv[1]);
