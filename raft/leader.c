@@ -208,6 +208,7 @@ void node__check_cb(uv_check_t *h)
     if (n->closing || !n->started) {
         return;
     }
+    node__clock_observe(n);
     track_leadership(n);
     change_assign(n);
     if (n->ready && n->n_queued > 0 && n->n_inflight < NODE_INFLIGHT_MAX) {
@@ -418,6 +419,8 @@ void node_stats(struct node *n, struct node_stats *out)
     out->state = raft_state(&n->raft);
     out->last_index = raft_last_index(&n->raft);
     out->peer_refused = node_transport_refused(&n->transport);
+    out->clock_offset_ms = node__clock_offset_ms(n);
+    out->clock_steps = n->clock.steps;
 }
 
 int node_peer_match(struct node *n, uint64_t id, uint64_t *match_index)

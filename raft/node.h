@@ -3,9 +3,9 @@
  * in LMDB), driven by a caller-supplied libuv loop.
  *
  * The one idea behind the shape: the leader turns every command that arrived during one
- * loop iteration into ONE Raft entry (group commit), stamped with the leader's clock. All
- * state lives on the loop thread; every function here must be called on it, and every
- * callback runs on it.
+ * loop iteration into ONE Raft entry (group commit), stamped with ledger time
+ * (raft/clock.h). All state lives on the loop thread; every function here must be called
+ * on it, and every callback runs on it.
  *
  * Files: DIR/raft holds raft_uv's metadata, segments and snapshots; DIR/ledger holds the
  * ledger's LMDB, opened with LEDGER_OPEN_NOSYNC because the Raft log is the durable
@@ -246,9 +246,11 @@ struct node_stats {
     /* Entries this node proposed by size: [i] counts batches of at most 2^i commands
      * (and more than 2^(i-1)); the last bucket takes everything larger. */
     uint64_t batch_sizes[NODE_BATCH_SIZE_BUCKETS];
-    int state;             /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
-    uint64_t last_index;   /* last entry in this node's log */
-    uint64_t peer_refused; /* peer connections the TLS transport refused */
+    int state;               /* RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER, ... */
+    uint64_t last_index;     /* last entry in this node's log */
+    uint64_t peer_refused;   /* peer connections the TLS transport refused */
+    int64_t clock_offset_ms; /* wall minus ledger time now, as this node keeps it (0: unknown) */
+    uint64_t clock_steps;    /* times the wall clock went more than 1 s from ledger time */
 };
 
 /*
@@ -258,9 +260,10 @@ struct node_stats {
 int node_peer_match(struct node *node, uint64_t id, uint64_t *match_index);
 
 /*
- * Fault injection: add `offset_ms` to the wall clock this node stamps batches with when
- * it leads (a clock jump). Stamps stay clamped to never go backwards, so a jump back only
- * freezes the ledger's time until the clock catches up. Not for production use.
+ * Fault injection: add `offset_ms` to the wall clock this node reads (a clock step). Only
+ * the wall reading moves, not the monotonic one: ledger time keeps the monotonic clock
+ * and slews toward the shifted wall clock at 1 ms per second (raft/clock.h), and the
+ * step shows in node_stats() (clock_offset_ms, clock_steps). Not for production use.
  */
 void node_set_clock_offset(struct node *node, int64_t offset_ms);
 

@@ -10,6 +10,7 @@
  *   - propose.c: the proposal queue, group commit, batches in flight and their results;
  *   - leader.c: leadership (barrier, readiness, the per-iteration check), read barriers,
  *     membership changes and leadership transfer, queries;
+ *   - clock.c: ledger time, the batch stamp, and the wall clock stepping away from it;
  *   - log.c: error names, logfmt lines, fatal exits, libraft error mapping.
  * struct node below is shared by all of them; the functions are the only calls that
  * cross files. Everything else is static in its file.
@@ -19,6 +20,7 @@
 
 #include "raft/node.h"
 
+#include "raft/clock.h"
 #include "raft/fsm.h"
 #include "raft/transport.h"
 
@@ -67,9 +69,10 @@ struct node {
     struct node_prop *spare; /* NODE_QUEUE_MAX: callers being answered, see queue_take */
     struct node_batch *inflight_head, *inflight_tail;
     unsigned n_inflight;
-    int64_t last_stamp_ms;
-    int64_t clock_offset_ms; /* added to the wall clock (fault injection only) */
-    bool lose_answers;       /* answer every committed batch EAPPLY (fault injection only) */
+    struct node_clock clock;  /* ledger time: the stamps made and applied (raft/clock.h) */
+    int64_t clock_log_due_ms; /* monotonic: when a stepped wall clock is logged again */
+    int64_t clock_offset_ms;  /* added to the wall clock (fault injection only) */
+    bool lose_answers;        /* answer every committed batch EAPPLY (fault injection only) */
     /* Storage gate (storage.c): the reserve in force, the last free-space reading and
      * when it was taken (loop time), the refusals and whether writes are refused now. */
     uint64_t reserve_bytes;
@@ -145,6 +148,18 @@ void node__inflight_unlink(struct node *n, struct node_batch *b);
 
 /* Answer every caller of a finished batch, then free it. */
 void node__batch_finish(struct node *n, struct node_batch *b, int status);
+
+/* ---- clock.c ---- */
+
+/* Learn ledger time from the last applied batch, compare it with the wall clock and log
+ * a step (every iteration of the loop, on every node). */
+void node__clock_observe(struct node *n);
+
+/* The stamp of the batch the leader proposes now (raft/clock.h's rule). */
+int64_t node__clock_stamp(struct node *n);
+
+/* Wall minus ledger time now (0 before the node knows ledger time). */
+int64_t node__clock_offset_ms(const struct node *n);
 
 /* ---- leader.c ---- */
 

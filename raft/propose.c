@@ -21,7 +21,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* One proposed entry, from raft_apply until its callback. */
 struct node_batch {
@@ -106,22 +105,6 @@ int node_propose(struct node *n, const struct ledger_cmd *cmds, size_t count, no
     n->n_queued += count;
     node__kick(n);
     return 0;
-}
-
-/* The batch stamp: the wall clock, never below any stamp proposed or applied before. */
-static int64_t next_stamp_ms(struct node *n)
-{
-    struct timespec ts;
-    int64_t now_ms = 0;
-    if (clock_gettime(CLOCK_REALTIME, &ts) == 0) {
-        now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + n->clock_offset_ms;
-    }
-    now_ms = now_ms < 0 ? 0 : now_ms > LEDGER_TIME_MAX_MS ? LEDGER_TIME_MAX_MS : now_ms;
-    int64_t floor_ms = ledger_now_ms(n->ledger);
-    if (n->last_stamp_ms > floor_ms) {
-        floor_ms = n->last_stamp_ms;
-    }
-    return now_ms > floor_ms ? now_ms : floor_ms;
 }
 
 /*
@@ -246,7 +229,7 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
 
 void node__queue_flush(struct node *n)
 {
-    int64_t stamp_ms = next_stamp_ms(n);
+    int64_t stamp_ms = node__clock_stamp(n);
     struct raft_buffer buf = {NULL, 0};
     int rv = queue_encode(n, stamp_ms, &buf);
     struct node_batch *b = rv == 0 ? batch_alloc(n) : NULL;
@@ -270,7 +253,6 @@ void node__queue_flush(struct node *n)
     b->n_props = n->n_props;
     b->n_cmds = n->n_queued;
     inflight_link(n, b);
-    n->last_stamp_ms = stamp_ms;
     n->batches++;
     n->commands += n->n_queued;
     unsigned bucket = 0;

@@ -220,6 +220,12 @@ static void put_raft(struct writer *w, const struct rpc_metrics *m)
             "1 while this node is leader with its barrier committed (serves writes).",
             m->serving ? 1 : 0);
     put_peers(w, m);
+    put_family(w, "tally_clock_offset_ms", "gauge",
+               "Wall clock minus ledger time on this node, ms (ledger time slews 1 ms/s).");
+    put(w, "tally_clock_offset_ms %" PRId64 "\n", m->clock_offset_ms);
+    put_u64(w, "tally_clock_steps_total", "counter",
+            "Times this node's wall clock went more than 1 s away from ledger time.",
+            m->clock_steps);
 }
 
 static void put_traffic(struct writer *w, const struct rpc_metrics *m)

@@ -50,9 +50,11 @@ struct rpc_metrics {
     int raft_state;     /* RAFT_FOLLOWER=1, RAFT_CANDIDATE=2, RAFT_LEADER=3, 0 unknown */
     uint64_t leader_id; /* 0: no leader known */
     uint64_t commit_index;
-    uint64_t peer_refused;  /* peer connections refused by the TLS transport */
-    uint64_t applied_index; /* Raft's last applied */
-    bool serving;           /* leader with its barrier committed */
+    uint64_t peer_refused;   /* peer connections refused by the TLS transport */
+    uint64_t applied_index;  /* Raft's last applied */
+    bool serving;            /* leader with its barrier committed */
+    int64_t clock_offset_ms; /* wall minus ledger time as this node keeps it (raft/clock.h) */
+    uint64_t clock_steps;    /* times the wall clock went more than 1 s from ledger time */
     /* Leader only (n_peers 0 otherwise): how far each other server has stored the log. */
     uint64_t last_index; /* the leader's last log index */
     unsigned n_peers;

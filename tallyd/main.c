@@ -152,7 +152,8 @@ static void usage(FILE *out)
             "                            reaches the peer port can write the ledger\n"
 #if TALLY_FAULT_INJECTION
             "  --debug-clock-offset-file F  fault injection: F holds a signed ms offset added\n"
-            "                            to this node's clock (re-read 4 times a second)\n"
+            "                            to this node's wall clock, not its monotonic one\n"
+            "                            (re-read 4 times a second)\n"
             "  --debug-lose-answers-file F  fault injection: while F exists, committed writes\n"
             "                            are answered internal (looked for 4 times a second)\n"
 #endif
@@ -441,7 +442,11 @@ static void metrics_tick(uv_timer_t *h)
         }
     }
     struct rpc_metrics m;
+    struct node_stats ns;
     rpc_server_metrics(server, &m);
+    node_stats(node, &ns);
+    m.clock_offset_ms = ns.clock_offset_ms;
+    m.clock_steps = ns.clock_steps;
     m.accounts = accounts;
     m.open_reservations = open_reservations;
     rpc_http_publish(http, &m);

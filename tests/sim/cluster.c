@@ -195,10 +195,32 @@ static void check_server(struct sim *s, unsigned i)
     check_forbidden(s, i);
 }
 
+/* Ledger time, as tallyd keeps it: every server learns it from what it applied (its
+ * monotonic clock is the fixture's) and compares it with its wall clock. Ledger time may
+ * lead real time (base_ms + fixture time) by no more than the slew lets a leader earn,
+ * 1 ms per NODE_CLOCK_SLEW_MS, whatever the wall clocks did: no period rolls early. */
+static void check_time(struct sim *s, unsigned i)
+{
+    struct sim_server *v = &s->srv[i];
+    int64_t t_ms = (int64_t)raft_fixture_time(&s->fx);
+    int64_t now_ms = ledger_now_ms(v->ledger);
+    node_clock_observe(&v->clock, now_ms, t_ms);
+    node_clock_check(&v->clock, t_ms, sim_wall_ms(s, i));
+    int64_t bound_ms = s->cfg.base_ms + t_ms + t_ms / NODE_CLOCK_SLEW_MS + 1;
+    if (now_ms > bound_ms) {
+        sim_fail(s,
+                 "check=ledger_time: server %u at ledger time %lld, %lld ms ahead of real time "
+                 "(at most %lld allowed)",
+                 i, (long long)now_ms, (long long)(now_ms - s->cfg.base_ms - t_ms),
+                 (long long)(t_ms / NODE_CLOCK_SLEW_MS + 1));
+    }
+}
+
 void sim_check_all(struct sim *s)
 {
     for (unsigned i = 0; i < s->n && !s->failed; i++) {
         check_server(s, i);
+        check_time(s, i);
     }
 }
 
@@ -281,6 +303,14 @@ static void on_step(struct raft_fixture *f, struct raft_fixture_event *event)
 void sim_step(struct sim *s)
 {
     raft_fixture_step(&s->fx);
+}
+
+void sim_step_ms(struct sim *s, unsigned ms)
+{
+    raft_time start = raft_fixture_time(&s->fx);
+    while (!s->failed && raft_fixture_time(&s->fx) - start < ms) {
+        sim_step(s);
+    }
 }
 
 bool sim_step_until(struct sim *s, bool (*done)(struct sim *s), unsigned max_ms)
@@ -508,6 +538,7 @@ void sim_close(struct sim *s)
     for (unsigned i = 0; i < s->n; i++) {
         struct sim_server *v = &s->srv[i];
         s->stats.restores += v->fsm.restores;
+        s->stats.clock_steps += v->clock.steps;
         if (v->fsm_ready) {
             node_fsm_close(&v->fsm);
         }
@@ -550,8 +581,8 @@ void sim_config_from_seed(struct sim_config *c, uint64_t seed)
 const char *sim_fault_name(int kind)
 {
     static const char *names[SIM_F_MAX] = {
-        "partition",    "reconnect", "kill",   "revive", "net_latency",
-        "disk_latency", "io_fault",  "depose", "elect",  "election_timeout",
+        "partition", "reconnect", "kill",  "revive",           "net_latency", "disk_latency",
+        "io_fault",  "depose",    "elect", "election_timeout", "clock_step",
     };
     return kind >= 0 && kind < SIM_F_MAX ? names[kind] : "?";
 }
@@ -576,5 +607,6 @@ void sim_stats_add(struct sim_stats *into, const struct sim_stats *from)
     into->grants_verified += from->grants_verified;
     into->misattributed += from->misattributed;
     into->gave_up += from->gave_up;
+    into->clock_steps += from->clock_steps;
     into->violations += from->violations;
 }

@@ -6,7 +6,8 @@
  * process, not a restart), network and disk latency, I/O faults (by default the
  * leader's append of a new batch fails as the write completes; in hostile mode the
  * n-th next I/O of any server fails: an append, a truncate, a term or vote write, a
- * send), randomized election timeouts, and forced elections with depose/elect.
+ * send), randomized election timeouts, and forced elections with depose/elect; and
+ * one lever of the sim's own: a server's wall clock, which only steers ledger time.
  *
  * raft_fixture_elect and raft_fixture_depose only assert their preconditions, and
  * the packaged libraft is built with assertions off: calling them in the wrong state
@@ -292,6 +293,18 @@ static bool fault_elect(struct sim *s)
     return true;
 }
 
+/* A server's wall clock steps 40 days either way, a few seconds, or back to right. Only
+ * its wall reading moves; ledger time must keep the fixture's (monotonic) time, which
+ * cluster.c checks every step. */
+static void fault_clock_step(struct sim *s)
+{
+    static const int64_t day_ms = 86400000LL;
+    unsigned i = (unsigned)sim_rng_below(&s->rng, s->n);
+    int64_t offsets[] = {40 * day_ms, -40 * day_ms, sim_rng_range(&s->rng, -20000, 20000), 0};
+    s->srv[i].wall_offset_ms = offsets[sim_rng_below(&s->rng, 4)];
+    sim_trace(s, "wall clock of %u: %+lld ms", i, (long long)s->srv[i].wall_offset_ms);
+}
+
 static bool inject(struct sim *s, int kind)
 {
     switch (kind) {
@@ -322,6 +335,9 @@ static bool inject(struct sim *s, int kind)
         return sim_depose(s);
     case SIM_F_ELECT:
         return fault_elect(s);
+    case SIM_F_CLOCK_STEP:
+        fault_clock_step(s);
+        return true;
     default:
         fault_timeout(s);
         return true;
@@ -331,7 +347,7 @@ static bool inject(struct sim *s, int kind)
 void sim_random_fault(struct sim *s)
 {
     /* Weights per kind, in enum order. */
-    static const unsigned weight[SIM_F_MAX] = {18, 20, 10, 12, 8, 8, 10, 4, 4, 6};
+    static const unsigned weight[SIM_F_MAX] = {18, 20, 10, 12, 8, 8, 10, 4, 4, 6, 4};
     unsigned total = 0, roll;
     for (int k = 0; k < SIM_F_MAX; k++) {
         total += weight[k];
@@ -363,6 +379,7 @@ void sim_heal(struct sim *s)
         /* Disks keep their latency: a faster disk would reorder writes in flight. */
         raft_fixture_set_network_latency(&s->fx, i, DEFAULT_NETWORK_LATENCY_MS);
         raft_fixture_io_fault(&s->fx, i, -1, 0); /* a negative countdown disables faults */
+        s->srv[i].wall_offset_ms = 0;
     }
     sim_distinct_timeouts(s);
     sim_trace(s, "healed");

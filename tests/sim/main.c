@@ -6,6 +6,7 @@
  *   tally-sim --seeds N [--first S]    run seeds S .. S+N-1 and print a summary
  *   tally-sim --determinism N [--first S]   run each seed twice, digests must match
  *   tally-sim --scenario figure8|leader-disk-fault|snapshot-install
+ *   tally-sim --scenario clock-steps [--seeds N] [--first S]   (40 seeds from 1 unless told)
  *
  * Knobs (the only environment read): TALLY_SIM_STEPS overrides the fault-phase steps
  * of every seed; TALLY_SIM_VERBOSE=1 (or 2) is -v (or -vv);
@@ -132,7 +133,7 @@ static void print_summary(const struct sim_stats *st, double seconds)
     printf("sim: seeds=%llu steps=%llu proposed=%llu rejected=%llu acked_batches=%llu "
            "acked_cmds=%llu failed_batches=%llu grants=%llu denials=%llu replays=%llu "
            "restores=%llu hash_checks=%llu grants_verified=%llu misattributed_acks=%llu "
-           "gave_up=%llu\n",
+           "gave_up=%llu clock_steps=%llu\n",
            (unsigned long long)st->seeds, (unsigned long long)st->steps,
            (unsigned long long)st->proposed, (unsigned long long)st->rejected,
            (unsigned long long)st->acked, (unsigned long long)st->acked_cmds,
@@ -140,7 +141,7 @@ static void print_summary(const struct sim_stats *st, double seconds)
            (unsigned long long)st->denials, (unsigned long long)st->replays,
            (unsigned long long)st->restores, (unsigned long long)st->hash_checks,
            (unsigned long long)st->grants_verified, (unsigned long long)st->misattributed,
-           (unsigned long long)st->gave_up);
+           (unsigned long long)st->gave_up, (unsigned long long)st->clock_steps);
     printf("sim: faults");
     for (int k = 0; k < SIM_F_MAX; k++) {
         printf(" %s=%llu", sim_fault_name(k), (unsigned long long)st->faults[k]);
@@ -213,11 +214,21 @@ static void snapshot_install(void)
     CHECK(sim_scenario_snapshot_install(&opts, &total));
 }
 
+#define CLOCK_STEPS_SEEDS 40
+static uint64_t clock_first = 1, clock_seeds = CLOCK_STEPS_SEEDS;
+
+static void clock_steps(void)
+{
+    crash_scenario = "clock-steps";
+    CHECK(sim_scenario_clock_steps(&opts, &total, clock_first, clock_seeds));
+}
+
 static int usage(void)
 {
     fprintf(stderr, "usage: tally-sim --seed N [-v|-vv] | --seeds N [--first S] |\n"
                     "       --determinism N [--first S] |\n"
-                    "       --scenario figure8|leader-disk-fault|snapshot-install\n");
+                    "       --scenario figure8|leader-disk-fault|snapshot-install |\n"
+                    "       --scenario clock-steps [--seeds N] [--first S]\n");
     return 2;
 }
 
@@ -241,7 +252,9 @@ int main(int argc, char **argv)
         } else if ((strcmp(a, "--seed") == 0 || strcmp(a, "--seeds") == 0 ||
                     strcmp(a, "--determinism") == 0) &&
                    has_value) {
-            mode = a;
+            if (scenario == NULL) { /* with --scenario: how many seeds it runs */
+                mode = a;
+            }
             seed = n = strtoull(argv[++i], NULL, 0);
         } else if (strcmp(a, "--scenario") == 0 && has_value) {
             mode = a;
@@ -266,6 +279,10 @@ int main(int argc, char **argv)
         TEST(leader_disk_fault);
     } else if (strcmp(scenario, "snapshot-install") == 0) {
         TEST(snapshot_install);
+    } else if (strcmp(scenario, "clock-steps") == 0) {
+        clock_first = first;
+        clock_seeds = n > 0 ? n : CLOCK_STEPS_SEEDS;
+        TEST(clock_steps);
     } else {
         return usage();
     }

@@ -40,13 +40,7 @@
 
 #define SCENARIO_SEED 8 /* drives only the account limits and the workload filler */
 
-/* Fail the scenario with a message unless `cond`. */
-#define EXPECT(s, cond, ...)                                                                       \
-    do {                                                                                           \
-        if (!(s)->failed && !(cond)) {                                                             \
-            sim_fail((s), __VA_ARGS__);                                                            \
-        }                                                                                          \
-    } while (0)
+#define EXPECT SIM_EXPECT
 
 static struct raft *srv_raft(struct sim *s, unsigned i)
 {
@@ -80,13 +74,7 @@ static bool wait_leader(struct sim *s, unsigned i, raft_term after, unsigned max
     return !s->failed;
 }
 
-static void step_ms(struct sim *s, unsigned ms)
-{
-    raft_time start = raft_fixture_time(&s->fx);
-    while (!s->failed && raft_fixture_time(&s->fx) - start < ms) {
-        sim_step(s);
-    }
-}
+#define step_ms sim_step_ms
 
 /* Server i times out first from its next timer reset on. */
 static void favour(struct sim *s, unsigned i)

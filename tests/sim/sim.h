@@ -14,12 +14,14 @@
  * is recorded once (the first) and stops the run. Files: cluster.c (set-up, stepping,
  * checks), workload.c (accounts and random commands, proposals, acks), faults.c
  * (fault injection and healing), run.c (one random seed, phase by phase),
- * scenarios.c (named regression runs), main.c (command line, harness, crash report).
+ * scenarios.c (named regression runs), clock.c (the wall clock step scenario), main.c
+ * (command line, harness, crash report).
  */
 #ifndef TALLY_SIM_H
 #define TALLY_SIM_H
 
 #include "ledger/ledger.h"
+#include "raft/clock.h"
 #include "raft/fsm.h"
 
 #include <raft.h>
@@ -63,6 +65,7 @@ enum sim_fault {
     SIM_F_DEPOSE,       /* raft_fixture_depose */
     SIM_F_ELECT,        /* raft_fixture_elect */
     SIM_F_TIMEOUT,      /* raft_fixture_set_randomized_election_timeout */
+    SIM_F_CLOCK_STEP,   /* a server's wall clock steps (+-40 days, seconds, or back) */
     SIM_F_MAX
 };
 
@@ -86,6 +89,7 @@ struct sim_stats {
     uint64_t grants_verified; /* acknowledged grants found on every replica at the end */
     uint64_t misattributed;   /* acks whose results belonged to another entry */
     uint64_t gave_up;         /* servers stopped for good because libraft gave up */
+    uint64_t clock_steps;     /* wall clock steps the servers' clocks saw (raft/clock.h) */
     uint64_t violations;
 };
 
@@ -113,7 +117,7 @@ struct sim_config {
 
 void sim_config_from_seed(struct sim_config *c, uint64_t seed);
 
-/* ---- One server: a ledger, its adapter, the proposer's clock. ---- */
+/* ---- One server: a ledger, its adapter, its clocks. ---- */
 struct sim_server {
     struct sim *sim;
     unsigned index;
@@ -122,7 +126,10 @@ struct sim_server {
     struct ledger *ledger;
     struct node_fsm fsm;
     bool fsm_ready;
-    int64_t last_stamp_ms;  /* batch stamps from this proposer never go back */
+    /* Ledger time as tallyd's node keeps it (raft/clock.h): its monotonic clock is the
+     * fixture's time, its wall clock base_ms + fixture time + wall_offset_ms. */
+    struct node_clock clock;
+    int64_t wall_offset_ms; /* a wall clock step (clock faults, the clock scenario) */
     uint64_t checked_index; /* ledger index at the last invariant check */
 };
 
@@ -184,12 +191,21 @@ struct sim {
     /* Figure 8: a request id that must never appear on any ledger. */
     bool forbid_set;
     uint8_t forbid_id[LEDGER_REQUEST_ID_SIZE];
-    int last_ack_tag; /* tag of the last acknowledged proposal */
+    int last_ack_tag;                                 /* tag of the last acknowledged proposal */
+    struct ledger_result last_results[SIM_BATCH_MAX]; /* of the last acknowledged batch */
     int last_fail_tag;
     uint64_t acked_tags, failed_tags; /* bit t: a proposal tagged t (< 64) acked/failed */
     bool failed;
     char failure[SIM_MSG_SIZE];
 };
+
+/* Fail the scenario with a message unless `cond` (scenarios.c, clock.c). */
+#define SIM_EXPECT(s, cond, ...)                                                                   \
+    do {                                                                                           \
+        if (!(s)->failed && !(cond)) {                                                             \
+            sim_fail((s), __VA_ARGS__);                                                            \
+        }                                                                                          \
+    } while (0)
 
 /* ---- cluster.c ---- */
 
@@ -201,6 +217,8 @@ void sim_close(struct sim *s);
 void sim_fail(struct sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* One raft_fixture_step; checks run in the step hook. */
 void sim_step(struct sim *s);
+/* Step until `ms` of fixture time passed (or the run failed). */
+void sim_step_ms(struct sim *s, unsigned ms);
 /* Step until `done(s)` or `max_ms` of fixture time elapse; returns done(s). */
 bool sim_step_until(struct sim *s, bool (*done)(struct sim *s), unsigned max_ms);
 /* Step until every server applied everything server `leader` holds now (its last
@@ -237,6 +255,11 @@ int sim_propose_random_to(struct sim *s, unsigned i);
 /* A reserve by key with a fresh request id. */
 struct ledger_cmd sim_cmd_reserve(struct sim *s, unsigned key, int64_t estimate_micros,
                                   int64_t ttl_ms);
+/* An account_create command with a fresh request id. */
+struct ledger_cmd sim_cmd_create(struct sim *s, const char *name, const char *parent,
+                                 const struct ledger_limits *lim);
+/* The wall clock server i reads now (ms). */
+int64_t sim_wall_ms(struct sim *s, unsigned i);
 /* Propose on the leader until one batch is acknowledged (liveness). 0 or -1. */
 int sim_propose_until_acked(struct sim *s, unsigned max_ms);
 /* Every acknowledged grant is present on every server. */
@@ -285,5 +308,8 @@ bool sim_run_seed(uint64_t seed, const struct sim_options *o, struct sim_stats *
 bool sim_scenario_figure8(const struct sim_options *o, struct sim_stats *total);
 bool sim_scenario_leader_disk_fault(const struct sim_options *o, struct sim_stats *total);
 bool sim_scenario_snapshot_install(const struct sim_options *o, struct sim_stats *total);
+/* clock.c: seeds first .. first + n - 1 of the +-40-day wall clock step scenario. */
+bool sim_scenario_clock_steps(const struct sim_options *o, struct sim_stats *total, uint64_t first,
+                              uint64_t n);
 
 #endif /* TALLY_SIM_H */

@@ -37,8 +37,8 @@ static struct ledger_cmd new_cmd(struct sim *s, uint8_t type)
     return c;
 }
 
-static struct ledger_cmd cmd_create(struct sim *s, const char *name, const char *parent,
-                                    const struct ledger_limits *lim)
+struct ledger_cmd sim_cmd_create(struct sim *s, const char *name, const char *parent,
+                                 const struct ledger_limits *lim)
 {
     struct ledger_cmd c = new_cmd(s, LEDGER_CMD_ACCOUNT_CREATE);
     snprintf(c.u.create.name, sizeof(c.u.create.name), "%s", name);
@@ -120,14 +120,14 @@ static size_t setup_cmds(struct sim *s, struct ledger_cmd *cmds)
         cmds[n++].u.config.retention_ms = s->cfg.retention_ms;
     }
     struct ledger_limits l = org_limits(s);
-    cmds[n++] = cmd_create(s, "org", "", &l);
+    cmds[n++] = sim_cmd_create(s, "org", "", &l);
     for (unsigned t = 0; t < SIM_N_TEAMS; t++) {
         l = team_limits(s);
-        cmds[n++] = cmd_create(s, team_names[t], "org", &l);
+        cmds[n++] = sim_cmd_create(s, team_names[t], "org", &l);
     }
     for (unsigned k = 0; k < SIM_N_KEYS; k++) {
         l = key_limits(s);
-        cmds[n++] = cmd_create(s, key_names[k], team_names[k / 2], &l);
+        cmds[n++] = sim_cmd_create(s, key_names[k], team_names[k / 2], &l);
         cmds[n] = new_cmd(s, LEDGER_CMD_KEY_ADD);
         snprintf(cmds[n].u.key.account, sizeof(cmds[n].u.key.account), "%s", key_names[k]);
         sim_key_hash(k, cmds[n++].u.key.key_hash);
@@ -402,6 +402,7 @@ static void record_ack(struct sim *s, struct sim_proposal *p, const struct node_
     }
     s->stats.acked++;
     s->stats.acked_cmds += p->n;
+    memcpy(s->last_results, ar->results, p->n * sizeof(*ar->results));
     sim_digest(s, ar->index);
     for (size_t i = 0; i < p->n; i++) {
         const struct ledger_result *r = &ar->results[i];
@@ -448,15 +449,28 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
     free(p);
 }
 
-/* Encode with the proposer's clamped clock into a raft_malloc'd buffer. */
+int64_t sim_wall_ms(struct sim *s, unsigned i)
+{
+    return s->cfg.base_ms + (int64_t)raft_fixture_time(&s->fx) + s->srv[i].wall_offset_ms;
+}
+
+/* Encode with the proposer's ledger time (tallyd's stamp rule) into a raft_malloc'd
+ * buffer. */
 static int encode_batch(struct sim *s, unsigned i, struct sim_proposal *p, struct raft_buffer *b)
 {
     struct sim_server *v = &s->srv[i];
-    int64_t stamp = s->cfg.base_ms + (int64_t)raft_fixture_time(&s->fx);
-    if (stamp < v->last_stamp_ms) {
-        stamp = v->last_stamp_ms;
+    int64_t mono_ms = (int64_t)raft_fixture_time(&s->fx);
+    node_clock_observe(&v->clock, ledger_now_ms(v->ledger), mono_ms);
+    /* tallyd's leader stamps only after its barrier, having applied every stamped batch
+     * committed before its term; the sim also proposes to leaders that have not. One
+     * that has applied none after the set-up batch was committed sends stamp 0, which
+     * the ledger takes as its own last stamp, instead of starting ledger time at its
+     * wall clock as the first leader of a new cluster does. */
+    int64_t stamp = 0;
+    if (v->clock.set || !s->wl.setup_done) {
+        stamp = node_clock_stamp(&v->clock, mono_ms, sim_wall_ms(s, i));
     }
-    v->last_stamp_ms = stamp;
+    sim_digest(s, (uint64_t)stamp);
     void *buf = NULL;
     size_t len = 0;
     int rv = ledger_batch_encode(stamp, p->cmds, p->n, &buf, &len);

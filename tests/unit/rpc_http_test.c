@@ -63,6 +63,8 @@ static struct rpc_metrics filled(void)
     rpc_histogram_observe(&m.commit_latency_s, rpc_commit_latency_bounds_s, 5.0);
     m.open_reservations = 17;
     m.accounts = 42;
+    m.clock_offset_ms = -3456000000; /* a wall clock 40 days behind ledger time */
+    m.clock_steps = 2;
     return m;
 }
 
@@ -161,6 +163,10 @@ static void render_shows_raft_and_counter_lines_exactly(void)
     CHECK_LINE(t, "tally_protocol_errors_total 1");
     CHECK_LINE(t, "tally_open_reservations 17");
     CHECK_LINE(t, "tally_accounts 42");
+    CHECK_LINE(t, "# TYPE tally_clock_offset_ms gauge");
+    CHECK_LINE(t, "tally_clock_offset_ms -3456000000");
+    CHECK_LINE(t, "# TYPE tally_clock_steps_total counter");
+    CHECK_LINE(t, "tally_clock_steps_total 2");
 }
 
 static int check_exposition(const char *text);
@@ -510,6 +516,8 @@ static void render_output_is_well_formed_exposition(void)
         "tally_commit_latency_seconds",
         "tally_open_reservations",
         "tally_accounts",
+        "tally_clock_offset_ms",
+        "tally_clock_steps_total",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (family_find(names[i]) == NULL) {
