@@ -77,7 +77,12 @@ static int barrier_encode(struct node *n, struct raft_buffer *out)
     uint64_t term = n->leader_term;
     memcpy(c.request_id, &term, sizeof(term));
     snprintf(c.actor, sizeof(c.actor), "raft");
-    c.u.term_start.commit_index = (uint64_t)raft_commit_index(&n->raft);
+    /* What this node knows committed: libraft's commit index, which starts again from
+     * the last snapshot after a restart, or what its ledger applied before, if more (an
+     * applied entry was committed; this node answered nothing it had not applied). */
+    uint64_t commit_index = (uint64_t)raft_commit_index(&n->raft);
+    uint64_t applied_index = ledger_applied_index(n->ledger);
+    c.u.term_start.commit_index = applied_index > commit_index ? applied_index : commit_index;
     void *enc = NULL;
     size_t len = 0;
     if (ledger_batch_encode(0, &c, 1, &enc, &len) != 0) {

@@ -219,8 +219,9 @@ enum {
 #define LEDGER_ARGS_config(X) X(i64, retention_ms, 0)
 
 /* LEDGER_CMD_TERM_START: the first entry a new leader commits in its term (raft/leader.c),
- * never sent by a client (rpc_role_allows refuses it). `commit_index` is the commit index
- * the leader knew when it was elected: the entries after it and before this one were
+ * never sent by a client (rpc_role_allows refuses it). `commit_index` is what the leader
+ * knew committed when it was elected (its commit index, or its ledger's applied index if
+ * more): the entries after it and before this one were
  * appended in earlier terms and may never have been answered (docs/ledger.md,
  * Unconfirmed reservations). */
 #define LEDGER_ARGS_term_start(X) X(u64, commit_index, 0)
