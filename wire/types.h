@@ -221,9 +221,8 @@ enum {
 /* LEDGER_CMD_TERM_START: the first entry a new leader commits in its term (raft/leader.c),
  * never sent by a client (rpc_role_allows refuses it). `commit_index` is what the leader
  * knew committed when it was elected (its commit index, or its ledger's applied index if
- * more): the entries after it and before this one were
- * appended in earlier terms and may never have been answered (docs/ledger.md,
- * Unconfirmed reservations). */
+ * more): the entries after it and before this one were appended in earlier terms and may
+ * never have been answered (docs/ledger.md, Unconfirmed reservations). */
 #define LEDGER_ARGS_term_start(X) X(u64, commit_index, 0)
 
 /* The fields every command carries after its actor, whatever its type. `scope` is the
