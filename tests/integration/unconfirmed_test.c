@@ -159,7 +159,17 @@ static void scenario(const char *tallyd, bool wait)
         }
         h_say("tallyctl exited before the quorum returned");
     } else {
-        h_sleep_ms(3000); /* the reserve answered UNAVAILABLE; its void is retrying */
+        /* Bring the followers back only once the reserve has answered UNAVAILABLE (its
+         * void retrying): on a loaded machine tallyctl may take seconds to start. */
+        char said[8192] = "";
+        for (int waited = 0; strstr(said, "unavailable") == NULL; waited += 100) {
+            if (waited > 30000) {
+                H_FAIL("tallyctl reserve did not answer within 30 s: %s", said);
+            }
+            h_sleep_ms(100);
+            read_file("reserve.out", said, sizeof(said));
+        }
+        h_sleep_ms(1000);
     }
     for (int i = 0; i < CL_NODES; i++) {
         if (i != leader) {
