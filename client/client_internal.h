@@ -31,7 +31,9 @@
 #define DEFAULT_CONNECT_TIMEOUT_MS 1000
 #define DEFAULT_MAX_INFLIGHT 4096
 #define MAX_INFLIGHT_LIMIT (1u << 20)
-#define DEFAULT_VOID_DEADLINE_MS 30000
+#define DEFAULT_VOID_DEADLINE_MS 30000 /* accepted, no longer a give-up (tally.h) */
+#define VOID_BACKOFF_MIN_MS 100        /* a background void retries after 100 ms, */
+#define VOID_BACKOFF_MAX_MS 5000       /* doubling to 5 s, until it is answered */
 #define DEFAULT_BACKOFF_MIN_MS 10
 #define DEFAULT_BACKOFF_MAX_MS 200
 #define DURATION_MAX_MS (24LL * 3600 * 1000) /* any configured or per-call time budget */

@@ -393,6 +393,18 @@ static void finish_error(struct tally *c, struct call *call, int code, const cha
     finish(c, call, &r, now_ms);
 }
 
+/* A background void's delay before try `step` + 1: VOID_BACKOFF_MIN_MS doubling to
+ * VOID_BACKOFF_MAX_MS. Not jittered: at most one void per UNAVAILABLE reserve, and the
+ * server answers them in one batch. */
+static int64_t void_backoff_ms(uint32_t step)
+{
+    int64_t d = VOID_BACKOFF_MIN_MS;
+    for (uint32_t i = 1; i < step && d < VOID_BACKOFF_MAX_MS; i++) {
+        d *= 2;
+    }
+    return d < VOID_BACKOFF_MAX_MS ? d : VOID_BACKOFF_MAX_MS;
+}
+
 /* Put a call that failed retryably back in the pending list, to be sent after a delay. */
 static void requeue(struct tally *c, struct call *call, bool backoff, int64_t now_ms,
                     const char *why)
@@ -400,13 +412,19 @@ static void requeue(struct tally *c, struct call *call, bool backoff, int64_t no
     call_unlink(c, call);
     client__copy_text(call->why, sizeof(call->why), why);
     call->next_try_at_ms = now_ms;
-    if (backoff) {
+    if (backoff && call->kind == CALL_BG_VOID) {
+        call->next_try_at_ms += void_backoff_ms(++call->backoff_step);
+    } else if (backoff) {
         call->next_try_at_ms += backoff_ms(c, ++call->backoff_step);
     }
     pending_push(c, call, false);
 }
 
-/* Queue a void of `reserve`'s request id with its own deadline (best effort). */
+/* Queue a void of `reserve`'s request id. It has no deadline: it is retried with capped
+ * backoff until the cluster answers it or the client closes, so a hold committed after a
+ * long outage is still voided. At most max_inflight of them wait; past that the new one
+ * is dropped (voids_failed) and its hold, if it committed, ends at its ttl, released if
+ * the ledger found it unconfirmed (docs/ledger.md). */
 static void bg_void_start(struct tally *c, const struct call *reserve, int64_t now_ms)
 {
     if (c->n_bg >= c->max_inflight) {
@@ -423,7 +441,7 @@ static void bg_void_start(struct tally *c, const struct call *reserve, int64_t n
     v->req.op = RPC_OP_WRITE;
     v->req.u.write.type = LEDGER_CMD_VOID;
     memcpy(v->req.u.write.request_id, reserve->req.u.write.request_id, LEDGER_REQUEST_ID_SIZE);
-    v->deadline_at_ms = now_ms + c->void_deadline_ms;
+    v->deadline_at_ms = INT64_MAX;
     v->next_try_at_ms = now_ms;
     c->n_bg++;
     heap_push(c, v);

@@ -16,10 +16,13 @@
  * from its idempotency store; the client therefore retries a write (same id) across
  * timeouts, lost connections and leader changes until the deadline, and after an
  * UNAVAILABLE reserve it voids that id in the background so a hold that did commit is
- * released before its ttl. One UNAVAILABLE is not retried: a leader whose ledger map or
- * disk is past its storage reserve refuses writes with the reason "storage"; the call
- * ends at once with outcome TALLY_UNAVAILABLE (error TALLY_EUNAVAILABLE) and a message
- * that names "storage" (docs/operations.md, Storage).
+ * released before its ttl: a background void has no deadline, it is retried (100 ms
+ * doubling to 5 s) until the cluster answers it or the client is closed. A hold whose
+ * void never arrives (the client died with the leader) is released at its ttl, never
+ * charged (docs/ledger.md, Unconfirmed reservations). One UNAVAILABLE is not retried: a
+ * leader whose ledger map or disk is past its storage reserve refuses writes with the
+ * reason "storage"; the call ends at once with outcome TALLY_UNAVAILABLE (error
+ * TALLY_EUNAVAILABLE) and a message that names "storage" (docs/operations.md, Storage).
  *
  * Threads: every call may be made from any thread at the same time, except
  * tally_close(). One I/O thread per client owns the connection (one TCP connection,
@@ -219,7 +222,9 @@ struct tally_config {
      * server's). */
     size_t max_frame_bytes;
     uint32_t max_inflight;    /* calls queued or awaiting an answer (0: 4096) */
-    int64_t void_deadline_ms; /* time budget of a background void (0: 30000) */
+    /* Accepted for compatibility and checked like any duration, but no longer a limit: a
+     * background void is retried until answered or tally_close(). */
+    int64_t void_deadline_ms;
     int64_t backoff_min_ms;   /* first retry delay (0: 10); doubles, jittered */
     int64_t backoff_max_ms;   /* largest retry delay (0: 200) */
 
@@ -272,7 +277,9 @@ int tally_open(struct tally **out, const struct tally_config *cfg, char *errmsg)
  * Stop the I/O thread, close the connection and free the client. Calls still queued or
  * in flight end with TALLY_UNAVAILABLE / TALLY_ECLOSED: asynchronous callbacks are called
  * (on the I/O thread, before this returns). Background voids not yet done are abandoned
- * (their holds expire at their ttl). No other call on this client may be running or
+ * (their holds expire at their ttl; those the ledger keeps unconfirmed are released, not
+ * charged): a program about to exit after an UNAVAILABLE reserve may first wait until
+ * tally_stats() shows voids_done + voids_failed == voids_queued. No other call on this client may be running or
  * start: the caller must make sure blocking calls in other threads have returned.
  * NULL is accepted.
  */
@@ -724,7 +731,7 @@ struct tally_stats {
     uint64_t busy;          /* calls refused or timed out for lack of room */
     uint64_t voids_queued;  /* background voids started */
     uint64_t voids_done;    /* background voids answered (voided, or nothing to void) */
-    uint64_t voids_failed;  /* background voids that gave up or were dropped */
+    uint64_t voids_failed;  /* background voids dropped (max_inflight waiting) or refused */
     uint64_t voids_skipped; /* UNAVAILABLE reserves of an id this client saw granted: not voided */
     uint64_t inflight;      /* calls queued or awaiting an answer now */
     uint64_t connected;     /* 1 if a connection is up and authenticated now */

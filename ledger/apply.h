@@ -65,4 +65,11 @@ void ledger__exec_extend(struct ledger *l, const struct ledger_cmd *c, struct le
 void ledger__exec_resolve(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r);
 void ledger__run_timers(struct ledger *l);
 
+/* ---- Unconfirmed reservations (ambiguous.c). ---- */
+/* Apply a TERM_START: remember the range of entries it committed unanswered. */
+void ledger__exec_term_start(struct ledger *l, const struct ledger_cmd *c, struct ledger_result *r);
+/* Whether `rec` came from an ambiguous range and nothing outside one confirmed it:
+ * then its expiry releases, never charges. */
+bool ledger__resv_unconfirmed(const struct ledger *l, const struct resv_rec *rec);
+
 #endif /* TALLY_LEDGER_APPLY_H */

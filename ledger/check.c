@@ -264,6 +264,12 @@ static int on_resv(struct checker *c, const MDB_val *k, const MDB_val *v)
         r.model_len > LEDGER_MODEL_MAX) {
         return bad(c, "I8: resv: bad state, chain, estimate or model");
     }
+    uint64_t applied = c->l->meta.applied_index;
+    if (r.created_index > applied || r.confirmed_index > applied ||
+        (r.confirmed_index != 0 && r.confirmed_index < r.created_index)) {
+        return bad(c, "I10: resv: created or confirmed after the applied index, or confirmed "
+                      "before created");
+    }
     if (r.state != LEDGER_RESV_OPEN) {
         return 0;
     }
@@ -410,8 +416,29 @@ static int compare_accounts(struct checker *c)
     return c->rv;
 }
 
+/* I10: the ambiguous ranges (ambiguous.c). */
+static int check_ranges(struct checker *c)
+{
+    const struct meta_rec *m = &c->l->meta;
+    if (m->n_ranges > AMBIGUOUS_RANGES_MAX) {
+        return bad(c, "I10: meta: %" PRIu64 " ambiguous ranges", m->n_ranges);
+    }
+    for (uint64_t i = 0; i < m->n_ranges; i++) {
+        const struct ambiguous_range *r = &m->ranges[i];
+        if (r->after + 1 >= r->before || r->before > m->applied_index ||
+            (i > 0 && r->before < m->ranges[i - 1].before)) {
+            return bad(c, "I10: meta: ambiguous range %" PRIu64 " empty, unordered or ahead",
+                       i);
+        }
+    }
+    return 0;
+}
+
 static int run_checks(struct checker *c)
 {
+    if (check_ranges(c) != 0) {
+        return c->rv;
+    }
     if (each(c, DB_ACCOUNTS, on_account) != 0) {
         return c->rv;
     }

@@ -42,7 +42,8 @@ _Static_assert(sizeof(struct acct_rec) % 8 == 0, "acct_rec padding");
 _Static_assert(sizeof(struct resv_rec) % 8 == 0, "resv_rec padding");
 _Static_assert(sizeof(struct jrec) % 8 == 0, "jrec padding");
 _Static_assert(sizeof(struct model_rec) == 15 * 8, "model_rec padding");
-_Static_assert(sizeof(struct meta_rec) == 6 * 8 + 32, "meta_rec padding");
+_Static_assert(sizeof(struct meta_rec) == 7 * 8 + 32 + AMBIGUOUS_RANGES_MAX * 3 * 8,
+               "meta_rec padding");
 
 /* ---- Small helpers. ---- */
 
@@ -489,6 +490,9 @@ static void exec_cmd(struct ledger *l, const struct ledger_cmd *c, struct ledger
         break;
     case LEDGER_CMD_EXTEND:
         ledger__exec_extend(l, c, r);
+        break;
+    case LEDGER_CMD_TERM_START:
+        ledger__exec_term_start(l, c, r);
         break;
     default:
         ledger__exec_admin(l, c, r);

@@ -169,6 +169,10 @@ int ledger_state_hash(struct ledger *l, uint8_t out[32]);
  *     timer is due at or before the clock once a batch is applied.
  * I9  Journal records are numbered 1..journal_seq without gaps, their times never
  *     decrease, and the admin entries' hashes chain from 32 zero bytes to meta's head.
+ * I10 At most 16 ambiguous ranges (docs/ledger.md, Unconfirmed reservations), each
+ *     non-empty, ordered by their TERM_START's index, none after the applied index; a
+ *     reservation's creating and confirming indexes are not after the applied index and
+ *     it is not confirmed before it was created.
  */
 
 /*

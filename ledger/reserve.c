@@ -232,6 +232,12 @@ void ledger__exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct l
         if (found == 1 && !ledger__fp_equal(&rec.reserve_fp, &fp)) {
             r->status = -LEDGER_ECONFLICT;
         } else if (found == 1) {
+            if (rec.state == LEDGER_RESV_OPEN) {
+                /* The client asked again: it will hear the answer, so it confirms the
+                 * hold (ambiguous.c). */
+                rec.confirmed_index = l->work.applied_index;
+                ledger__resv_put(l, c->request_id, &rec);
+            }
             reserve_answer(l, &rec, r);
             r->flags |= LEDGER_RESULT_REPLAYED;
         }
@@ -285,6 +291,7 @@ void ledger__exec_reserve(struct ledger *l, const struct ledger_cmd *c, struct l
     rec.estimate_micros = est;
     rec.estimate_tokens = c->u.reserve.estimate_tokens;
     rec.created_ms = l->now_ms;
+    rec.created_index = l->work.applied_index;
     rec.expires_at_ms = l->now_ms + c->u.reserve.ttl_ms;
     rec.reserve_fp = fp;
     rec.status = LEDGER_OK;

@@ -163,7 +163,9 @@ static void expire_one(struct ledger *l, struct resv_rec *rec, const uint8_t *re
         return;
     }
     release_holds(&x);
-    bool charge = x.acct[0]->expiry_policy == LEDGER_EXPIRY_CHARGE;
+    /* An unconfirmed hold may be one whose caller was told UNAVAILABLE: never charge it. */
+    bool charge = x.acct[0]->expiry_policy == LEDGER_EXPIRY_CHARGE &&
+                  !ledger__resv_unconfirmed(l, rec);
     if (charge && charge_fits(&x, rec->estimate_micros)) {
         charge_chain(l, &x, rec->estimate_micros, LEDGER_J_EXPIRE_CHARGE, rec->estimate_tokens);
         rec->expiry_charge_micros = rec->estimate_micros;
@@ -349,12 +351,14 @@ void ledger__exec_extend(struct ledger *l, const struct ledger_cmd *c, struct le
         return;
     }
     int64_t want = l->now_ms + c->u.extend.ttl_ms;
+    /* An extend shows the client knows of the hold: it confirms it (ambiguous.c). */
+    rec.confirmed_index = l->work.applied_index;
     if (want > rec.expires_at_ms) {
         /* The old timer goes stale: it fires, sees another expires_at, and is dropped. */
         rec.expires_at_ms = want;
-        ledger__resv_put(l, c->request_id, &rec);
         ledger__timer_put(l, want, c->request_id, 0);
     }
+    ledger__resv_put(l, c->request_id, &rec);
     struct ledger__chain ch = {.rec = &rec, .n = 0}; /* an extend touches no account */
     ledger__chain_assert_invariants(&ch, LEDGER__CHAIN_EXTEND, l->now_ms);
     r->status = LEDGER_OK;

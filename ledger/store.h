@@ -43,13 +43,27 @@ enum {
 
 extern const char *const ledger__db_names[DB_COUNT];
 
-/* 2: fingerprints are 128 bits of SHA-256 (format 1 kept a 64-bit FNV). A ledger or a
- * snapshot of another format is refused, with the formats in the message. */
-#define STORE_FORMAT 2
+/* 2: fingerprints are 128 bits of SHA-256 (format 1 kept a 64-bit FNV). 3: reservations
+ * keep the index that created and the index that confirmed them, the meta record the
+ * ambiguous ranges (ambiguous.c). A ledger or a snapshot of another format is refused,
+ * with the formats in the message. */
+#define STORE_FORMAT 3
 
 /* A command's fingerprint in the idempotency store (ledger__cmd_fingerprint()). */
 struct ledger__fp {
     uint8_t b[LEDGER_FINGERPRINT_SIZE];
+};
+
+/* The ambiguous ranges a ledger remembers (ambiguous.c); older ones are merged. */
+#define AMBIGUOUS_RANGES_MAX 16
+
+/* Log indexes after `after` and before `before` were committed by the leader whose
+ * TERM_START is at `before` without knowing whether they were answered; `at_ms` is the
+ * ledger time that entry was applied. */
+struct ambiguous_range {
+    uint64_t after;
+    uint64_t before;
+    int64_t at_ms;
 };
 
 struct meta_rec {
@@ -60,6 +74,8 @@ struct meta_rec {
     uint64_t next_account_id;
     uint64_t journal_seq; /* last journal sequence number used */
     uint8_t admin_head[32];
+    uint64_t n_ranges;
+    struct ambiguous_range ranges[AMBIGUOUS_RANGES_MAX]; /* oldest first */
 };
 
 struct acct_rec {
@@ -141,6 +157,8 @@ struct resv_rec {
     int64_t resolve_charged_micros;
     int64_t resolve_overrun_micros;
     uint64_t resolve_flags;
+    uint64_t created_index;   /* Raft index of the reserve that granted it */
+    uint64_t confirmed_index; /* of its last extend or replay; 0: none */
     uint64_t model_len;
     char model[LEDGER_MODEL_MAX];
     uint64_t metadata_len;

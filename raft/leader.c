@@ -3,9 +3,11 @@
  * node's queries.
  *
  * Leadership: the check handle (node__check_cb) also watches raft_state() and the term.
- * A new term as leader submits a raft_barrier; the node is ready (and flushes its queue)
- * only once the barrier of that term is applied. Losing leadership fails queued commands
- * with -NODE_ENOTLEADER; proposed batches are failed by libraft (outcome unknown).
+ * A new term as leader submits its barrier, a batch of one TERM_START command that names
+ * the commit index the leader knew when elected (ledger/ambiguous.c); the node is ready
+ * (and flushes its queue) only once the barrier of that term is applied. Losing leadership
+ * fails queued commands with -NODE_ENOTLEADER; proposed batches are failed by libraft
+ * (outcome unknown).
  *
  * Membership: one change or transfer at a time (n->change). node_add() adds the server
  * as a non-voter and, once libraft has caught it up, promotes it from the check handle,
@@ -20,7 +22,7 @@
 #include <string.h>
 
 struct node_barrier {
-    struct raft_barrier req;
+    struct raft_apply req;
     struct node *node;
     uint64_t term;
 };
@@ -42,8 +44,9 @@ struct node_change {
 
 /* ---- Leadership: barrier, readiness, and watching the state each iteration. ---- */
 
-static void barrier_cb(struct raft_barrier *req, int status)
+static void barrier_cb(struct raft_apply *req, int status, void *result)
 {
+    (void)result; /* the TERM_START's answer: nothing to tell anyone */
     struct node_barrier *nb = req->data;
     struct node *n = nb->node;
     uint64_t term = nb->term;
@@ -61,18 +64,56 @@ static void barrier_cb(struct raft_barrier *req, int status)
     }
 }
 
+/* The election barrier as a batch of one TERM_START, so the ledger sees it: it names the
+ * commit index this leader knew when elected, and with it the entries of earlier terms it
+ * is about to commit without knowing whether they were answered (ledger/ambiguous.c).
+ * Its stamp is 0: the ledger keeps its own clock (time only comes from batches of
+ * commands), so the barrier neither moves nor depends on ledger time. */
+static int barrier_encode(struct node *n, struct raft_buffer *out)
+{
+    struct ledger_cmd c;
+    memset(&c, 0, sizeof(c));
+    c.type = LEDGER_CMD_TERM_START;
+    uint64_t term = n->leader_term;
+    memcpy(c.request_id, &term, sizeof(term));
+    snprintf(c.actor, sizeof(c.actor), "raft");
+    /* What this node knows committed: libraft's commit index, which starts again from
+     * the last snapshot after a restart, or what its ledger applied before, if more (an
+     * applied entry was committed; this node answered nothing it had not applied). */
+    uint64_t commit_index = (uint64_t)raft_commit_index(&n->raft);
+    uint64_t applied_index = ledger_applied_index(n->ledger);
+    c.u.term_start.commit_index = applied_index > commit_index ? applied_index : commit_index;
+    void *enc = NULL;
+    size_t len = 0;
+    if (ledger_batch_encode(0, &c, 1, &enc, &len) != 0) {
+        return -1;
+    }
+    out->base = raft_malloc(len);
+    if (out->base == NULL) {
+        free(enc);
+        return -1;
+    }
+    memcpy(out->base, enc, len);
+    out->len = len;
+    free(enc);
+    return 0;
+}
+
 static void barrier_submit(struct node *n)
 {
     struct node_barrier *nb = calloc(1, sizeof(*nb));
-    if (nb == NULL) {
+    struct raft_buffer buf = {0};
+    if (nb == NULL || barrier_encode(n, &buf) != 0) {
+        free(nb);
         return; /* retried on the next iteration */
     }
     nb->node = n;
     nb->term = n->leader_term;
     nb->req.data = nb;
-    int rv = raft_barrier(&n->raft, &nb->req, barrier_cb);
+    int rv = raft_apply(&n->raft, &nb->req, &buf, 1, barrier_cb);
     if (rv != 0) {
         node__logf(n, "warn", "msg=\"barrier failed\" error=\"%s\"", raft_strerror(rv));
+        raft_free(buf.base);
         free(nb);
         return;
     }

@@ -79,6 +79,7 @@ const struct ctl__opt_spec ctl__opt_specs[CTL_OPT_COUNT] = {
     [CTL_OPT_ROLE] = {"role", true},
     [CTL_OPT_NAME] = {"name", true},
     [CTL_OPT_SCOPE] = {"scope", true},
+    [CTL_OPT_VOID_WAIT_MS] = {"void-wait-ms", true},
 };
 
 /* ---- The command table, usage, dispatch. ---- */
@@ -117,10 +118,10 @@ static const struct ctl__command commands[] = {
     {"key", "hash", 0, 1, 0, ctl__cmd_key_hash, "key hash [SECRET]   (no SECRET: read from stdin)"},
     {"reserve", NULL, 0, 0,
      W(KEY) | W(KEY_FILE) | W(KEY_HASH) | W(ACCOUNT) | W(ESTIMATE) | W(TOKENS) | W(MODEL) | W(TTL) |
-         W(ID),
+         W(ID) | W(VOID_WAIT_MS),
      ctl__cmd_reserve,
      "reserve (--key-file F | --key SECRET | --key-hash HEX64 | --account A) --estimate MICROS "
-     "[--tokens N] [--model M] [--ttl MS] [--id HEX32]"},
+     "[--tokens N] [--model M] [--ttl MS] [--id HEX32] [--void-wait-ms MS]"},
     {"settle", NULL, 1, 1, W(ACTUAL) | W(TOKENS), ctl__cmd_settle,
      "settle ID --actual MICROS [--tokens N]"},
     {"void", NULL, 1, 1, 0, ctl__cmd_void, "void ID"},

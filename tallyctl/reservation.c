@@ -14,6 +14,9 @@
 #include <time.h>
 
 #define TTL_DEFAULT_MS INT64_C(60000)
+#define VOID_WAIT_DEFAULT_MS INT64_C(10000) /* --void-wait-ms */
+#define VOID_WAIT_MAX_MS INT64_C(3600000)
+#define VOID_POLL_MS 20
 
 /* ---- Reserve. ---- */
 
@@ -38,20 +41,41 @@ static const char *remaining_unit(int reason)
 }
 
 /*
- * After an UNAVAILABLE reserve the client voids its id in the background; give that void
- * up to `budget_ms` to finish before the process exits (an abandoned hold would be charged
- * at its ttl under the default expiry policy).
+ * After an UNAVAILABLE reserve the client voids its id in the background. Wait up to
+ * `budget_ms` for that void and say on stderr how it ended: the process exit ends the
+ * void, and the hold, if the reserve committed, then lasts until its ttl (released, not
+ * charged, when the ledger found it unconfirmed; docs/ledger.md).
  */
-static void await_background_voids(struct tally *c, int64_t budget_ms)
+static void await_background_void(struct ctl__ctx *x, const uint8_t *request_id, int64_t budget_ms)
 {
-    for (int64_t waited = 0; waited < budget_ms; waited += 20) {
-        struct tally_stats st;
-        tally_stats(c, &st);
-        if (st.voids_done + st.voids_failed >= st.voids_queued) {
-            return;
+    char id[CTL_REQUEST_ID_HEX + 1];
+    ctl__hex(request_id, TALLY_REQUEST_ID_SIZE, id);
+    struct tally_stats st;
+    tally_stats(x->c, &st);
+    if (st.voids_queued == 0) {
+        return; /* never sent (or a grant this client saw): nothing can have been held */
+    }
+    for (int64_t waited = 0;; waited += VOID_POLL_MS) {
+        tally_stats(x->c, &st);
+        if (st.voids_done + st.voids_failed >= st.voids_queued || waited >= budget_ms) {
+            break;
         }
-        struct timespec ts = {0, 20 * 1000 * 1000};
+        struct timespec ts = {0, VOID_POLL_MS * 1000 * 1000};
         nanosleep(&ts, NULL);
+    }
+    if (st.voids_done >= st.voids_queued) {
+        ctl__say_error(x->what, "void of %s went through: no hold remains", id);
+    } else if (st.voids_failed > 0) {
+        ctl__say_error(x->what,
+                       "void of %s was refused: if the reserve committed, its hold lasts "
+                       "until its ttl",
+                       id);
+    } else {
+        ctl__say_error(x->what,
+                       "void of %s did not go through within %" PRId64
+                       " ms: if the reserve committed, its hold lasts until its ttl and is "
+                       "released then, not charged",
+                       id, budget_ms);
     }
 }
 
@@ -202,6 +226,11 @@ int ctl__cmd_reserve(struct ctl__ctx *x)
     if (ctl__opt_request_id(x, idbuf, &ra.request_id) != 0) {
         return CTL_USAGE;
     }
+    int64_t void_wait_ms = VOID_WAIT_DEFAULT_MS;
+    if (a->given[CTL_OPT_VOID_WAIT_MS] &&
+        ctl__opt_int(x, CTL_OPT_VOID_WAIT_MS, 0, VOID_WAIT_MAX_MS, &void_wait_ms) != 0) {
+        return CTL_USAGE;
+    }
     int rc = ctl__ctx_client(x);
     if (rc != 0) {
         return rc;
@@ -211,10 +240,10 @@ int ctl__cmd_reserve(struct ctl__ctx *x)
     explicit_bzero(secret, sizeof(secret));
     if (rc < 0) {
         if (rc == -TALLY_EUNAVAILABLE) {
-            await_background_voids(x->c,
-                                   x->timeout_ms > 0 ? x->timeout_ms : CTL_STATUS_DEADLINE_MS);
-            return ctl__call_failed(x, NULL, rc, &res,
-                                    "treat it as denied (the client voids any hold it made)");
+            rc = ctl__call_failed(x, NULL, rc, &res,
+                                  "treat it as denied (the client voids any hold it made)");
+            await_background_void(x, res.request_id, void_wait_ms);
+            return rc;
         }
         return ctl__call_failed(x, NULL, rc, &res, NULL);
     }

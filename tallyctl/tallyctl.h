@@ -83,6 +83,7 @@ enum ctl__opt_id {
     CTL_OPT_ROLE,
     CTL_OPT_NAME,
     CTL_OPT_SCOPE,
+    CTL_OPT_VOID_WAIT_MS,
     CTL_OPT_COUNT
 };
 

@@ -97,6 +97,9 @@ bool rpc_role_allows(int role, int op, int cmd_type)
     if (role < RPC_ROLE_READER || role > RPC_ROLE_ADMIN) {
         return op == RPC_OP_HELLO; /* unauthenticated, or not a role at all */
     }
+    if (op == RPC_OP_WRITE && cmd_type == LEDGER_CMD_TERM_START) {
+        return false; /* written only by a new leader, never by a connection */
+    }
     if (op == RPC_OP_WRITE && role == RPC_ROLE_GATEWAY) {
         return cmd_type == LEDGER_CMD_RESERVE || cmd_type == LEDGER_CMD_SETTLE ||
                cmd_type == LEDGER_CMD_VOID || cmd_type == LEDGER_CMD_EXTEND;

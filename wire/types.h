@@ -218,6 +218,13 @@ enum {
 /* LEDGER_CMD_CONFIG_SET. */
 #define LEDGER_ARGS_config(X) X(i64, retention_ms, 0)
 
+/* LEDGER_CMD_TERM_START: the first entry a new leader commits in its term (raft/leader.c),
+ * never sent by a client (rpc_role_allows refuses it). `commit_index` is what the leader
+ * knew committed when it was elected (its commit index, or its ledger's applied index if
+ * more): the entries after it and before this one were appended in earlier terms and may
+ * never have been answered (docs/ledger.md, Unconfirmed reservations). */
+#define LEDGER_ARGS_term_start(X) X(u64, commit_index, 0)
+
 /* The fields every command carries after its actor, whatever its type. `scope` is the
  * root accounts the sender's credential may act for, joined by ',' (at most
  * LEDGER_SCOPE_ROOTS_MAX names); "" is unscoped. The server sets it from the connection,
@@ -236,12 +243,13 @@ enum {
     X(SETTLE, 7, settle)                                                                     \
     X(VOID, 8, none)                                                                         \
     X(EXTEND, 9, extend)                                                                     \
-    X(CONFIG_SET, 10, config)
+    X(CONFIG_SET, 10, config)                                                                \
+    X(TERM_START, 11, term_start)
 
 /* The members of ledger_cmd.u (each once; KEY_ADD and KEY_REVOKE share `key`; VOID's
  * `none` is empty). */
 #define LEDGER_CMD_MEMBERS(X) X(create) X(update) X(key) X(model_limit) X(reserve) \
-    X(settle) X(none) X(extend) X(config)
+    X(settle) X(none) X(extend) X(config) X(term_start)
 
 /* One struct member per field kind. */
 #define LEDGER_FIELD_DECL(kind, name, bound) LEDGER_FIELD_DECL_##kind(name, bound)

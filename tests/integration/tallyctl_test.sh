@@ -96,12 +96,15 @@ pids=$(pgrep -f "tallyd --id [23] --data-dir $work/data/" || true)
 # shellcheck disable=SC2086 # one pid per word
 kill -TERM $pids
 start=$(date +%s%N)
-run 2 reserve --key "$secret" --estimate 1000 --timeout 2000
+run 2 reserve --key "$secret" --estimate 1000 --timeout 2000 --void-wait-ms 2000
 took_ms=$(( ($(date +%s%N) - start) / 1000000 ))
-# The answer is due by the 2000 ms timeout; tallyctl then waits up to as long again for
+# The answer is due by the 2000 ms timeout; tallyctl then waits up to --void-wait-ms for
 # its background void of that id (a hold that did commit must not wait for its ttl).
 [ "$took_ms" -lt 5500 ] || fail "UNAVAILABLE took ${took_ms} ms for a 2000 ms timeout"
+grep -q "did not go through within 2000 ms" "$work/err" ||
+    fail "tallyctl did not say its void did not go through: $(cat "$work/err")"
 say "two nodes stopped: reserve answers UNAVAILABLE (exit 2) in ${took_ms} ms"
+say "and says its void did not go through"
 
 kill -TERM "$script_pid"
 wait "$script_pid" || true

@@ -143,6 +143,9 @@ static void print_cmd(const struct ledger_cmd *c)
     case LEDGER_CMD_CONFIG_SET:
         printf("config id=%s retention=%" PRId64, id, c->u.config.retention_ms);
         break;
+    case LEDGER_CMD_TERM_START:
+        printf("term_start commit_index=%" PRIu64, c->u.term_start.commit_index);
+        break;
     default:
         printf("type %u id=%s", c->type, id);
     }
@@ -741,9 +744,34 @@ static void maybe_scope(struct ledger_cmd *c)
 
 static struct ledger_cmd gen_fresh(void);
 
+/* A new leader's TERM_START: mostly naming a commit index a few batches back (so the
+ * reserves, replays and extends since are ambiguous), sometimes one not below this
+ * batch's index (refused). */
+static struct ledger_cmd gen_term_start(void)
+{
+    struct ledger_cmd c;
+    memset(&c, 0, sizeof(c));
+    c.type = LEDGER_CMD_TERM_START;
+    snprintf(c.actor, sizeof(c.actor), "raft");
+    uint64_t back = rng_below(24);
+    back = back < M.index - 1 ? back : M.index - 1;
+    c.u.term_start.commit_index = rng_chance(50) ? M.index + rng_below(3) : M.index - 1 - back;
+    return c;
+}
+
+/* The next batch's index: Raft indexes may skip (configuration entries). */
+void pick_index(void)
+{
+    M.index = D.t.index + (rng_chance(10) ? 1 + rng_below(5) : 1);
+}
+
 struct ledger_cmd gen_command(void)
 {
     struct ledger_cmd c;
+    if (rng_chance(8)) {
+        S.term_starts++;
+        return gen_term_start();
+    }
     if (rng_chance(250) && gen_replay(&c)) {
         maybe_scope(&c);
         return c;
@@ -1220,7 +1248,7 @@ void apply_batch(int64_t stamp)
     if (rv != 0 || len % 8 != 0) {
         fail(D.n, "ledger_batch_encode = %d, len %zu", rv, len);
     }
-    D.t.index += rng_chance(10) ? 1 + rng_below(5) : 1; /* Raft indexes may skip (config) */
+    D.t.index = M.index; /* pick_index() */
     D.t.now_ms = stamp;
     rv = ledger_apply_batch(D.t.l, D.t.index, buf, len, D.got, &n_got);
     if (rv != 0 || n_got != D.n) {

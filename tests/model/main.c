@@ -31,6 +31,8 @@ static void print_stats(double secs)
            S.cmds, S.batches, S.grants, S.soft_flagged, S.replays, S.conflicts, S.settles, S.voids,
            S.late, S.extends, S.expired, S.stale, S.garbage, S.invariant_checks,
            (double)(M.now - T0_MS) / DAY_MS, secs);
+    printf("term_starts=%" PRIu64 " unconfirmed_released=%" PRIu64 "\n", S.term_starts,
+           S.unconfirmed_released);
     printf("denials:");
     for (int r = 1; r < LEDGER_DENY_MAX; r++) {
         printf(" %s=%" PRIu64, ledger_deny_reason_name(r), S.denies[r]);
@@ -62,6 +64,7 @@ static void model_matches_ledger(void)
     struct ledger_options opts = {.flags = LEDGER_OPEN_NOSYNC};
     tl_open_opts(&D.t, T0_MS, &opts);
     m_init(0);
+    pick_index();
     m_begin_batch(T0_MS);
     D.n = 0;
     setup_forest();
@@ -82,6 +85,7 @@ static void model_matches_ledger(void)
             apply_garbage();
         }
         int64_t stamp = next_stamp();
+        pick_index();
         /* Expiry runs before the commands are drawn, so targets see the batch's state. */
         S.expired += m_begin_batch(stamp);
         uint64_t left = D.steps_total - D.step;

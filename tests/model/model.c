@@ -835,6 +835,7 @@ static int32_t m_new_resv(const struct ledger_cmd *c)
     v->est = c->u.reserve.estimate_micros;
     v->tokens = c->u.reserve.estimate_tokens;
     v->expires_at = M.now + c->u.reserve.ttl_ms;
+    v->created_index = M.index;
     htab_put(&M.resv_idx, v->id, 0, idx);
     m_open_add(idx);
     return idx;
@@ -991,12 +992,58 @@ static void m_resolve(int32_t idx, uint8_t state)
 }
 
 /* Expiry of one open reservation, under its leaf's current policy. */
+static bool m_in_a_range(uint64_t index)
+{
+    for (int i = 0; i < M.n_ranges; i++) {
+        if (index > M.ranges[i].after && index < M.ranges[i].before) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* "created in an ambiguous range and nothing confirmed it from outside every range" */
+static bool m_unconfirmed(const struct m_resv *v)
+{
+    return m_in_a_range(v->created_index) &&
+           (v->confirmed_index == 0 || m_in_a_range(v->confirmed_index));
+}
+
+/* TERM_START: "records the ambiguous range (commit_index, B)"; at most 16 kept, those
+ * older than the longest ttl dropped, the two oldest merged when full. */
+static struct ledger_result m_term_start(const struct ledger_cmd *c)
+{
+    uint64_t after = c->u.term_start.commit_index;
+    if (after >= M.index) {
+        return m_result(c, -LEDGER_EINVAL);
+    }
+    int kept = 0;
+    for (int i = 0; i < M.n_ranges; i++) {
+        if (M.ranges[i].at + LEDGER_TTL_MAX_MS >= M.now) {
+            M.ranges[kept++] = M.ranges[i];
+        }
+    }
+    M.n_ranges = kept;
+    if (after + 1 < M.index) {
+        if (M.n_ranges == M_RANGES_MAX) {
+            M.ranges[1].after = M.ranges[0].after;
+            memmove(&M.ranges[0], &M.ranges[1], (M_RANGES_MAX - 1) * sizeof(M.ranges[0]));
+            M.n_ranges--;
+        }
+        M.ranges[M.n_ranges++] = (struct m_range){after, M.index, M.now};
+    }
+    return m_result(c, LEDGER_OK);
+}
+
 static void m_expire(int32_t idx)
 {
     struct m_resv *v = &M.resv[idx];
     const struct m_account *leaf = &M.acct[v->chain[0]];
-    bool release = (leaf->lim.set & LEDGER_LIM_EXPIRY_POLICY) &&
-                   leaf->lim.expiry_policy == LEDGER_EXPIRY_RELEASE;
+    bool by_policy = (leaf->lim.set & LEDGER_LIM_EXPIRY_POLICY) &&
+                     leaf->lim.expiry_policy == LEDGER_EXPIRY_RELEASE;
+    bool unconfirmed = m_unconfirmed(v);
+    S.unconfirmed_released += unconfirmed && !by_policy;
+    bool release = by_policy || unconfirmed;
     m_release_holds(v);
     if (release) {
         m_tpm_correct(v, -(int64_t)v->tokens);
@@ -1153,6 +1200,7 @@ static struct ledger_result m_extend(const struct ledger_cmd *c)
     if (M.now + ttl > v->expires_at) {
         v->expires_at = M.now + ttl;
     }
+    v->confirmed_index = M.index; /* "an extend ... confirmed it" */
     struct ledger_result r = m_result(c, LEDGER_OK);
     r.expires_at_ms = v->expires_at;
     M_last.resv = idx;
@@ -1264,6 +1312,9 @@ struct ledger_result m_apply(const struct ledger_cmd *c)
     if (c->type == LEDGER_CMD_EXTEND) {
         return m_extend(c); /* never stored, never replayed */
     }
+    if (c->type == LEDGER_CMD_TERM_START) {
+        return m_term_start(c); /* likewise */
+    }
     uint64_t fp = cmd_fingerprint(c);
     int32_t a = htab_get(&M.ans_idx, c->request_id, c->type);
     if (a >= 0) {
@@ -1277,6 +1328,9 @@ struct ledger_result m_apply(const struct ledger_cmd *c)
         int32_t v = htab_get(&M.resv_idx, c->request_id, 0);
         if (REPLAY_SHOWS_RECORD_EXPIRY && c->type == LEDGER_CMD_RESERVE && v >= 0) {
             r.expires_at_ms = M.resv[v].expires_at;
+        }
+        if (c->type == LEDGER_CMD_RESERVE && v >= 0 && M.resv[v].state == LEDGER_RESV_OPEN) {
+            M.resv[v].confirmed_index = M.index; /* "a replay of its reserve" confirms */
         }
         return r;
     }

@@ -167,6 +167,15 @@ struct m_resv {
     int64_t charged;                      /* total charged so far */
     bool charged_unsure;                  /* a late refund was dropped somewhere */
     int32_t open_pos;                     /* index in M.open, -1 once resolved */
+    uint64_t created_index;               /* batch index of the granting reserve */
+    uint64_t confirmed_index;             /* of its last extend or replay, 0: none */
+};
+
+/* An ambiguous range of a TERM_START (ledger.md, Unconfirmed reservations). */
+#define M_RANGES_MAX 16
+struct m_range {
+    uint64_t after, before;
+    int64_t at;
 };
 
 /* A stored answer: (request_id, type) -> fingerprint of the arguments and the answer. */
@@ -178,6 +187,9 @@ struct m_answer {
 /* The model: accounts, keys, reservations and stored answers, with plain arrays. */
 struct m_state {
     int64_t now;
+    uint64_t index; /* of the batch being modelled (set before m_begin_batch) */
+    struct m_range ranges[M_RANGES_MAX];
+    int n_ranges;
     int64_t retention_ms;
     struct m_account acct[M_ACCOUNTS_MAX];
     int n_acct;
@@ -258,6 +270,7 @@ struct d_stats {
     uint64_t replays, conflicts, settles, voids, late, extends, expired, stale, garbage;
     uint64_t soft_flagged;
     uint64_t invariant_checks;
+    uint64_t term_starts, unconfirmed_released; /* TERM_STARTs drawn; expiries they released */
 };
 
 extern struct d_stats S;
@@ -268,6 +281,8 @@ extern int setup_accounts; /* accounts of the initial forest */
 void setup_forest(void);
 /* The next random command, and the bookkeeping after the model answered it. */
 struct ledger_cmd gen_command(void);
+/* Choose the next batch's index into M.index, before m_begin_batch(). */
+void pick_index(void);
 void note_command(const struct ledger_cmd *c, const struct ledger_result *r);
 /* The stamp of the next batch: mostly now, sometimes behind, sometimes days ahead. */
 int64_t next_stamp(void);

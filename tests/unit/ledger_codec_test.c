@@ -726,7 +726,7 @@ static void decode_rejects_unknown_command_type(void)
     size_t found = 0;
     static const uint8_t bad_types[][9] = {
         {0x00},
-        {0x0b},
+        {0x0c},
         {0x7f},
         {0xcc, 0xff},
         {0xcd, 0x01, 0x0a},

@@ -553,7 +553,7 @@ static void ledger_and_snapshot_of_format_1_are_refused(void)
     struct ledger *l = NULL;
     char err[LEDGER_ERRMSG_SIZE] = "";
     CHECK_EQ_INT(ledger_open(&l, src.dir, &NOSYNC, err), -LEDGER_ECORRUPT);
-    CHECK(strstr(err, "store format 1") != NULL && strstr(err, "only format 2") != NULL);
+    CHECK(strstr(err, "store format 1") != NULL && strstr(err, "only format 3") != NULL);
     free(snap.data);
     tl_close(&dst);
 }

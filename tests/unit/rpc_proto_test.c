@@ -2332,6 +2332,9 @@ static bool expected_allowed(int role, int op, int cmd_type)
     if (op == RPC_OP_HELLO) {
         return true; /* every connection, authenticated or not, may say hello */
     }
+    if (op == RPC_OP_WRITE && cmd_type == LEDGER_CMD_TERM_START) {
+        return false; /* only a new leader writes it, never a connection */
+    }
     switch (role) {
     case RPC_ROLE_READER:
         return is_query(op);
