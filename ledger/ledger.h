@@ -125,8 +125,10 @@ struct ledger_space {
 void ledger_space(const struct ledger *l, struct ledger_space *out);
 
 /*
- * SHA-256 over every stored record in a canonical order. Replicas that applied the
- * same batches have equal hashes. Returns 0 or -LEDGER_EIO.
+ * SHA-256 over every stored record in a canonical order, the meta record without its
+ * applied index and clock: replicas that applied the same batches have equal hashes, and
+ * a batch that stored nothing (every command refused) leaves the hash unchanged. Returns
+ * 0 or -LEDGER_EIO.
  */
 int ledger_state_hash(struct ledger *l, uint8_t out[32]);
 

@@ -7,10 +7,9 @@
  * Every cross-scope operation of one gateway against the other's accounts (reserve by
  * account and by key; settle, void and extend of the other's reservation; account show
  * and list; reservations; journal; HASH) is refused or filtered, and the refused ones
- * change nothing the unscoped admin can see: the other tenant's counters, its open
- * reservations and the journal are as they were. (The state hash itself covers the
- * ledger's applied index and clock, which every batch moves, refused or not; the nodes
- * must still agree on it at the end.) A scoped admin may work only under its root, and
+ * change nothing: every node's state hash is what it was before them, and the other
+ * tenant's counters, its open reservations and the journal, as the unscoped admin sees
+ * them, are as they were. A scoped admin may work only under its root, and
  * list cursors page through long listings without gaps or repeats. Given tallyctl, a
  * scoped gateway's tallyctl is refused the other's account (exit 3, "forbidden") and
  * lists only its own root.
@@ -486,6 +485,8 @@ int main(int argc, char **argv)
     setup_tenants();
     struct view before, after;
     view_of(&before);
+    char hash_before[65], hash_after[65];
+    cl_converged(20000, 0, hash_before);
     cross_writes(CL_GATEWAY_A_TOKEN, "org-b", "b-team", "key-b", rid_b);
     cross_reads(CL_GATEWAY_A_TOKEN, "org-a", "org-b", "b-team", rid_b);
     cross_writes(CL_GATEWAY_B_TOKEN, "org-a", "a-team", "key-a", rid_a);
@@ -498,6 +499,13 @@ int main(int argc, char **argv)
     h_say("ok: HASH refused to gateways, readers and a scoped admin");
     view_of(&after);
     check_same_view(&before, &after);
+    cl_converged(20000, 0, hash_after);
+    if (strcmp(hash_before, hash_after) != 0) {
+        H_FAIL("the refused operations changed the state hash: %.16s... -> %.16s...",
+               hash_before, hash_after);
+    }
+    h_say("ok: every node's state hash is unchanged by the refused operations (%.16s...)",
+          hash_after);
     /* The owner still settles its reservation, as if nothing had happened. */
     struct rc c;
     open_as(&c, CL_GATEWAY_B_TOKEN);
