@@ -478,45 +478,18 @@ static void case_flag_bounds(void)
         {"--idle-timeout-ms", "86400001", "--idle-timeout-ms must be 1000 .. 86400000"},
         {"--max-connections-per-address", "4097", "--max-connections-per-address must be"},
     };
-    char tokens[PATH_MAX];
-    snprintf(tokens, sizeof(tokens), "%s/empty-tokens", h_dir);
-    FILE *f = fopen(tokens, "w");
-    if (f == NULL) {
-        H_FAIL("write %s", tokens);
-    }
-    fclose(f);
-    setenv("TALLY_PEER_INSECURE", "1", 1);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        struct h_proc p = {0};
-        char dir[PATH_MAX];
-        snprintf(p.log, sizeof(p.log), "%s/bad-flag-%zu.log", h_dir, i);
-        snprintf(dir, sizeof(dir), "%s/bad-flag-%zu", h_dir, i);
-        char *const argv[] = {(char *)tallyd_path,
-                              "--id",
-                              "1",
-                              "--data-dir",
-                              dir,
-                              "--peer-listen",
-                              "127.0.0.1:1",
-                              "--client-listen",
-                              "127.0.0.1:2",
-                              "--members",
-                              "1=127.0.0.1:1/127.0.0.1:2",
-                              "--token-file",
-                              tokens,
-                              (char *)bad[i][0],
-                              (char *)bad[i][1],
-                              NULL};
-        h_register(&p);
-        h_spawn(&p, argv);
-        int status = h_stop(&p, 0);
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 3 || !file_contains(p.log, bad[i][2])) {
+        char name[32], log[PATH_MAX + 40];
+        snprintf(name, sizeof(name), "bad-flag-%zu", i);
+        snprintf(log, sizeof(log), "%s/%s.log", h_dir, name);
+        const char *const extra[] = {"--peer-insecure", bad[i][0], bad[i][1], NULL};
+        int status = cl_config_status(tallyd_path, name, extra);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 3 || !file_contains(log, bad[i][2])) {
             H_FAIL("%s %s: tallyd did not exit 3 saying \"%s\" (wait status %d, see %s)", bad[i][0],
-                   bad[i][1], bad[i][2], status, p.log);
+                   bad[i][1], bad[i][2], status, log);
         }
         h_say("%s %s: exit 3", bad[i][0], bad[i][1]);
     }
-    unsetenv("TALLY_PEER_INSECURE");
 }
 
 static const struct {
