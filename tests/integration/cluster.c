@@ -577,3 +577,12 @@ bool rc_closed(struct rc *c, int timeout_ms)
         }
     }
 }
+
+void cl_converge_and_stop(void)
+{
+    char hash[65];
+    cl_converged(20000, 0, hash);
+    for (int i = 0; i < CL_NODES; i++) {
+        cl_stop(i, SIGTERM);
+    }
+}

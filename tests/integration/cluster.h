@@ -88,6 +88,10 @@ void cl_spawn(int i);
 /* Stop node i with `sig` and reap it; SIGTERM must end in exit status 0. */
 void cl_stop(int i, int sig);
 
+/* The end of a test: wait until the three nodes converge (cl_converged, 20 s), then stop
+ * each with SIGTERM (cl_stop). */
+void cl_converge_and_stop(void);
+
 /* Index of the node that leads and serves, waiting up to timeout_ms; -1 if none. */
 int cl_leader(int timeout_ms);
 

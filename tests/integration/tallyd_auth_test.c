@@ -222,11 +222,7 @@ int main(int argc, char **argv)
         case_certificate_not_listed_logged();
     }
     case_reload();
-    char hash[65];
-    cl_converged(20000, 0, hash);
-    for (int i = 0; i < CL_NODES; i++) {
-        cl_stop(i, SIGTERM);
-    }
+    cl_converge_and_stop();
     h_pass();
     return 0;
 }

@@ -163,11 +163,7 @@ int main(int argc, char **argv)
         H_FAIL("two reserves a second apart were stamped %lld ms apart", (long long)(b - a));
     }
     h_say("ok: two reserves a second apart were stamped %lld ms apart", (long long)(b - a));
-    char hash[65];
-    cl_converged(20000, 0, hash);
-    for (int i = 0; i < CL_NODES; i++) {
-        cl_stop(i, SIGTERM);
-    }
+    cl_converge_and_stop();
     h_pass();
     return 0;
 }

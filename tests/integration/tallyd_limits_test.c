@@ -539,11 +539,7 @@ int main(int argc, char **argv)
             cases[i].run();
         }
     }
-    char hash[65];
-    cl_converged(20000, 0, hash);
-    for (int i = 0; i < CL_NODES; i++) {
-        cl_stop(i, SIGTERM);
-    }
+    cl_converge_and_stop();
     h_pass();
     return 0;
 }

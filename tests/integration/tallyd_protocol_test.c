@@ -553,11 +553,7 @@ static void case_lost_answer(const char *lose_file)
 /* The end of every run: the replicas agree, and every node stops cleanly. */
 static int converge_and_stop(void)
 {
-    char hash[65];
-    cl_converged(20000, 0, hash);
-    for (int i = 0; i < CL_NODES; i++) {
-        cl_stop(i, SIGTERM);
-    }
+    cl_converge_and_stop();
     h_pass();
     return 0;
 }
